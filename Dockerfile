@@ -1,0 +1,21 @@
+# The agent itself, for CI bots and batch runs. It drives sandboxes through the
+# host's Docker daemon: run with -v /var/run/docker.sock:/var/run/docker.sock.
+#   docker build -t cwm-agent .                                  (public base image)
+#   docker build --build-arg BASE_IMAGE=cwm-base:bookworm -t cwm-agent .   (offline)
+ARG BASE_IMAGE=debian:bookworm-slim
+FROM ${BASE_IMAGE}
+# The CPU wheel by default; pass e.g. TORCH_SPEC="torch==2.13.0 --index-url ..." for CUDA.
+ARG TORCH_SPEC="torch==2.13.0"
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      bash git ca-certificates python3 python3-venv \
+ && rm -rf /var/lib/apt/lists/*
+RUN python3 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /opt/cwm-agent
+RUN pip install --no-cache-dir $TORCH_SPEC
+COPY pyproject.toml README.md ./
+COPY cwm_agent ./cwm_agent
+RUN pip install --no-cache-dir .
+ENTRYPOINT ["cwm-agent"]
+CMD ["--help"]

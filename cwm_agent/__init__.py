@@ -1,0 +1,1 @@
+"""cwm-agent: fix software issues with Meta's Code World Model."""

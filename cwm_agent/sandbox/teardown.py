@@ -1,0 +1,55 @@
+"""Process-wide guarantee that sandboxes are removed on exit and on signals.
+
+SIGTERM and SIGHUP raise `SandboxInterrupted` in the main thread, so `with`
+blocks unwind exactly as they do for Ctrl-C; `atexit` removes whatever is
+still registered (e.g. a sandbox created outside a `with`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import signal
+import threading
+from typing import Protocol
+
+from cwm_agent.sandbox.errors import SandboxInterrupted
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+_live: set[_Closable] = set()
+_lock = threading.Lock()
+_installed = False
+
+
+def register(sandbox: _Closable) -> None:
+    global _installed
+    with _lock:
+        _live.add(sandbox)
+        if not _installed:
+            atexit.register(close_all)
+            if threading.current_thread() is threading.main_thread():
+                for sig in (signal.SIGTERM, signal.SIGHUP):
+                    if signal.getsignal(sig) in (signal.SIG_DFL, None):
+                        signal.signal(sig, _interrupt)
+            _installed = True
+
+
+def unregister(sandbox: _Closable) -> None:
+    with _lock:
+        _live.discard(sandbox)
+
+
+def close_all() -> None:
+    with _lock:
+        live = list(_live)
+    for sandbox in live:
+        with contextlib.suppress(Exception):  # best effort; the keep-alive guard still applies
+            sandbox.close()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise SandboxInterrupted(f"received signal {signal.Signals(signum).name}")

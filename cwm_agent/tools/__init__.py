@@ -1,0 +1,53 @@
+"""The four tools CWM acts through: bash, edit, create, submit.
+
+`Toolbox.run(name, argument)` executes one parsed tool call in a sandbox and
+returns the feedback text of cwm-protocol.md §6 (without the budget wrapper,
+which belongs to the agent loop).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from cwm_agent.sandbox import Sandbox
+from cwm_agent.tools.bash import run_bash
+from cwm_agent.tools.create import run_create
+from cwm_agent.tools.edit import run_edit
+from cwm_agent.tools.files import ToolFiles
+from cwm_agent.tools.result import ToolResult
+from cwm_agent.tools.submit import SubmitKind, run_submit
+
+TOOL_NAMES = ("bash", "edit", "create", "submit")
+
+
+class Toolbox:
+    """The tools bound to one running sandbox."""
+
+    def __init__(self, sandbox: Sandbox, submit_kind: SubmitKind = "patch") -> None:
+        if sandbox.session is None:
+            raise ValueError("the sandbox is not started")
+        self.session = sandbox.session
+        self.files = ToolFiles(sandbox, sandbox.session)
+        self.submit_kind: SubmitKind = submit_kind
+
+    def run(self, name: str, argument: str) -> ToolResult:
+        if name == "bash":
+            return run_bash(self.session, argument)
+        started = time.monotonic()
+        if name == "edit":
+            result = run_edit(self.files, argument)
+        elif name == "create":
+            result = run_create(self.files, argument)
+        elif name == "submit":
+            result = run_submit(self.files, argument, self.submit_kind)
+        else:
+            raise ValueError(f"unknown tool {name!r}; the parser rejects it before this")
+        if name in ("edit", "create"):
+            # CWM's edit/create ran as scripts that print() their message, so the
+            # model saw it followed by a newline.
+            result = dataclasses.replace(result, output=result.output + "\n")
+        return dataclasses.replace(result, duration_s=time.monotonic() - started)
+
+
+__all__ = ["TOOL_NAMES", "ToolResult", "Toolbox"]

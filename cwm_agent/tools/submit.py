@@ -1,0 +1,28 @@
+"""The `submit` tool: a patch file (issue solving) or a test file (test generation)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from cwm_agent.protocol.prompts import submission_feedback, testgen_submission_feedback
+from cwm_agent.tools.files import ToolFiles
+from cwm_agent.tools.result import ToolResult
+
+SubmitKind = Literal["patch", "test"]
+
+
+def run_submit(files: ToolFiles, argument: str, kind: SubmitKind = "patch") -> ToolResult:
+    path = argument.strip()
+    data = files.read(files.resolve(path))
+    if data is None:
+        return ToolResult(
+            f"Failed to submit {path}. Make sure it exists and is readable.", ok=False
+        )
+    content = data.decode("utf-8", "replace")
+    if not content.strip():
+        return ToolResult(f"Failed to submit {path}. It is an empty file.", ok=False)
+    if kind == "test":
+        return ToolResult(testgen_submission_feedback(content), ok=True, submission=content)
+    if not content.startswith("diff"):
+        return ToolResult(f"Failed to submit {path}. It is not a valid diff file.", ok=False)
+    return ToolResult(submission_feedback(content), ok=True, submission=content)

@@ -1,0 +1,109 @@
+"""Shared fixtures: a real Docker engine and the small images tests run in.
+
+Docker tests are marked `docker`. Where no daemon answers they are skipped,
+except under CI (`CI` set), where that is a failure: CI starts a real engine.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import tarfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+from tokenizer_fixture import build_cwm_tokenizer
+from transformers import PreTrainedTokenizerFast
+
+from cwm_agent.sandbox import LABEL, Sandbox, SandboxConfig, SandboxError, docker_client
+
+BASE_IMAGE = os.environ.get("CWM_AGENT_TEST_IMAGE", "cwm-base:bookworm")
+BASH_ONLY_IMAGE = "cwm-agent-test/bash-only:latest"
+NO_BASH_IMAGE = "cwm-agent-test/no-bash:latest"
+
+
+@pytest.fixture(scope="session")
+def client() -> docker.DockerClient:
+    try:
+        return docker_client()
+    except SandboxError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the Docker tests: {exc}")
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def base_image(client: docker.DockerClient) -> str:
+    if not client.images.list(name=BASE_IMAGE):
+        pytest.fail(f"{BASE_IMAGE} is missing: run scripts/setup.sh")
+    return BASE_IMAGE
+
+
+def _import(client: docker.DockerClient, files: dict[str, Path | bytes], name: str) -> None:
+    """`docker import` a tiny image made of exactly these files."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for path, source in files.items():
+            if isinstance(source, Path):
+                tar.add(source.resolve(), arcname=path.lstrip("/"))
+            else:
+                info = tarfile.TarInfo(path.lstrip("/"))
+                info.size = len(source)
+                tar.addfile(info, io.BytesIO(source))
+    repository, tag = name.rsplit(":", 1)
+    client.api.import_image_from_data(
+        buffer.getvalue(), repository=repository, tag=tag, changes=["ENV PATH=/bin:/usr/bin"]
+    )
+
+
+@pytest.fixture(scope="session")
+def bash_only_image(client: docker.DockerClient) -> Iterator[str]:
+    """An image with bash and its libraries and nothing else: no Python, no coreutils."""
+    bash = Path("/bin/bash")
+    libraries = subprocess.run(["ldd", str(bash)], capture_output=True, text=True, check=True)
+    files: dict[str, Path | bytes] = {"/bin/bash": bash}
+    for line in libraries.stdout.splitlines():
+        path = line.split("=>")[-1].split("(")[0].strip()
+        if path.startswith("/"):
+            files[path] = Path(path)
+    _import(client, files, BASH_ONLY_IMAGE)
+    yield BASH_ONLY_IMAGE
+    client.images.remove(BASH_ONLY_IMAGE, force=True)
+
+
+@pytest.fixture(scope="session")
+def no_bash_image(client: docker.DockerClient) -> Iterator[str]:
+    _import(client, {"/README": b"no shell here\n"}, NO_BASH_IMAGE)
+    yield NO_BASH_IMAGE
+    client.images.remove(NO_BASH_IMAGE, force=True)
+
+
+@pytest.fixture
+def run_label() -> str:
+    """A run id for one test, so it can check that nothing of its own is left."""
+    return f"test-{uuid.uuid4().hex[:10]}"
+
+
+def containers_of(client: docker.DockerClient, run: str) -> list[str]:
+    found = client.containers.list(all=True, filters={"label": f"{LABEL}.run={run}"})
+    return [container.id for container in found]
+
+
+@pytest.fixture
+def sandbox(client: docker.DockerClient, base_image: str, run_label: str) -> Iterator[Sandbox]:
+    config = SandboxConfig(
+        image=base_image, workdir="/testbed", session_timeout=5, labels={f"{LABEL}.run": run_label}
+    )
+    with Sandbox(config, client) as box:
+        yield box
+    assert containers_of(client, run_label) == []
+
+
+@pytest.fixture(scope="session")
+def cwm_tokenizer() -> PreTrainedTokenizerFast:
+    """A tiny tokenizer with CWM's special tokens, built offline (tests/tokenizer_fixture.py)."""
+    return build_cwm_tokenizer()

@@ -1,0 +1,256 @@
+"""The four tools in real containers: every message of cwm-protocol.md §6, byte for byte."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from cwm_agent.protocol.prompts import EDIT_TOOL_FORMAT
+from cwm_agent.sandbox import LABEL, Sandbox, SandboxConfig
+from cwm_agent.sandbox.patch import tree_patch
+from cwm_agent.tools import Toolbox
+
+pytestmark = pytest.mark.docker
+
+RESTARTED = " A fresh session has started with the current working directory reset to default."
+
+
+@pytest.fixture(scope="module")
+def box(client: docker.DockerClient, base_image: str) -> Iterator[Sandbox]:
+    config = SandboxConfig(image=base_image, workdir="/testbed", session_timeout=2)
+    with Sandbox(config, client) as sandbox:
+        yield sandbox
+
+
+@pytest.fixture
+def tools(box: Sandbox) -> Toolbox:
+    """A toolbox whose session sits in a fresh directory of its own."""
+    assert box.session is not None
+    workdir = f"/testbed/{uuid.uuid4().hex[:8]}"
+    box.session.run(f"mkdir -p '{workdir}' && cd '{workdir}'")
+    return Toolbox(box)
+
+
+def put(tools: Toolbox, name: str, data: bytes) -> None:
+    tools.files.sandbox.write_file(tools.files.resolve(name), data)
+
+
+def get(tools: Toolbox, name: str) -> bytes:
+    return tools.files.sandbox.read_file(tools.files.resolve(name))
+
+
+def edit(path: str, search: str, replace: str) -> str:
+    return f"{path}\n<<<<<<< SEARCH\n{search}\n=======\n{replace}\n>>>>>>> REPLACE"
+
+
+# -- bash ------------------------------------------------------------------
+
+
+def test_bash_output_is_verbatim_and_failures_are_exact(tools: Toolbox) -> None:
+    ok = tools.run("bash", "echo hi; ls missing-file")
+    assert ok.ok and ok.exit_code == 2
+    assert ok.output == "hi\nls: cannot access 'missing-file': No such file or directory\n"
+    assert tools.run("bash", "sleep 10").output == (
+        "The current session has terminated due to timeout." + RESTARTED
+    )
+    assert tools.run("bash", "exit").output == (
+        "The current session has terminated unexpectedly." + RESTARTED
+    )
+    flood = tools.run("bash", "yes")
+    assert not flood.ok
+    assert flood.output == (
+        "The current session has terminated because your previous command produced too much "
+        "output." + RESTARTED
+    )
+    assert tools.run("bash", "pwd").output == "/testbed\n"
+
+
+# -- edit ------------------------------------------------------------------
+
+
+def test_edit_success_message_and_snippet(tools: Toolbox) -> None:
+    put(tools, "mod.py", "".join(f"line{i}\n" for i in range(1, 21)).encode())
+    result = tools.run("edit", edit("mod.py", "line10\nline11", "    new10\nnew11\nextra"))
+    assert result.ok
+    snippet = "\n".join(
+        f"{n:6}\t{text}"
+        for n, text in zip(
+            range(2, 21),
+            [f"line{i}" for i in range(2, 10)]
+            + ["    new10", "new11", "extra"]
+            + [f"line{i}" for i in range(12, 20)],
+            strict=True,
+        )
+    )
+    assert result.output == (
+        "File mod.py has been successfully updated at line 10 and now contains 22 lines. "
+        f"The surrounding lines after the edit are shown below:\n{snippet}\n"
+        "Review the changes and make sure they are as expected.\n"
+    )
+    assert get(tools, "mod.py").decode().splitlines()[9:12] == ["    new10", "new11", "extra"]
+
+
+def test_edit_failures(tools: Toolbox) -> None:
+    put(tools, "a.py", b"def f():\n    return 1\n\ndef g():\n    return 1\n")
+    assert tools.run("edit", edit("nope.py", "x", "y")).output == (
+        "The path nope.py does not exist. Please provide a valid path.\n"
+    )
+    assert tools.run("edit", edit("a.py", "    return 1", "    return 2")).output == (
+        "No replacement was performed. Multiple occurrences of the search text in lines "
+        "[2, 5] of a.py. Please ensure it is unique.\n"
+    )
+    assert tools.run("edit", edit("a.py", "def h():", "def k():")).output == (
+        "No replacement was performed, the search lines did not appear verbatim in a.py.\n"
+    )
+    assert tools.run("edit", edit("a.py", "return 1\n\ndef g():", "x")).output == (
+        "No replacement was performed, the search lines did not appear verbatim in a.py. "
+        "The search lines must exactly match one or more consecutive lines from the file, "
+        "with indentations preserved.\n"
+    )
+    assert tools.run("edit", "a.py\nreplace f with g").output == (
+        "Failed to parse the edit tool call. Make sure it has the following format:\n\n"
+        + EDIT_TOOL_FORMAT
+        + "\n"
+    )
+    two = edit("a.py", "def f():", "def F():") + "\n" + edit("a.py", "def g():", "def G():")
+    assert tools.run("edit", two).output == "Only one search/replace block is allowed. Got: 2.\n"
+    assert get(tools, "a.py") == b"def f():\n    return 1\n\ndef g():\n    return 1\n"
+
+
+def test_edit_keeps_crlf_missing_final_newline_and_unicode(tools: Toolbox) -> None:
+    put(tools, "win.txt", "première\r\nzweite\r\ndritte".encode())
+    result = tools.run("edit", edit("win.txt", "zweite", "zweite ✓ 日本"))
+    assert result.ok, result.output
+    assert get(tools, "win.txt") == "première\r\nzweite ✓ 日本\r\ndritte".encode()
+    put(tools, "latin1.txt", b"caf\xe9\nold\n")
+    assert tools.run("edit", edit("latin1.txt", "old", "new")).ok
+    assert get(tools, "latin1.txt") == b"caf\xe9\nnew\n"  # undecodable bytes survive
+
+
+def test_edit_paths_relative_to_session_with_spaces(tools: Toolbox) -> None:
+    tools.run("bash", "mkdir -p 'sub dir' && cd 'sub dir'")
+    put(tools, "my file.txt", b"alpha\n")
+    assert tools.run("edit", edit("my file.txt", "alpha", "beta")).ok
+    assert tools.run("bash", "cat 'my file.txt'").output == "beta\n"
+
+
+# -- create ----------------------------------------------------------------
+
+
+def test_create_messages(tools: Toolbox) -> None:
+    cwd = tools.run("bash", "pwd").output.strip()
+    assert tools.run("create", "new.py\nprint('x')\n").output == (
+        "File created successfully at: new.py (2 lines).\n"
+    )
+    assert get(tools, "new.py") == b"print('x')\n"
+    assert tools.run("create", "empty.txt").output == (
+        "File created successfully at: empty.txt (1 lines).\n"
+    )
+    assert get(tools, "empty.txt") == b""
+    assert tools.run("create", "new.py\nagain").output == (
+        "new.py already exists. Cannot create a new file at an existing path.\n"
+    )
+    assert tools.run("create", "  \ncontent").output == (
+        "Path is empty. Please provide a valid path.\n"
+    )
+    assert tools.run("create", "no/such/dir/f.py\nx").output == (
+        f"File creation failed. The parent directory {cwd}/no/such/dir does not exist.\n"
+    )
+    assert tools.run("bash", "stat -c %a new.py").output == "644\n"
+
+
+# -- submit ----------------------------------------------------------------
+
+
+def test_submit_messages(tools: Toolbox) -> None:
+    assert tools.run("submit", "missing.diff").output == (
+        "Failed to submit missing.diff. Make sure it exists and is readable."
+    )
+    put(tools, "empty.diff", b"\n  \n")
+    assert tools.run("submit", "empty.diff").output == (
+        "Failed to submit empty.diff. It is an empty file."
+    )
+    put(tools, "notes.txt", b"some notes\n")
+    assert tools.run("submit", "notes.txt").output == (
+        "Failed to submit notes.txt. It is not a valid diff file."
+    )
+    patch = "diff --git a/x b/x\n--- a/x\n+++ b/x\n@@ -1 +1 @@\n-a\n+b\n"
+    put(tools, "fix.patch", patch.encode())
+    result = tools.run("submit", " fix.patch\n")
+    assert result.ok and result.submission == patch
+    assert result.output == (
+        "The following patch content is marked as your final submission:\n\n"
+        f"<submission>\n{patch}\n</submission>\n\n"
+        "Review the patch content and ensure it correctly resolves the issue. If necessary, "
+        "you can continue refining the patch and submit an updated version."
+    )
+    tests = Toolbox(tools.files.sandbox, submit_kind="test")
+    put(tools, "test_issue.py", b"print('Issue reproduced')\n")
+    submitted = tests.run("submit", "test_issue.py")
+    assert submitted.submission == "print('Issue reproduced')\n"
+    assert submitted.output == (
+        "Review the following test which is marked as a submission:\n\n"
+        "<submission>\nprint('Issue reproduced')\n\n</submission>"
+    )
+
+
+# -- an image with bash and nothing else ------------------------------------
+
+
+def test_tools_work_without_python_or_coreutils(
+    client: docker.DockerClient, bash_only_image: str, run_label: str
+) -> None:
+    config = SandboxConfig(image=bash_only_image, workdir="/w", labels={f"{LABEL}.run": run_label})
+    with Sandbox(config, client) as sandbox:
+        tools = Toolbox(sandbox)
+        assert tools.run("create", "f.txt\nhello\nworld").ok
+        assert tools.run("edit", edit("f.txt", "world", "there")).ok
+        assert tools.run("bash", 'echo "<$(<f.txt)>"').output == "<hello\nthere>\n"
+        assert tools.run("bash", "python3 -V").exit_code == 127
+
+
+# -- patch helper ------------------------------------------------------------
+
+
+def test_tree_patch_applies_with_new_and_binary_files(
+    client: docker.DockerClient, base_image: str, run_label: str, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "calc.py").write_text("def add(a, b):\n    return a - b\n")
+    (repo / "logo.bin").write_bytes(bytes(range(256)))
+    (repo / ".gitignore").write_text("*.log\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "start"], check=True)
+
+    config = SandboxConfig(image=base_image, workdir="/testbed", labels={f"{LABEL}.run": run_label})
+    with Sandbox(config, client) as sandbox:
+        sandbox.copy_in(repo, "/testbed")
+        tools = Toolbox(sandbox)
+        assert tools.run("edit", edit("calc.py", "    return a - b", "    return a + b")).ok
+        assert tools.run("create", "docs dir/new file.md\n# hi\n").output.startswith(
+            "File creation"
+        )
+        tools.run("bash", "mkdir 'docs dir'")
+        assert tools.run("create", "docs dir/new file.md\n# hi\n").ok
+        tools.run(
+            "bash", "printf '\\x00\\x01\\x02' > logo.bin; echo noise > run.log; git add calc.py"
+        )
+        patch = tree_patch(sandbox, "/testbed")
+        staged = tools.run("bash", "git diff --cached --name-only").output
+    assert sorted(patch.files) == ["calc.py", "docs dir/new file.md", "logo.bin"]
+    assert patch.binary_files == ["logo.bin"]
+    assert staged == "calc.py\n", "the agent's own index must be left as it was"
+
+    (tmp_path / "fix.patch").write_bytes(patch.encode())
+    subprocess.run([*git, "apply", str(tmp_path / "fix.patch")], check=True)
+    assert (repo / "calc.py").read_text() == "def add(a, b):\n    return a + b\n"
+    assert (repo / "docs dir" / "new file.md").read_text() == "# hi\n"
+    assert (repo / "logo.bin").read_bytes() == b"\x00\x01\x02"
