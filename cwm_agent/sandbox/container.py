@@ -224,7 +224,7 @@ class Sandbox:
             self._put(dest, source)
 
     def read_file(self, path: str) -> bytes:
-        """Bytes of a regular file (symlinks followed); NotFound if absent."""
+        """Bytes of a regular file (symlinks followed); FileNotFoundError if absent."""
         stat = self.stat(path)
         if stat is None or stat.is_dir:
             raise FileNotFoundError(path)
@@ -235,13 +235,16 @@ class Sandbox:
             return handle.read() if handle is not None else b""
 
     def write_file(self, path: str, data: bytes, mode: int | None = None) -> None:
-        """Write a file; an existing file keeps its permissions (symlinks followed)."""
-        stat = self.stat(path)
-        target = stat.path if stat is not None else path
+        """Write a file; without `mode`, an existing file keeps its permissions and
+        symlinks are followed."""
+        target = path
+        if mode is None:  # callers that know the file pass its mode and save a round trip
+            stat = self.stat(path)
+            target, mode = (stat.path, stat.mode & 0o7777) if stat else (path, 0o644)
         info = tarfile.TarInfo(posixpath.basename(target))
         info.size = len(data)
         info.mtime = int(time.time())
-        info.mode = mode if mode is not None else (stat.mode & 0o7777 if stat else 0o644)
+        info.mode = mode
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w") as tar:
             tar.addfile(info, io.BytesIO(data))

@@ -101,14 +101,14 @@ def run_edit(files: ToolFiles, argument: str) -> ToolResult:
     call = parse_edit(argument)
     if isinstance(call, str):
         return ToolResult(call, ok=False)
-    target = files.resolve(call.path)
-    data = files.read(target)
-    if data is None:
+    found = files.read(files.resolve(call.path))
+    if found is None:
         return ToolResult(
             f"The path {call.path} does not exist. Please provide a valid path.", ok=False
         )
+    stat, data = found
     new, message = apply_edit(data.decode("utf-8", "surrogateescape"), call)
     if new is None:
         return ToolResult(message, ok=False)
-    files.sandbox.write_file(target, new.encode("utf-8", "surrogateescape"))
+    files.sandbox.write_file(stat.path, new.encode("utf-8", "surrogateescape"), stat.mode & 0o7777)
     return ToolResult(message, ok=True)

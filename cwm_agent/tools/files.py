@@ -6,7 +6,7 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass
 
-from cwm_agent.sandbox import Sandbox, ShellSession
+from cwm_agent.sandbox import PathStat, Sandbox, ShellSession
 
 
 @dataclass
@@ -22,9 +22,9 @@ class ToolFiles:
         cwd = self.session.query('builtin printf %s "$PWD"')
         return posixpath.normpath(posixpath.join(cwd, path))
 
-    def read(self, path: str) -> bytes | None:
-        """A regular file's bytes (absolute path), or None if there is no such file."""
-        try:
-            return self.sandbox.read_file(path)
-        except FileNotFoundError:
+    def read(self, path: str) -> tuple[PathStat, bytes] | None:
+        """A regular file (absolute path, symlinks followed) and its bytes, or None."""
+        stat = self.sandbox.stat(path)
+        if stat is None or stat.is_dir:
             return None
+        return stat, self.sandbox.read_file(stat.path)

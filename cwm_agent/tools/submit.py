@@ -13,12 +13,12 @@ SubmitKind = Literal["patch", "test"]
 
 def run_submit(files: ToolFiles, argument: str, kind: SubmitKind = "patch") -> ToolResult:
     path = argument.strip()
-    data = files.read(files.resolve(path))
-    if data is None:
+    found = files.read(files.resolve(path))
+    if found is None:
         return ToolResult(
             f"Failed to submit {path}. Make sure it exists and is readable.", ok=False
         )
-    content = data.decode("utf-8", "replace")
+    content = found[1].decode("utf-8", "replace")
     if not content.strip():
         return ToolResult(f"Failed to submit {path}. It is an empty file.", ok=False)
     if kind == "test":
