@@ -8,15 +8,25 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import json
 import platform
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from cwm_agent.agent import MessageRecord, RolloutConfig
+from cwm_agent.fix import FixError, FixOptions, FixResult, run_fix
+from cwm_agent.gitrepo import RepoError
+from cwm_agent.model import PolicyError
 from cwm_agent.sandbox import SandboxError, SandboxInterrupted, docker_client, remove_leftovers
+from cwm_agent.sandbox.image import DEFAULT_IMAGE
 
 app = typer.Typer(
     help="Fix software issues with Meta's Code World Model (CWM).",
@@ -36,14 +46,133 @@ def user_errors(command: F) -> F:
     def wrapper(*args: object, **kwargs: object) -> object:
         try:
             return command(*args, **kwargs)
-        except SandboxError as exc:
+        except (SandboxError, FixError, RepoError, PolicyError) as exc:
             typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            typer.echo(f"error: invalid {where}: {first['msg']}", err=True)
             raise typer.Exit(1) from None
         except (KeyboardInterrupt, SandboxInterrupted):
             typer.echo("interrupted: containers removed", err=True)
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+@app.command()
+@user_errors
+def fix(
+    repo: Annotated[Path | None, typer.Option(help="git repository to fix (read-only)")] = None,
+    issue: Annotated[str | None, typer.Option(help="the issue text")] = None,
+    issue_file: Annotated[Path | None, typer.Option(help="file holding the issue text")] = None,
+    model: Annotated[
+        str, typer.Option(help="replay:PATH, openai:URL, or a model id / directory")
+    ] = "facebook/cwm",
+    image: Annotated[str, typer.Option(help="sandbox image")] = DEFAULT_IMAGE,
+    workdir: Annotated[str, typer.Option(help="repository path inside the sandbox")] = "/testbed",
+    output: Annotated[Path | None, typer.Option(help="new folder for the outputs")] = None,
+    max_turns: Annotated[int, typer.Option(help="turn budget")] = 128,
+    session_timeout: Annotated[float, typer.Option(help="seconds per bash call")] = 120.0,
+    branch: Annotated[
+        str | None, typer.Option(help="commit the patch on this new branch of --repo")
+    ] = None,
+    include_uncommitted: Annotated[
+        bool,
+        typer.Option(
+            "--include-uncommitted", help="start from the working tree's tracked changes, not HEAD"
+        ),
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="print only the outcome")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="print result.json")] = False,
+) -> None:
+    """Run CWM on a repository and an issue; write patch.diff, trajectory.json, result.json.
+
+    Without --repo, the repository already inside --image at --workdir is used.
+    """
+    if (issue is None) == (issue_file is None):
+        raise FixError("give the issue with exactly one of --issue TEXT or --issue-file FILE")
+    if issue_file is not None:
+        try:
+            issue = issue_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise FixError(f"--issue-file {issue_file}: {exc.strerror or exc}") from None
+    if repo is None and image == DEFAULT_IMAGE:
+        raise FixError("give --repo PATH, or --image IMAGE holding the repository at --workdir")
+    options = FixOptions(
+        repo=repo,
+        issue=issue or "",
+        model=model,
+        image=image,
+        workdir=workdir,
+        output=output,
+        branch=branch,
+        include_uncommitted=include_uncommitted,
+        rollout=RolloutConfig(max_turns=max_turns, session_timeout=session_timeout),
+    )
+    live = not (quiet or json_output)
+    started = time.monotonic()
+    view = console if live else Console(quiet=True)
+    with view.status("starting the sandbox") as status:
+
+        def observe(message: MessageRecord) -> None:
+            elapsed = time.monotonic() - started
+            status.update(f"turn {message.turn} · {elapsed:.0f}s")
+            line = _describe(message, elapsed)
+            if line is not None:
+                view.print(line, highlight=False, no_wrap=True, overflow="ellipsis")
+
+        result = run_fix(options, observer=observe, progress=lambda line: status.update(line))
+    if json_output:
+        typer.echo(json.dumps(result.model_dump(), indent=2))
+    else:
+        console.print(_outcome(result), highlight=False)
+    if not result.success:
+        raise typer.Exit(1)
+
+
+def _describe(message: MessageRecord, elapsed: float) -> str | None:
+    """One line of the live view for a reply or a tool result; None for the rest."""
+    clock = f"[dim]{elapsed:6.1f}s[/]"
+    if message.role == "assistant":
+        head = f"{clock} turn {message.turn:3d}"
+        if message.tool_call is not None:
+            first = message.tool_call.argument.strip().splitlines()[0]
+            return f"{head} [bold]{message.tool_call.name}[/] {escape(_clip(first, 70))}"
+        if message.format_error is not None:
+            return f"{head} [yellow]{escape(_clip(message.format_error, 80))}[/]"
+        return f"{head} [bold]final response[/]"
+    if message.tool_result is not None:
+        result = message.tool_result
+        took = f"({result.duration_s * 1000:.0f} ms)"
+        if result.ok:
+            code = "" if result.exit_code in (None, 0) else f" exit {result.exit_code}"
+            return f"{clock}          [green]ok[/]{code} {took}"
+        first = result.output.strip().splitlines()[0] if result.output.strip() else ""
+        return f"{clock}          [red]failed[/] {took} {escape(_clip(first, 70))}"
+    return None
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _outcome(result: FixResult) -> str:
+    stats = result.patch_stats
+    if result.success:
+        line = (
+            f"[green]fixed[/]: {stats.files} file(s), +{stats.additions} -{stats.deletions} "
+            f"in {result.turns} turns, {result.duration_s:.1f}s"
+        )
+    elif result.patch_submitted and result.patch_applies is False:
+        line = f"[red]the patch does not apply[/] to {result.start}: {result.patch_error}"
+    else:
+        line = f"[red]no fix[/]: {result.status}" + (f" ({result.reason})" if result.reason else "")
+    branch = (
+        f"; branch {result.branch} at {result.branch_commit[:12]}" if result.branch_commit else ""
+    )
+    return f"{line}{branch}\noutputs: {result.output_dir}/"
 
 
 @app.command()

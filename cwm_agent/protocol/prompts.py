@@ -219,6 +219,12 @@ def tool_result(feedback: str, remaining_turns: int, remaining_tokens: int) -> s
     )
 
 
+def tool_result_for_estimate(feedback: str) -> str:
+    """The body CWM measured to estimate a tool message's size before the budget
+    numbers were known: the notice with its placeholders left unfilled."""
+    return _TOOL_RESULT.replace("{feedback}", feedback)
+
+
 def submission_feedback(patch: str) -> str:
     """The feedback of a successful patch submission (§6), shown inside ``<output>``."""
     return _SUBMISSION_FEEDBACK.format(patch=patch)

@@ -1,0 +1,211 @@
+"""`cwm-agent fix`: one rollout on a repository, from its HEAD to a checked patch.
+
+The user's repository is only read (a `git archive` of the start commit goes
+into the sandbox) until the end, when `--branch` adds a commit and a ref
+through git's object store; its working tree, index and stash stay untouched.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from cwm_agent import gitrepo
+from cwm_agent.agent import Observer, RolloutConfig, Trajectory, run_rollout
+from cwm_agent.model import load_policy
+from cwm_agent.sandbox import LABEL, Sandbox, SandboxConfig, SandboxError, docker_client
+from cwm_agent.sandbox.image import DEFAULT_IMAGE, ensure_image
+from cwm_agent.tools import Toolbox
+
+_INIT_REPO = """set -e
+git init -q
+git add -A
+git -c user.name=cwm-agent -c user.email=cwm-agent@localhost commit -q --no-verify \\
+  --allow-empty -m "cwm-agent: start"
+git rev-parse HEAD
+"""
+_CHECK_IN_CONTAINER = """set -e
+export GIT_INDEX_FILE="$(mktemp -u)"
+git -c safe.directory='*' read-tree "$1"
+git -c safe.directory='*' apply --cached --check "$2"
+"""
+
+
+class FixError(Exception):
+    """Bad input to `fix`; the message is meant for users."""
+
+
+class FixOptions(BaseModel):
+    """Everything `cwm-agent fix` was asked to do, validated before any work starts."""
+
+    repo: Path | None = None
+    issue: str
+    model: str
+    image: str = DEFAULT_IMAGE
+    workdir: str = "/testbed"
+    output: Path | None = None
+    branch: str | None = None
+    include_uncommitted: bool = False
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+
+
+class PatchStats(BaseModel):
+    files: int = 0
+    additions: int = 0
+    deletions: int = 0
+    bytes: int = 0
+
+
+class FixResult(BaseModel):
+    """`result.json`: the outcome, in a form scripts can rely on."""
+
+    status: str
+    reason: str | None
+    success: bool
+    turns: int
+    tokens_used: int
+    duration_s: float
+    generation_s: float
+    tools_s: float
+    model: str
+    image: str
+    start: str
+    patch_submitted: bool
+    patch_applies: bool | None
+    patch_error: str | None = None
+    patch_stats: PatchStats
+    branch: str | None = None
+    branch_commit: str | None = None
+    output_dir: str
+
+
+def run_fix(
+    options: FixOptions,
+    observer: Observer | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> FixResult:
+    """Validate, run one rollout in a fresh sandbox, write the outputs, check the patch."""
+    issue = options.issue.strip()
+    if not issue:
+        raise FixError("the issue is empty: pass --issue TEXT or --issue-file FILE with text")
+    policy = load_policy(options.model)
+    repo = gitrepo.open_repo(options.repo) if options.repo is not None else None
+    if options.branch is not None:
+        if repo is None:
+            raise FixError("--branch needs --repo: the branch is made in your repository")
+        gitrepo.ensure_new_branch(repo, options.branch)
+    output = _output_dir(options.output)
+    client = docker_client()
+    ensure_image(client, options.image, progress)
+
+    snapshot = gitrepo.snapshot(repo, options.include_uncommitted) if repo is not None else None
+    config = SandboxConfig(
+        image=options.image,
+        workdir=options.workdir,
+        session_timeout=options.rollout.session_timeout,
+        labels={f"{LABEL}.job": "fix"},
+    )
+    rollout = options.rollout.model_copy(update={"repo_root": options.workdir})
+    patch_error: str | None = None
+    head = ""
+    with Sandbox(config, client) as box:
+        if snapshot is not None:
+            box.copy_in(io.BytesIO(snapshot.tar), options.workdir)
+            code, out, err = box.exec(["bash", "-c", _INIT_REPO])
+            if code != 0:
+                detail = (err or out).decode("utf-8", "replace").strip()[-200:]
+                raise SandboxError(
+                    f"cannot make a git repository in {options.image!r} ({detail}): "
+                    "the sandbox image needs git"
+                )
+            start = snapshot.description
+        else:
+            code, out, _ = box.exec(["git", "-c", "safe.directory=*", "rev-parse", "HEAD"])
+            if code != 0:
+                raise FixError(f"{options.workdir} in {options.image!r} is not a git repository")
+            head = out.decode().strip()
+            start = f"{options.image}:{options.workdir} at {head[:12]}"
+        trajectory = run_rollout(policy, Toolbox(box), issue, rollout, observer)
+        patch = (trajectory.submission or "").encode("utf-8", "surrogateescape")
+        if patch and snapshot is None:
+            patch_error = _check_in_container(box, head, patch)
+
+    (output / "patch.diff").write_bytes(patch)
+    (output / "trajectory.json").write_text(trajectory.model_dump_json(indent=2))
+    branch_commit = None
+    if patch and repo is not None and snapshot is not None:
+        patch_error = gitrepo.check_patch(repo, snapshot.commit, patch)
+        if patch_error is None and options.branch is not None:
+            branch_commit = gitrepo.commit_on_branch(
+                repo, snapshot.commit, patch, options.branch, _commit_message(trajectory)
+            )
+    result = FixResult(
+        status=trajectory.status,
+        reason=trajectory.reason,
+        success=trajectory.status == "finished" and bool(patch) and patch_error is None,
+        turns=trajectory.turns,
+        tokens_used=trajectory.tokens_used,
+        duration_s=round(trajectory.duration_s, 3),
+        generation_s=round(trajectory.generation_s, 3),
+        tools_s=round(trajectory.tools_s, 3),
+        model=policy.name,
+        image=options.image,
+        start=start,
+        patch_submitted=bool(patch),
+        patch_applies=None if not patch else patch_error is None,
+        patch_error=patch_error,
+        patch_stats=patch_stats(patch.decode("utf-8", "replace")),
+        branch=options.branch if branch_commit else None,
+        branch_commit=branch_commit,
+        output_dir=str(output),
+    )
+    (output / "result.json").write_text(json.dumps(result.model_dump(), indent=2) + "\n")
+    return result
+
+
+def patch_stats(patch: str) -> PatchStats:
+    stats = PatchStats(bytes=len(patch.encode()))
+    for line in patch.splitlines():
+        if line.startswith("diff --git "):
+            stats.files += 1
+        elif line.startswith("+") and not line.startswith("+++ "):
+            stats.additions += 1
+        elif line.startswith("-") and not line.startswith("--- "):
+            stats.deletions += 1
+    return stats
+
+
+def _output_dir(requested: Path | None) -> Path:
+    """A new folder: a run never overwrites what an earlier one wrote."""
+    if requested is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        requested = Path("cwm-agent-runs") / f"{stamp}-{uuid.uuid4().hex[:6]}"
+    if requested.exists() and (not requested.is_dir() or any(requested.iterdir())):
+        raise FixError(f"--output {requested} exists and is not empty: choose a new folder")
+    requested.mkdir(parents=True, exist_ok=True)
+    return requested
+
+
+def _check_in_container(box: Sandbox, start: str, patch: bytes) -> str | None:
+    path = f"/tmp/cwm-agent-{uuid.uuid4().hex[:8]}.diff"
+    box.write_file(path, patch, mode=0o644)
+    code, out, err = box.exec(["bash", "-c", _CHECK_IN_CONTAINER, "bash", start, path])
+    return None if code == 0 else (err or out).decode("utf-8", "replace").strip()
+
+
+def _commit_message(trajectory: Trajectory) -> str:
+    """First line of the issue as the subject, the model's summary as the body."""
+    subject = re.sub(r"\s+", " ", trajectory.issue.strip().splitlines()[0])[:60]
+    summary = (
+        next((m.content for m in reversed(trajectory.messages) if m.role == "assistant"), "")
+        .rpartition("</think>")[2]
+        .strip()
+    )
+    return f"cwm-agent: {subject}\n\n{summary}\n".rstrip() + "\n"

@@ -1,0 +1,136 @@
+"""The user's repository, read and written only through git's object store.
+
+Nothing here touches the user's working tree, index, stash or current branch:
+snapshots are `git archive` streams, patches are checked and committed through
+a throw-away index file, and a branch is created by pointing a new ref at a
+commit made with `commit-tree`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import git
+
+AUTHOR = ("cwm-agent", "cwm-agent@localhost")  # used only when the repo has no user set
+
+
+class RepoError(Exception):
+    """A problem with the user's repository; the message is meant for users."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The start state: a commit in the user's object store and its files as a tar."""
+
+    commit: str
+    description: str
+    tar: bytes
+
+
+def open_repo(path: Path) -> git.Repo:
+    if not path.exists():
+        raise RepoError(f"--repo {path}: no such directory")
+    try:
+        repo = git.Repo(path, search_parent_directories=False)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        raise RepoError(
+            f"--repo {path} is not a git repository: run `git init` there first"
+        ) from None
+    if repo.bare:
+        raise RepoError(f"--repo {path} is a bare repository: point at a working copy")
+    if not repo.head.is_valid():
+        raise RepoError(f"--repo {path} has no commits yet: commit the code to fix first")
+    return repo
+
+
+def snapshot(repo: git.Repo, include_uncommitted: bool = False) -> Snapshot:
+    """HEAD, or with `include_uncommitted` HEAD plus the tracked files' changes.
+
+    The uncommitted state becomes a commit object (via `git stash create`, which
+    writes objects but leaves the stash list, index and files alone) whose parent
+    is HEAD, so patches and branches can start from it.
+    """
+    head = repo.head.commit.hexsha
+    commit, description = head, f"HEAD ({head[:12]})"
+    if include_uncommitted:
+        stash = repo.git.stash("create")
+        if stash:
+            commit = repo.git.execute(
+                [
+                    "git",
+                    "commit-tree",
+                    f"{stash}^{{tree}}",
+                    "-p",
+                    head,
+                    "-m",
+                    "cwm-agent: uncommitted changes",
+                ],
+                env=_identity_env(repo),
+            )
+            description = f"HEAD ({head[:12]}) + uncommitted changes ({commit[:12]})"
+    buffer = io.BytesIO()
+    repo.archive(buffer, commit, format="tar")
+    return Snapshot(commit, description, buffer.getvalue())
+
+
+def check_patch(repo: git.Repo, start: str, patch: bytes) -> str | None:
+    """None if `patch` applies cleanly to `start`, else git's complaint."""
+    with _scratch_index(repo, start) as (env, patch_file):
+        patch_file.write_bytes(patch)
+        try:
+            repo.git.execute(["git", "apply", "--cached", "--check", str(patch_file)], env=env)
+        except git.GitCommandError as exc:
+            return (exc.stderr or str(exc)).strip().removeprefix("stderr: ").strip("'\n ")
+    return None
+
+
+def commit_on_branch(repo: git.Repo, start: str, patch: bytes, branch: str, message: str) -> str:
+    """Commit `patch` on top of `start` as the new branch `branch`; returns the commit."""
+    ensure_new_branch(repo, branch)
+    with _scratch_index(repo, start) as (env, patch_file):
+        patch_file.write_bytes(patch)
+        repo.git.execute(["git", "apply", "--cached", str(patch_file)], env=env)
+        tree = repo.git.execute(["git", "write-tree"], env=env)
+        commit = repo.git.execute(
+            ["git", "commit-tree", tree, "-p", start, "-m", message], env=_identity_env(repo)
+        )
+    repo.git.execute(["git", "branch", branch, commit])
+    return commit
+
+
+def ensure_new_branch(repo: git.Repo, branch: str) -> None:
+    """Refuse names git rejects and branches that exist (never overwrite one)."""
+    try:
+        repo.git.execute(["git", "check-ref-format", "--branch", branch])
+    except git.GitCommandError:
+        raise RepoError(f"--branch {branch!r} is not a valid branch name") from None
+    if branch in repo.heads:
+        raise RepoError(f"branch {branch!r} already exists: choose another --branch name")
+
+
+@contextmanager
+def _scratch_index(repo: git.Repo, start: str) -> Iterator[tuple[dict[str, str], Path]]:
+    with tempfile.TemporaryDirectory(prefix="cwm-agent-") as folder:
+        env = {"GIT_INDEX_FILE": os.path.join(folder, "index")}
+        repo.git.execute(["git", "read-tree", start], env=env)
+        yield env, Path(folder) / "patch.diff"
+
+
+def _identity_env(repo: git.Repo) -> dict[str, str]:
+    """Author/committer from the repo's config, or cwm-agent's when none is set."""
+    reader = repo.config_reader()
+    name = reader.get_value("user", "name", AUTHOR[0])
+    email = reader.get_value("user", "email", AUTHOR[1])
+    return {
+        "GIT_AUTHOR_NAME": str(name),
+        "GIT_AUTHOR_EMAIL": str(email),
+        "GIT_COMMITTER_NAME": str(name),
+        "GIT_COMMITTER_EMAIL": str(email),
+    }
