@@ -24,7 +24,7 @@ from rich.table import Table
 from cwm_agent.agent import MessageRecord, RolloutConfig
 from cwm_agent.fix import FixError, FixOptions, FixResult, run_fix
 from cwm_agent.gitrepo import RepoError
-from cwm_agent.model import PolicyError
+from cwm_agent.model import PolicyError, load_policy
 from cwm_agent.sandbox import SandboxError, SandboxInterrupted, docker_client, remove_leftovers
 from cwm_agent.sandbox.image import DEFAULT_IMAGE
 
@@ -179,10 +179,14 @@ def _outcome(result: FixResult) -> str:
 @user_errors
 def doctor(
     image: Annotated[str, typer.Option(help="sandbox image that must be present")] = (
-        "cwm-base:bookworm"
+        DEFAULT_IMAGE
     ),
+    model: Annotated[
+        str | None, typer.Option(help="also check that this --model SPEC loads")
+    ] = None,
 ) -> None:
-    """Check Docker, the sandbox image and the inference stack; non-zero if one is missing."""
+    """Check Docker, the sandbox image, the inference stack and a model; non-zero if a
+    required part is missing (the default image is built on first use, so it is optional)."""
     table = Table("check", "status", "detail")
     ok = True
 
@@ -201,7 +205,9 @@ def doctor(
     if client is not None:
         row("docker daemon", True, client.version().get("Version", "?"))
         present = bool(client.images.list(name=image))
-        row(f"image {image}", present, "present" if present else "build: scripts/base-image.sh")
+        default = image == DEFAULT_IMAGE
+        hint = "built on first use of fix" if default else f"docker pull {image}"
+        row(f"image {image}", present, "present" if present else hint, required=not default)
     for package in ("torch", "transformers", "accelerate"):
         try:
             row(package, True, importlib.metadata.version(package))
@@ -219,6 +225,11 @@ def doctor(
         row("CUDA GPUs", gpus > 0, detail or "none: local inference runs on CPU", required=False)
     except ImportError:
         pass
+    if model is not None:
+        try:
+            row(f"model {model}", True, load_policy(model).name)
+        except PolicyError as exc:
+            row(f"model {model}", False, str(exc))
     console.print(table)
     if not ok:
         raise typer.Exit(1)

@@ -1,7 +1,7 @@
 """The user's repository, read and written only through git's object store.
 
 Nothing here touches the user's working tree, index, stash or current branch:
-snapshots are `git archive` streams, patches are checked and committed through
+snapshots are tar streams of a commit's blobs, patches are checked and committed through
 a throw-away index file, and a branch is created by pointing a new ref at a
 commit made with `commit-tree`.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import tarfile
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ from pathlib import Path
 import git
 
 AUTHOR = ("cwm-agent", "cwm-agent@localhost")  # used only when the repo has no user set
+_SYMLINK_MODE = 0o120000
 
 
 class RepoError(Exception):
@@ -75,9 +77,32 @@ def snapshot(repo: git.Repo, include_uncommitted: bool = False) -> Snapshot:
                 env=_identity_env(repo),
             )
             description = f"HEAD ({head[:12]}) + uncommitted changes ({commit[:12]})"
+    return Snapshot(commit, description, _tree_tar(repo.commit(commit).tree))
+
+
+def _tree_tar(tree: git.Tree) -> bytes:
+    """The commit's blobs exactly (unlike `git archive`, no .gitattributes filters,
+    export-ignore or eol conversion), with executable bits and symlinks."""
     buffer = io.BytesIO()
-    repo.archive(buffer, commit, format="tar")
-    return Snapshot(commit, description, buffer.getvalue())
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for item in tree.traverse():
+            info = tarfile.TarInfo(item.path)
+            if item.type == "tree":
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            elif item.type == "blob":
+                data = item.data_stream.read()
+                if item.mode == _SYMLINK_MODE:
+                    info.type, info.linkname = (
+                        tarfile.SYMTYPE,
+                        data.decode("utf-8", "surrogateescape"),
+                    )
+                    tar.addfile(info)
+                else:
+                    info.size, info.mode = len(data), 0o755 if item.mode & 0o111 else 0o644
+                    tar.addfile(info, io.BytesIO(data))
+            # submodules (commits) are not part of the snapshot
+    return buffer.getvalue()
 
 
 def check_patch(repo: git.Repo, start: str, patch: bytes) -> str | None:
@@ -107,12 +132,21 @@ def commit_on_branch(repo: git.Repo, start: str, patch: bytes, branch: str, mess
 
 def ensure_new_branch(repo: git.Repo, branch: str) -> None:
     """Refuse names git rejects and branches that exist (never overwrite one)."""
-    try:
-        repo.git.execute(["git", "check-ref-format", "--branch", branch])
+    valid = not branch.startswith("-")
+    try:  # without --branch, so shorthands such as @{-1} are rejected, not expanded
+        repo.git.execute(["git", "check-ref-format", f"refs/heads/{branch}"])
     except git.GitCommandError:
-        raise RepoError(f"--branch {branch!r} is not a valid branch name") from None
-    if branch in repo.heads:
-        raise RepoError(f"branch {branch!r} already exists: choose another --branch name")
+        valid = False
+    if not valid:
+        raise RepoError(f"--branch {branch!r} is not a valid branch name")
+    for head in repo.heads:
+        if head.name == branch:
+            raise RepoError(f"branch {branch!r} already exists: choose another --branch name")
+        if head.name.startswith(branch + "/") or branch.startswith(head.name + "/"):
+            raise RepoError(
+                f"--branch {branch!r} clashes with the existing branch {head.name!r} "
+                "(one would be a folder of the other): choose another name"
+            )
 
 
 @contextmanager

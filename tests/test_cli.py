@@ -1,0 +1,67 @@
+"""`cwm-agent doctor` and `cwm-agent cleanup` against a real engine."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+
+import docker
+import pytest
+
+from cwm_agent.sandbox import LABEL
+
+pytestmark = pytest.mark.docker
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cwm_agent.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+        timeout=120,
+    )
+
+
+def test_doctor_reports_and_fails_without_docker(base_image: str) -> None:
+    good = cli("doctor", "--image", base_image, "--model", "replay:examples/calc/replay.json")
+    assert good.returncode == 0, good.stdout
+    assert "docker daemon" in good.stdout and "present" in good.stdout
+    missing = cli("doctor", "--image", "cwm-agent-test/absent:nope")
+    assert missing.returncode == 1 and "missing" in missing.stdout
+    no_docker = cli("doctor", env={"DOCKER_HOST": "tcp://127.0.0.1:9"})
+    assert no_docker.returncode == 1
+    assert "cannot reach the Docker daemon" in no_docker.stdout
+
+
+def test_cleanup_removes_only_orphans(client: docker.DockerClient, base_image: str) -> None:
+    finished = subprocess.run(["true"], check=True)
+    dead_pid = str(subprocess.Popen(["true"]).pid)
+    assert finished.returncode == 0
+    made = {}
+    for name, pid in (("orphan", dead_pid), ("live", str(os.getpid()))):
+        container = client.containers.create(
+            base_image,
+            ["bash"],
+            labels={
+                LABEL: "1",
+                f"{LABEL}.pid": pid,
+                f"{LABEL}.host": socket.gethostname(),
+                f"{LABEL}.run": f"cleanup-test-{name}",
+            },
+        )
+        made[name] = container.id
+    try:
+        done = cli("cleanup")
+        assert done.returncode == 0 and "removed 1 container(s)" in done.stdout
+        remaining = {c.id for c in client.containers.list(all=True, filters={"label": LABEL})}
+        assert made["orphan"] not in remaining and made["live"] in remaining
+        assert cli("cleanup", "--all").returncode == 0
+        assert not client.containers.list(all=True, filters={"label": LABEL})
+    finally:
+        for container_id in made.values():
+            with contextlib.suppress(docker.errors.NotFound):
+                client.containers.get(container_id).remove(force=True)

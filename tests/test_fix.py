@@ -1,0 +1,374 @@
+"""`cwm-agent fix` end to end: the real CLI, real containers, a repository with a real bug.
+
+The model is the only double: `replay:` files stand in for CWM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import docker
+import pytest
+
+from cwm_agent.sandbox import LABEL
+
+pytestmark = pytest.mark.docker
+
+EXAMPLE = Path(__file__).parent.parent / "examples" / "calc"
+GIT = ["git", "-c", "user.name=dev", "-c", "user.email=dev@example.invalid"]
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        [*GIT, "-C", str(repo), *args], check=True, capture_output=True, text=True
+    ).stdout
+
+
+@pytest.fixture
+def calc_repo(tmp_path: Path) -> Path:
+    """The bundled example: `median()` is wrong for even counts, one test fails."""
+    repo = tmp_path / "calc"
+    shutil.copytree(EXAMPLE / "repo", repo)
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "calc")
+    return repo
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cwm_agent.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+        timeout=300,
+    )
+
+
+def replay(tmp_path: Path, replies: list[str]) -> str:
+    path = tmp_path / "replies.json"
+    path.write_text(json.dumps(replies))
+    return f"replay:{path}"
+
+
+def call(tool: str, argument: str, thought: str = "Next step.") -> str:
+    return f"{thought}\n</think>\n\n<tool: {tool}>\n{argument}\n</tool>"
+
+
+def fix_args(repo: Path, base_image: str, output: Path, model: str) -> list[str]:
+    return [
+        "fix",
+        "--repo",
+        str(repo),
+        "--issue-file",
+        str(EXAMPLE / "issue.md"),
+        "--model",
+        model,
+        "--image",
+        base_image,
+        "--output",
+        str(output),
+    ]
+
+
+def our_containers(client: docker.DockerClient) -> list[str]:
+    return [c.id for c in client.containers.list(all=True, filters={"label": f"{LABEL}.job=fix"})]
+
+
+def tree_state(repo: Path) -> dict[str, object]:
+    """Everything of the user's that `fix` must leave alone."""
+    files = {
+        str(p.relative_to(repo)): p.read_bytes()
+        for p in sorted(repo.rglob("*"))
+        if p.is_file() and ".git" not in p.parts
+    }
+    return {
+        "files": files,
+        "status": git(repo, "status", "--porcelain"),
+        "index": git(repo, "ls-files", "-s"),
+        "head": git(repo, "rev-parse", "HEAD"),
+        "branch": git(repo, "branch", "--show-current"),
+        "stash": git(repo, "stash", "list"),
+    }
+
+
+def test_example_fix_end_to_end_with_branch(
+    calc_repo: Path, base_image: str, tmp_path: Path, client: docker.DockerClient
+) -> None:
+    # The user is mid-work: a staged change, an edit, an untracked file, a stash entry.
+    (calc_repo / "notes.txt").write_text("scratch\n")
+    git(calc_repo, "add", "notes.txt")
+    git(calc_repo, "stash", "push", "-q", "-m", "earlier work")
+    (calc_repo / "README").write_text("wip readme\n")
+    git(calc_repo, "add", "README")
+    (calc_repo / "test_calc.py").write_text((calc_repo / "test_calc.py").read_text() + "\n# wip\n")
+    before = tree_state(calc_repo)
+
+    output = tmp_path / "run"
+    args = fix_args(calc_repo, base_image, output, f"replay:{EXAMPLE / 'replay.json'}")
+    done = cli(*args, "--branch", "cwm-agent/fix-median")
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "fixed: 1 file(s), +1 -1 in 9 turns" in done.stdout
+    assert "turn   4 edit calc.py" in done.stdout
+    assert tree_state(calc_repo) == before, "the user's tree, index, branch and stash"
+    assert our_containers(client) == []
+
+    result = json.loads((output / "result.json").read_text())
+    assert result["status"] == "finished" and result["success"] is True
+    assert result["patch_applies"] is True and result["turns"] == 9
+    patch = (output / "patch.diff").read_bytes()
+    assert result["patch_stats"] == {
+        "files": 1,
+        "additions": 1,
+        "deletions": 1,
+        "bytes": len(patch),
+    }
+    assert result["branch"] == "cwm-agent/fix-median"
+
+    trajectory = json.loads((output / "trajectory.json").read_text())
+    roles = [m["role"] for m in trajectory["messages"]]
+    assert roles[:2] == ["system", "user"]
+    assert roles.count("assistant") == 9
+    format_error = trajectory["messages"][7]
+    assert format_error["role"] == "user"
+    assert format_error["content"] == (
+        "FormatError: Expected one tool call, but found 2: edit, bash. "
+        "Ensure only one <tool:...></tool> block is present in the response."
+    )
+    failed_edit = next(m for m in trajectory["messages"] if m["role"] == "tool: edit")
+    assert failed_edit["tool_result"]["ok"] is False
+    assert "with indentations preserved." in failed_edit["content"]
+    assert (
+        "</output>\n\n<budget>\n* Remaining turns: 124\n* Remaining tokens: "
+        in (failed_edit["content"])
+    )
+    assert trajectory["submission"].encode() == patch
+
+    # The patch makes the failing test pass on a clean copy of the start commit.
+    clean = tmp_path / "clean"
+    subprocess.run(["git", "clone", "-q", str(calc_repo), str(clean)], check=True)
+    failing = subprocess.run(
+        [sys.executable, "-m", "unittest", "-q"], cwd=clean, capture_output=True, text=True
+    )
+    assert failing.returncode != 0
+    git(clean, "apply", str(output / "patch.diff"))
+    passing = subprocess.run(
+        [sys.executable, "-m", "unittest", "-q"], cwd=clean, capture_output=True, text=True
+    )
+    assert passing.returncode == 0, passing.stderr
+
+    # The branch holds exactly start + patch.
+    assert git(calc_repo, "rev-parse", "cwm-agent/fix-median^") == before["head"]
+    assert git(calc_repo, "diff", "HEAD", "cwm-agent/fix-median").encode() == patch
+    assert git(calc_repo, "log", "-1", "--format=%s", "cwm-agent/fix-median").startswith(
+        "cwm-agent: median() is wrong"
+    )
+
+
+def test_include_uncommitted_starts_from_working_tree(
+    calc_repo: Path, base_image: str, tmp_path: Path
+) -> None:
+    (calc_repo / "calc.py").write_text((calc_repo / "calc.py").read_text() + "\nLOCAL = 1\n")
+    model = replay(
+        tmp_path,
+        [call("bash", "grep -c LOCAL calc.py; git log --oneline | wc -l; git status --short")],
+    )
+    done = cli(
+        *fix_args(calc_repo, base_image, tmp_path / "run", model),
+        "--include-uncommitted",
+        "--json",
+    )
+    assert done.returncode == 1
+    result = json.loads(done.stdout)
+    assert "uncommitted changes" in result["start"]
+    trajectory = json.loads((tmp_path / "run" / "trajectory.json").read_text())
+    bash = next(m for m in trajectory["messages"] if m["role"] == "tool: bash")
+    assert bash["tool_result"]["output"] == "1\n1\n"  # the edit is there, as a clean commit
+
+
+def test_max_turns_and_bash_timeout(calc_repo: Path, base_image: str, tmp_path: Path) -> None:
+    model = replay(
+        tmp_path,
+        [
+            call("bash", "cd /tmp && sleep 30"),
+            call("bash", "pwd"),
+            call("bash", "echo never runs"),
+        ],
+    )
+    done = cli(
+        *fix_args(calc_repo, base_image, tmp_path / "run", model),
+        "--max-turns",
+        "3",
+        "--session-timeout",
+        "1",
+        "--quiet",
+    )
+    assert done.returncode == 1
+    assert "no fix: max_turns (reached 3 turns)" in done.stdout
+    trajectory = json.loads((tmp_path / "run" / "trajectory.json").read_text())
+    outputs = [m["tool_result"]["output"] for m in trajectory["messages"] if m["tool_result"]]
+    assert outputs == [
+        "The current session has terminated due to timeout. A fresh session has started "
+        "with the current working directory reset to default.",
+        "/testbed\n",
+    ]
+    assert trajectory["status"] == "max_turns" and trajectory["turns"] == 3
+    assert "1-second session timeout" in trajectory["messages"][0]["content"]
+    assert "for at most 3 turns" in trajectory["messages"][0]["content"]
+    assert (tmp_path / "run" / "patch.diff").read_bytes() == b""
+
+
+def test_patch_that_does_not_apply_is_reported(
+    calc_repo: Path, base_image: str, tmp_path: Path
+) -> None:
+    bogus = "diff --git a/gone.py b/gone.py\n--- a/gone.py\n+++ b/gone.py\n@@ -1 +1 @@\n-a\n+b\n"
+    model = replay(
+        tmp_path,
+        [
+            call("create", f"bogus.patch\n{bogus}"),
+            call("submit", "bogus.patch"),
+            "Done.\n</think>\n\n## Summary\n\nSubmitted.",
+        ],
+    )
+    done = cli(*fix_args(calc_repo, base_image, tmp_path / "run", model), "--branch", "b")
+    assert done.returncode == 1
+    assert "the patch does not apply" in done.stdout and "gone.py" in done.stdout
+    assert "b" not in git(calc_repo, "branch", "--format=%(refname:short)").split()
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["patch_applies"] is False and result["success"] is False
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing repo", "no such directory"),
+        ("not a git repo", "is not a git repository"),
+        ("no commits", "has no commits yet"),
+        ("empty issue", "the issue is empty"),
+        ("no issue", "exactly one of --issue TEXT or --issue-file"),
+        ("model not found", "local transformers inference is not available"),
+        ("replay malformed", "must hold a JSON array of strings"),
+        ("replay missing", "not found"),
+        ("replay exhausted", "ran out after 1 replies"),
+        ("image missing", "not found: build or pull it"),
+        ("docker unreachable", "cannot reach the Docker daemon"),
+        ("branch exists", "already exists"),
+        ("output not empty", "exists and is not empty"),
+    ],
+)
+def test_bad_input_is_one_clear_line(
+    case: str,
+    message: str,
+    calc_repo: Path,
+    base_image: str,
+    tmp_path: Path,
+    client: docker.DockerClient,
+) -> None:
+    repo, issue, model = calc_repo, ["--issue", "median is wrong"], replay(tmp_path, [])
+    extra: list[str] = []
+    env: dict[str, str] = {}
+    image = base_image
+    if case == "missing repo":
+        repo = tmp_path / "nowhere"
+    elif case == "not a git repo":
+        repo = tmp_path / "plain"
+        repo.mkdir()
+    elif case == "no commits":
+        repo = tmp_path / "fresh"
+        repo.mkdir()
+        git(repo, "init", "-q")
+    elif case == "empty issue":
+        issue = ["--issue", "  \n"]
+    elif case == "no issue":
+        issue = []
+    elif case == "model not found":
+        model = "facebook/cwm"
+    elif case == "replay malformed":
+        (tmp_path / "bad.json").write_text('{"not": "a list"}')
+        model = f"replay:{tmp_path / 'bad.json'}"
+    elif case == "replay missing":
+        model = f"replay:{tmp_path / 'absent.json'}"
+    elif case == "replay exhausted":
+        model = replay(tmp_path, [call("bash", "true")])
+    elif case == "image missing":
+        image = "cwm-agent-test/absent:nope"
+    elif case == "docker unreachable":
+        env["DOCKER_HOST"] = "tcp://127.0.0.1:9"
+    elif case == "branch exists":
+        git(repo, "branch", "taken")
+        extra = ["--branch", "taken"]
+    elif case == "output not empty":
+        (tmp_path / "out").mkdir()
+        (tmp_path / "out" / "keep.txt").write_text("mine")
+        extra = ["--output", str(tmp_path / "out")]
+    before = tree_state(calc_repo)
+    args = ["fix", "--repo", str(repo), *issue, "--model", model, "--image", image, *extra]
+    if "--output" not in extra:
+        args += ["--output", str(tmp_path / "run")]
+    done = cli(*args, env=env)
+    assert done.returncode == 1
+    if case == "replay exhausted":  # the rollout ran: its outcome names the cause
+        assert message in done.stdout
+    else:
+        assert done.stderr.startswith("error: ") and message in done.stderr
+        assert done.stderr.count("\n") == 1, done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert tree_state(calc_repo) == before
+    assert our_containers(client) == []
+    if case == "output not empty":
+        assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+def test_repository_already_inside_an_image(
+    client: docker.DockerClient, base_image: str, tmp_path: Path
+) -> None:
+    """SWE-bench style: no --repo, the image holds the repository at --workdir."""
+    maker = client.containers.run(
+        base_image,
+        ["bash", "-c", "sleep 600"],
+        detach=True,
+        labels={LABEL: "1", f"{LABEL}.job": "test-image"},
+    )
+    image = "cwm-agent-test/calc-inside:latest"
+    try:
+        archive = subprocess.run(
+            ["tar", "-C", str(EXAMPLE / "repo"), "-c", "."], capture_output=True, check=True
+        ).stdout
+        maker.exec_run(["mkdir", "-p", "/srv/calc"])
+        maker.put_archive("/srv/calc", archive)
+        script = "git init -q && git add -A && git -c user.name=a -c user.email=a@b commit -qm c"
+        assert maker.exec_run(["bash", "-c", script], workdir="/srv/calc").exit_code == 0
+        maker.commit(repository=image.split(":")[0], tag="latest")
+    finally:
+        maker.remove(force=True)
+    try:
+        done = cli(
+            "fix",
+            "--image",
+            image,
+            "--workdir",
+            "/srv/calc",
+            "--issue-file",
+            str(EXAMPLE / "issue.md"),
+            "--model",
+            f"replay:{EXAMPLE / 'replay.json'}",
+            "--output",
+            str(tmp_path / "run"),
+            "--json",
+        )
+        assert done.returncode == 0, done.stderr + done.stdout
+        result = json.loads(done.stdout)
+        assert result["patch_applies"] is True and result["start"].startswith(image)
+        assert (
+            "/srv/calc"
+            in json.loads((tmp_path / "run" / "trajectory.json").read_text())["messages"][1][
+                "content"
+            ]
+        )
+    finally:
+        client.images.remove(image, force=True)
