@@ -256,6 +256,7 @@ def test_patch_that_does_not_apply_is_reported(
         ("replay missing", "not found"),
         ("replay exhausted", "ran out after 1 replies"),
         ("image missing", "not found: build or pull it"),
+        ("image without bash", "has no bash on its PATH"),
         ("docker unreachable", "cannot reach the Docker daemon"),
         ("branch exists", "already exists"),
         ("output not empty", "exists and is not empty"),
@@ -268,6 +269,7 @@ def test_bad_input_is_one_clear_line(
     base_image: str,
     tmp_path: Path,
     client: docker.DockerClient,
+    request: pytest.FixtureRequest,
 ) -> None:
     repo, issue, model = calc_repo, ["--issue", "median is wrong"], replay(tmp_path, [])
     extra: list[str] = []
@@ -297,6 +299,8 @@ def test_bad_input_is_one_clear_line(
         model = replay(tmp_path, [call("bash", "true")])
     elif case == "image missing":
         image = "cwm-agent-test/absent:nope"
+    elif case == "image without bash":
+        image = request.getfixturevalue("no_bash_image")
     elif case == "docker unreachable":
         env["DOCKER_HOST"] = "tcp://127.0.0.1:9"
     elif case == "branch exists":
