@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
+from docker.errors import DockerException
+from git import GitCommandError
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
@@ -24,7 +26,7 @@ from rich.table import Table
 from cwm_agent.agent import MessageRecord, RolloutConfig
 from cwm_agent.fix import FixError, FixOptions, FixResult, run_fix
 from cwm_agent.gitrepo import RepoError
-from cwm_agent.model import PolicyError, load_policy
+from cwm_agent.model import ModelOptions, PolicyError, load_policy
 from cwm_agent.sandbox import SandboxError, SandboxInterrupted, docker_client, remove_leftovers
 from cwm_agent.sandbox.image import DEFAULT_IMAGE
 
@@ -54,6 +56,11 @@ def user_errors(command: F) -> F:
             where = ".".join(str(part) for part in first["loc"])
             typer.echo(f"error: invalid {where}: {first['msg']}", err=True)
             raise typer.Exit(1) from None
+        except (DockerException, GitCommandError, OSError) as exc:
+            # Not foreseen, but still the user's environment: one line, no traceback.
+            detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            typer.echo(f"error: {type(exc).__name__}: {detail}", err=True)
+            raise typer.Exit(1) from None
         except (KeyboardInterrupt, SandboxInterrupted):
             typer.echo("interrupted: containers removed", err=True)
             raise typer.Exit(130) from None
@@ -74,6 +81,8 @@ def fix(
     workdir: Annotated[str, typer.Option(help="repository path inside the sandbox")] = "/testbed",
     output: Annotated[Path | None, typer.Option(help="new folder for the outputs")] = None,
     max_turns: Annotated[int, typer.Option(help="turn budget")] = 128,
+    max_reply_tokens: Annotated[int, typer.Option(help="tokens one reply may have")] = 65_536,
+    context_size: Annotated[int, typer.Option(help="context budget in tokens")] = 131_072,
     session_timeout: Annotated[float, typer.Option(help="seconds per bash call")] = 120.0,
     branch: Annotated[
         str | None, typer.Option(help="commit the patch on this new branch of --repo")
@@ -84,6 +93,21 @@ def fix(
             "--include-uncommitted", help="start from the working tree's tracked changes, not HEAD"
         ),
     ] = False,
+    dtype: Annotated[str, typer.Option(help="local model: auto, bfloat16 or float32")] = "auto",
+    quantization: Annotated[
+        str | None, typer.Option(help="local model: fp8 (Hopper), int8 or int4 (bitsandbytes)")
+    ] = None,
+    device_map: Annotated[
+        str | None, typer.Option(help='local model: e.g. "auto" to spread over GPUs')
+    ] = None,
+    attn_implementation: Annotated[
+        str | None, typer.Option(help="local model: sdpa, eager, flash_attention_2, ...")
+    ] = None,
+    offline: Annotated[
+        bool, typer.Option("--offline", help="local model: never download from the Hub")
+    ] = False,
+    greedy: Annotated[bool, typer.Option("--greedy", help="greedy decoding, not sampling")] = False,
+    seed: Annotated[int | None, typer.Option(help="sampling seed")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="print only the outcome")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="print result.json")] = False,
 ) -> None:
@@ -96,20 +120,36 @@ def fix(
     if issue_file is not None:
         try:
             issue = issue_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
+        except OSError as exc:
             raise FixError(f"--issue-file {issue_file}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise FixError(f"--issue-file {issue_file} is not UTF-8 text") from None
     if repo is None and image == DEFAULT_IMAGE:
         raise FixError("give --repo PATH, or --image IMAGE holding the repository at --workdir")
     options = FixOptions(
         repo=repo,
         issue=issue or "",
         model=model,
+        model_options=ModelOptions(
+            dtype=dtype,
+            quantization=quantization,
+            device_map=device_map,
+            attn_implementation=attn_implementation,
+            offline=offline,
+            greedy=greedy,
+            seed=seed,
+        ),
         image=image,
         workdir=workdir,
         output=output,
         branch=branch,
         include_uncommitted=include_uncommitted,
-        rollout=RolloutConfig(max_turns=max_turns, session_timeout=session_timeout),
+        rollout=RolloutConfig(
+            max_turns=max_turns,
+            session_timeout=session_timeout,
+            max_reply_tokens=max_reply_tokens,
+            context_size=context_size,
+        ),
     )
     live = not (quiet or json_output)
     started = time.monotonic()
@@ -123,7 +163,9 @@ def fix(
             if line is not None:
                 view.print(line, highlight=False, no_wrap=True, overflow="ellipsis")
 
-        result = run_fix(options, observer=observe, progress=lambda line: status.update(line))
+        result = run_fix(
+            options, observer=observe, progress=lambda line: status.update(escape(line))
+        )
     if json_output:
         typer.echo(json.dumps(result.model_dump(), indent=2))
     else:
@@ -166,13 +208,43 @@ def _outcome(result: FixResult) -> str:
             f"in {result.turns} turns, {result.duration_s:.1f}s"
         )
     elif result.patch_submitted and result.patch_applies is False:
-        line = f"[red]the patch does not apply[/] to {result.start}: {result.patch_error}"
+        error = escape(result.patch_error or "")
+        line = f"[red]the patch does not apply[/] to {result.start}: {error}"
     else:
-        line = f"[red]no fix[/]: {result.status}" + (f" ({result.reason})" if result.reason else "")
+        reason = f" ({escape(result.reason)})" if result.reason else ""
+        line = f"[red]no fix[/]: {result.status}{reason}"
     branch = (
         f"; branch {result.branch} at {result.branch_commit[:12]}" if result.branch_commit else ""
     )
     return f"{line}{branch}\noutputs: {result.output_dir}/"
+
+
+@app.command()
+@user_errors
+def serve(
+    model: Annotated[str, typer.Option(help="Hugging Face model id or local directory")],
+    host: Annotated[str, typer.Option(help="address to bind (default: this machine only)")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="port")] = 8000,
+    dtype: Annotated[str, typer.Option(help="auto, bfloat16 or float32")] = "auto",
+    quantization: Annotated[str | None, typer.Option(help="fp8, int8 or int4")] = None,
+    offline: Annotated[bool, typer.Option("--offline", help="never download")] = False,
+) -> None:
+    """Serve a local CWM over an OpenAI-compatible /v1/completions (for --model openai:URL)."""
+    from cwm_agent.model.hf import TransformersPolicy
+    from cwm_agent.model.server import CompletionServer
+
+    options = ModelOptions(dtype=dtype, quantization=quantization, offline=offline)
+    policy = load_policy(model, options)
+    if not isinstance(policy, TransformersPolicy):
+        raise PolicyError(f"serve needs a local model (a Hub id or a directory), not {model}")
+    server = CompletionServer((host, port), policy)
+    console.print(f"serving {model} at {server.url}/v1 (Ctrl-C stops)")
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
 
 
 @app.command()

@@ -19,14 +19,14 @@ from pydantic import BaseModel, Field
 
 from cwm_agent import gitrepo
 from cwm_agent.agent import Observer, RolloutConfig, Trajectory, run_rollout
-from cwm_agent.model import load_policy
+from cwm_agent.model import ModelOptions, load_policy
 from cwm_agent.sandbox import LABEL, Sandbox, SandboxConfig, SandboxError, docker_client
 from cwm_agent.sandbox.image import DEFAULT_IMAGE, ensure_image
 from cwm_agent.tools import Toolbox
 
 _INIT_REPO = """set -e
 git init -q
-git add -A
+git add -A -f
 git -c user.name=cwm-agent -c user.email=cwm-agent@localhost commit -q --no-verify \\
   --allow-empty -m "cwm-agent: start"
 git rev-parse HEAD
@@ -48,6 +48,7 @@ class FixOptions(BaseModel):
     repo: Path | None = None
     issue: str
     model: str
+    model_options: ModelOptions = Field(default_factory=ModelOptions)
     image: str = DEFAULT_IMAGE
     workdir: str = "/testbed"
     output: Path | None = None
@@ -95,13 +96,13 @@ def run_fix(
     issue = options.issue.strip()
     if not issue:
         raise FixError("the issue is empty: pass --issue TEXT or --issue-file FILE with text")
-    policy = load_policy(options.model)
+    policy = load_policy(options.model, options.model_options)
     repo = gitrepo.open_repo(options.repo) if options.repo is not None else None
     if options.branch is not None:
         if repo is None:
             raise FixError("--branch needs --repo: the branch is made in your repository")
         gitrepo.ensure_new_branch(repo, options.branch)
-    output = _output_dir(options.output)
+    output = _output_dir(options.output)  # checked now, made once there is something to write
     client = docker_client()
     ensure_image(client, options.image, progress)
 
@@ -133,16 +134,17 @@ def run_fix(
             head = out.decode().strip()
             start = f"{options.image}:{options.workdir} at {head[:12]}"
         trajectory = run_rollout(policy, Toolbox(box), issue, rollout, observer)
-        patch = (trajectory.submission or "").encode("utf-8", "surrogateescape")
+        patch = trajectory.submission_bytes or b""
         if patch and snapshot is None:
             patch_error = _check_in_container(box, head, patch)
 
+    output.mkdir(parents=True, exist_ok=True)
     (output / "patch.diff").write_bytes(patch)
     (output / "trajectory.json").write_text(trajectory.model_dump_json(indent=2))
     branch_commit = None
     if patch and repo is not None and snapshot is not None:
         patch_error = gitrepo.check_patch(repo, snapshot.commit, patch)
-        if patch_error is None and options.branch is not None:
+        if patch_error is None and options.branch is not None and trajectory.status == "finished":
             branch_commit = gitrepo.commit_on_branch(
                 repo, snapshot.commit, patch, options.branch, _commit_message(trajectory)
             )
@@ -161,7 +163,7 @@ def run_fix(
         patch_submitted=bool(patch),
         patch_applies=None if not patch else patch_error is None,
         patch_error=patch_error,
-        patch_stats=patch_stats(patch.decode("utf-8", "replace")),
+        patch_stats=patch_stats(patch.decode("utf-8", "surrogateescape")),
         branch=options.branch if branch_commit else None,
         branch_commit=branch_commit,
         output_dir=str(output),
@@ -171,25 +173,30 @@ def run_fix(
 
 
 def patch_stats(patch: str) -> PatchStats:
-    stats = PatchStats(bytes=len(patch.encode()))
+    """Files and changed lines; only lines inside hunks count, so a removed
+    `-- comment` line is a deletion and not a file header."""
+    stats = PatchStats(bytes=len(patch.encode("utf-8", "surrogateescape")))
+    in_hunk = False
     for line in patch.splitlines():
         if line.startswith("diff --git "):
             stats.files += 1
-        elif line.startswith("+") and not line.startswith("+++ "):
+            in_hunk = False
+        elif line.startswith("@@"):
+            in_hunk = True
+        elif in_hunk and line.startswith("+"):
             stats.additions += 1
-        elif line.startswith("-") and not line.startswith("--- "):
+        elif in_hunk and line.startswith("-"):
             stats.deletions += 1
     return stats
 
 
 def _output_dir(requested: Path | None) -> Path:
-    """A new folder: a run never overwrites what an earlier one wrote."""
+    """A folder that is new or empty: a run never overwrites what an earlier one wrote."""
     if requested is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         requested = Path("cwm-agent-runs") / f"{stamp}-{uuid.uuid4().hex[:6]}"
     if requested.exists() and (not requested.is_dir() or any(requested.iterdir())):
         raise FixError(f"--output {requested} exists and is not empty: choose a new folder")
-    requested.mkdir(parents=True, exist_ok=True)
     return requested
 
 

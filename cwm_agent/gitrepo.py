@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import tarfile
 import tempfile
 from collections.abc import Iterator
@@ -55,29 +56,33 @@ def open_repo(path: Path) -> git.Repo:
 def snapshot(repo: git.Repo, include_uncommitted: bool = False) -> Snapshot:
     """HEAD, or with `include_uncommitted` HEAD plus the tracked files' changes.
 
-    The uncommitted state becomes a commit object (via `git stash create`, which
-    writes objects but leaves the stash list, index and files alone) whose parent
-    is HEAD, so patches and branches can start from it.
+    The uncommitted state becomes a commit object whose parent is HEAD, so
+    patches and branches can start from it.
     """
     head = repo.head.commit.hexsha
     commit, description = head, f"HEAD ({head[:12]})"
     if include_uncommitted:
-        stash = repo.git.stash("create")
-        if stash:
+        tree = _working_tree(repo)
+        if tree != repo.head.commit.tree.hexsha:
             commit = repo.git.execute(
-                [
-                    "git",
-                    "commit-tree",
-                    f"{stash}^{{tree}}",
-                    "-p",
-                    head,
-                    "-m",
-                    "cwm-agent: uncommitted changes",
-                ],
+                ["git", "commit-tree", tree, "-p", head, "-m", "cwm-agent: uncommitted changes"],
                 env=_identity_env(repo),
             )
             description = f"HEAD ({head[:12]}) + uncommitted changes ({commit[:12]})"
     return Snapshot(commit, description, _tree_tar(repo.commit(commit).tree))
+
+
+def _working_tree(repo: git.Repo) -> str:
+    """The tree of the index plus the tracked files' unstaged changes, built in a
+    copy of the index: the user's own index is not even refreshed."""
+    with tempfile.TemporaryDirectory(prefix="cwm-agent-") as folder:
+        index = Path(folder) / "index"
+        own = Path(repo.git_dir) / "index"
+        if own.exists():
+            shutil.copyfile(own, index)
+        env = {"GIT_INDEX_FILE": str(index)}
+        repo.git.execute(["git", "add", "-u"], env=env)
+        return repo.git.execute(["git", "write-tree"], env=env)
 
 
 def _tree_tar(tree: git.Tree) -> bytes:

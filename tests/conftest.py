@@ -107,3 +107,11 @@ def sandbox(client: docker.DockerClient, base_image: str, run_label: str) -> Ite
 def cwm_tokenizer() -> PreTrainedTokenizerFast:
     """A tiny tokenizer with CWM's special tokens, built offline (tests/tokenizer_fixture.py)."""
     return build_cwm_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_cwm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random CWM checkpoint with the fixture tokenizer (tests/tiny_model.py)."""
+    from tiny_model import build_tiny_cwm_dir
+
+    return build_tiny_cwm_dir(tmp_path_factory.mktemp("tiny-cwm"))

@@ -111,9 +111,11 @@ def test_context_exhausted_ends_the_episode(box: Sandbox) -> None:
         policy, Toolbox(box), "Fill the context.", RolloutConfig(context_size=4000)
     )
     assert trajectory.status == "context_exceeded"
-    assert trajectory.reason is not None and "> 4000" in trajectory.reason
-    assert trajectory.turns == 3
+    assert trajectory.reason is not None and "exceeded" in trajectory.reason
+    # Two tool results fill it: the third reply has no room left and is never asked for.
+    assert trajectory.turns == 2
     assert len([m for m in trajectory.messages if m.tool_result is not None]) == 2
+    assert trajectory.tokens_used >= 4000
 
 
 def test_reply_cut_at_length_and_format_errors_go_back_as_user_messages(box: Sandbox) -> None:
@@ -146,3 +148,31 @@ def test_max_turns_counts_the_reply_before_running_it(box: Sandbox) -> None:
     outputs = [m.tool_result.output for m in trajectory.messages if m.tool_result]
     assert outputs == ["0\n", "1\n"]
     assert trajectory.duration_s >= trajectory.tools_s > 0
+
+
+def test_non_utf8_files_keep_their_bytes_through_the_loop(box: Sandbox) -> None:
+    box.session.run("cd /testbed && printf 'caf\\xe9\\nold\\n' > latin1.txt")  # type: ignore[union-attr]
+    edit = "latin1.txt\n<<<<<<< SEARCH\nold\n=======\nnew\n>>>>>>> REPLACE"
+    policy = ScriptedPolicy(
+        [
+            call("edit", edit),
+            call("bash", "git add -N latin1.txt && git diff latin1.txt > latin1.diff"),
+            call("submit", "latin1.diff"),
+            ("Done.\n</think>\n\n## Summary\n\nEdited.", "stop"),
+        ]
+    )
+    trajectory = run_rollout(policy, Toolbox(box), "Edit.", RolloutConfig())
+    assert trajectory.status == "finished", trajectory.reason
+    assert b"+caf\xe9\n" in (trajectory.submission_bytes or b"")
+    assert "caf\ufffd" in (trajectory.submission or "")
+    assert "caf\ufffd" in trajectory.model_dump_json()  # the record stays valid JSON
+
+
+def test_losing_the_container_ends_the_rollout_with_an_error(
+    client: docker.DockerClient, base_image: str
+) -> None:
+    with Sandbox(SandboxConfig(image=base_image), client) as sandbox:
+        policy = ScriptedPolicy([call("bash", "kill -9 -1"), call("bash", "pwd")])
+        trajectory = run_rollout(policy, Toolbox(sandbox), "Break it.", RolloutConfig())
+    assert trajectory.status == "error"
+    assert trajectory.reason is not None and trajectory.reason.startswith("sandbox: ")

@@ -15,6 +15,7 @@ from pathlib import Path
 import docker
 import pytest
 
+from cwm_agent.fix import patch_stats
 from cwm_agent.sandbox import LABEL
 
 pytestmark = pytest.mark.docker
@@ -251,7 +252,7 @@ def test_patch_that_does_not_apply_is_reported(
         ("no commits", "has no commits yet"),
         ("empty issue", "the issue is empty"),
         ("no issue", "exactly one of --issue TEXT or --issue-file"),
-        ("model not found", "local transformers inference is not available"),
+        ("model not found", "model facebook/cwm not found"),
         ("replay malformed", "must hold a JSON array of strings"),
         ("replay missing", "not found"),
         ("replay exhausted", "ran out after 1 replies"),
@@ -290,6 +291,7 @@ def test_bad_input_is_one_clear_line(
         issue = []
     elif case == "model not found":
         model = "facebook/cwm"
+        env["HF_HUB_OFFLINE"] = "1"  # the same answer as without a network, without retries
     elif case == "replay malformed":
         (tmp_path / "bad.json").write_text('{"not": "a list"}')
         model = f"replay:{tmp_path / 'bad.json'}"
@@ -326,6 +328,8 @@ def test_bad_input_is_one_clear_line(
     assert our_containers(client) == []
     if case == "output not empty":
         assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+    elif case != "replay exhausted":
+        assert not (tmp_path / "run").exists(), "bad input leaves no output folder behind"
 
 
 def test_repository_already_inside_an_image(
@@ -376,3 +380,41 @@ def test_repository_already_inside_an_image(
         )
     finally:
         client.images.remove(image, force=True)
+
+
+def test_patch_stats_count_only_hunk_lines() -> None:
+    patch = (
+        "diff --git a/q.sql b/q.sql\n--- a/q.sql\n+++ b/q.sql\n@@ -1,2 +1,2 @@\n"
+        "-- old comment\n+++ counter\n context\n"
+        "diff --git a/n.txt b/n.txt\nnew file mode 100644\n--- /dev/null\n+++ b/n.txt\n"
+        "@@ -0,0 +1 @@\n+x\n"
+    )
+    stats = patch_stats(patch)
+    assert (stats.files, stats.additions, stats.deletions) == (2, 2, 1)
+
+
+def test_tiny_local_model_runs_to_a_clean_end(
+    calc_repo: Path, base_image: str, tmp_path: Path, tiny_cwm_dir: Path
+) -> None:
+    """A random CwmForCausalLM through the transformers backend: nonsense replies end
+    the run on format errors and the turn limit, with every output written."""
+    done = cli(
+        *fix_args(calc_repo, base_image, tmp_path / "run", str(tiny_cwm_dir)),
+        "--offline",
+        "--greedy",
+        "--max-turns",
+        "3",
+        "--max-reply-tokens",
+        "24",
+        "--quiet",
+    )
+    assert done.returncode == 1, done.stderr
+    assert "no fix: max_turns" in done.stdout
+    trajectory = json.loads((tmp_path / "run" / "trajectory.json").read_text())
+    assert trajectory["model"] == str(tiny_cwm_dir)
+    replies = [m for m in trajectory["messages"] if m["role"] == "assistant"]
+    assert len(replies) == 3
+    assert all(m["completion_tokens"] <= 24 for m in replies)
+    assert [m["content"] for m in trajectory["messages"] if m["role"] == "user"][1].startswith(
+        "FormatError: "
+    )

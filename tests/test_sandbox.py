@@ -227,9 +227,13 @@ _HOLDER = textwrap.dedent(
     import sys, time
     from cwm_agent.sandbox import Sandbox, SandboxConfig
     config = SandboxConfig(image=sys.argv[1], labels={"cwm-agent.run": sys.argv[2]})
-    with Sandbox(config) as box:
-        print(box.id, flush=True)
-        time.sleep(600)
+    try:
+        with Sandbox(config) as box:
+            print(box.id, flush=True)
+            time.sleep(600)
+    finally:
+        print("unwound", flush=True)
+        sys.stdin.readline()  # the test checks the container is gone before we exit
     """
 )
 
@@ -240,14 +244,20 @@ def test_killed_process_leaves_no_container(
 ) -> None:
     holder = subprocess.Popen(
         [sys.executable, "-c", _HOLDER, base_image, run_label],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
         cwd=Path(__file__).parent.parent,
     )
-    assert holder.stdout is not None
+    assert holder.stdout is not None and holder.stdin is not None
     container_id = holder.stdout.readline().strip()
     assert containers_of(client, run_label) == [container_id]
     os.kill(holder.pid, sig)
+    if sig != signal.SIGKILL:  # the handler unwinds the `with`: gone while the process lives
+        assert holder.stdout.readline() == "unwound\n"
+        assert containers_of(client, run_label) == []
+        holder.stdin.write("\n")
+        holder.stdin.flush()
     holder.wait(timeout=60)
     deadline = time.monotonic() + 60  # SIGKILL: docker removes it once bash sees EOF
     while containers_of(client, run_label) and time.monotonic() < deadline:

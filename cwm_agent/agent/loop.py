@@ -19,7 +19,9 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Literal
 
+from docker.errors import DockerException
 from pydantic import BaseModel, Field
+from requests import RequestException
 
 from cwm_agent.agent.trajectory import (
     MessageRecord,
@@ -47,6 +49,7 @@ from cwm_agent.protocol.prompts import (
 )
 from cwm_agent.sandbox import SandboxError
 from cwm_agent.tools import TOOL_NAMES, Toolbox
+from cwm_agent.tools.result import readable
 
 Observer = Callable[[MessageRecord], None]
 
@@ -106,8 +109,15 @@ def run_rollout(
 
     try:
         while True:
+            room = min(config.max_reply_tokens, config.context_size - used)
+            if room <= 0:
+                trajectory.status = "context_exceeded"
+                trajectory.reason = (
+                    f"context size exceeded: {used} >= {config.context_size}, no room for a reply"
+                )
+                break
             generated = time.monotonic()
-            completion = policy.complete([messages], config.max_reply_tokens)[0]
+            completion = policy.complete([messages], room)[0]
             trajectory.generation_s += time.monotonic() - generated
             trajectory.turns += 1
             used += completion.completion_tokens
@@ -166,7 +176,8 @@ def run_rollout(
             result = toolbox.run(call.name, call.argument)
             trajectory.tools_s += result.duration_s
             if result.submission is not None:
-                trajectory.submission = result.submission
+                trajectory.submission = readable(result.submission)
+                trajectory.submission_bytes = result.submission.encode("utf-8", "surrogateescape")
             count_tool = message_counter(tokenizer, TOOL_ROLE_PREFIX + call.name)
             estimate = min(
                 count_tool(tool_result_for_estimate(result.output)), MAX_TOOL_MESSAGE_TOKENS
@@ -201,8 +212,9 @@ def run_rollout(
             )
     except PolicyError as exc:
         trajectory.status, trajectory.reason = "error", f"model: {exc}"
-    except SandboxError as exc:
-        trajectory.status, trajectory.reason = "error", f"sandbox: {exc}"
+    except (SandboxError, DockerException, RequestException, OSError) as exc:
+        # The container or the daemon went away: the rollout cannot go on.
+        trajectory.status, trajectory.reason = "error", f"sandbox: {type(exc).__name__}: {exc}"
     finally:
         trajectory.tokens_used = used
         trajectory.duration_s = time.monotonic() - started

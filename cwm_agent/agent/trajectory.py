@@ -50,7 +50,8 @@ class Trajectory(BaseModel):
     reason: str | None = None
     turns: int = 0
     tokens_used: int = 0
-    submission: str | None = None
+    submission: str | None = Field(None, description="the last submission, readable text")
+    submission_bytes: bytes | None = Field(None, exclude=True, description="exactly as submitted")
     started_at: str
     duration_s: float = 0.0
     generation_s: float = 0.0

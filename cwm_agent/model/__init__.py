@@ -1,34 +1,70 @@
 """Policy backends behind one interface, chosen by `--model SPEC`.
 
 - `replay:PATH` — scripted replies (`replay.py`);
-- `openai:URL` — an OpenAI-compatible completions server (vLLM, SGLang);
-- anything else — a Hugging Face model id or a local directory (transformers).
+- `openai:URL` — an OpenAI-compatible completions server such as vLLM (`openai_api.py`);
+- anything else — a Hugging Face model id or a local directory (`hf.py`, transformers).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
 
 from cwm_agent.model.policy import Completion, Policy, PolicyError
 from cwm_agent.model.replay import ReplayPolicy
 
 
-def load_policy(spec: str) -> Policy:
+class ModelOptions(BaseModel):
+    """Loading and sampling knobs; sampling defaults are CWM's evaluation settings."""
+
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"
+    device_map: str | None = None
+    quantization: Literal["fp8", "int8", "int4"] | None = None
+    attn_implementation: str | None = None
+    offline: bool = False
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    greedy: bool = False
+    seed: int | None = None
+
+
+def load_policy(spec: str, options: ModelOptions | None = None) -> Policy:
     """The policy a `--model` value names; errors are one line for the user."""
+    options = options or ModelOptions()
     kind, _, rest = spec.partition(":")
     if kind == "replay" and rest:
         return ReplayPolicy(Path(rest))
     if kind == "openai" and rest:
-        raise PolicyError(
-            f"--model {spec}: the openai: backend is not available in this version yet; "
-            "use replay:PATH"
+        from cwm_agent.model.openai_api import OpenAIPolicy
+
+        return OpenAIPolicy(
+            rest,
+            temperature=0.0 if options.greedy else options.temperature,
+            top_p=options.top_p,
+            seed=options.seed,
         )
     if not spec.strip():
         raise PolicyError("--model is empty: give replay:PATH, openai:URL or a model id/directory")
-    raise PolicyError(
-        f"--model {spec}: local transformers inference is not available in this version yet; "
-        "use replay:PATH"
+    # Imported here: torch and transformers take seconds to import, and replay or
+    # server users never need them.
+    from cwm_agent.model.hf import SamplingParams, TransformersPolicy
+
+    return TransformersPolicy(
+        spec,
+        dtype=options.dtype,
+        device_map=options.device_map,
+        quantization=options.quantization,
+        attn_implementation=options.attn_implementation,
+        offline=options.offline,
+        sampling=SamplingParams(
+            temperature=options.temperature,
+            top_p=options.top_p,
+            greedy=options.greedy,
+            seed=options.seed,
+        ),
     )
 
 
-__all__ = ["Completion", "Policy", "PolicyError", "ReplayPolicy", "load_policy"]
+__all__ = ["Completion", "ModelOptions", "Policy", "PolicyError", "ReplayPolicy", "load_policy"]

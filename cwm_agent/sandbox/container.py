@@ -79,6 +79,7 @@ class Sandbox:
         self.session: ShellSession | None = None
         self.run_id = config.labels.get(f"{LABEL}.run", uuid.uuid4().hex[:12])
         self._keepalive: socket.socket | None = None
+        self._creating = False
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -113,8 +114,12 @@ class Sandbox:
             )
             self.session.start()
         except (DockerException, SandboxError) as exc:
-            running = self._running()
+            created, running = self.id is not None, self._running()
             self.close()
+            if not created:
+                raise SandboxError(
+                    f"cannot create a container from {cfg.image!r}: {_first_line(exc)}"
+                ) from None
             if not running:  # our entrypoint only ends at once if bash cannot run
                 raise NoBashError(
                     f"the container from {cfg.image!r} exited at once: the image has no bash "
@@ -162,6 +167,7 @@ class Sandbox:
             privileged=False,
             security_opt=["no-new-privileges"],
         )
+        self._creating = True  # until the id is known, close() finds it by its run label
         self.id = self.api.create_container(
             cfg.image,
             entrypoint=["bash", "-c", _KEEPALIVE],
@@ -174,6 +180,7 @@ class Sandbox:
             network_disabled=not cfg.network,
             host_config=host_config,
         )["Id"]
+        self._creating = False
         sock = self.api.attach_socket(self.id, params={"stdin": 1, "stream": 1})
         self._keepalive = getattr(sock, "_sock", sock)
         self.api.start(self.id)
@@ -184,6 +191,12 @@ class Sandbox:
         if self.session is not None:
             self.session.close()
             self.session = None
+        if self._creating:  # interrupted inside create_container: the id never came back
+            self._creating = False
+            for container in self.client.containers.list(
+                all=True, filters={"label": f"{LABEL}.run={self.run_id}"}
+            ):
+                container.remove(force=True)
         if self.id is not None:
             try:
                 self.api.remove_container(self.id, force=True)
@@ -301,10 +314,15 @@ def remove_leftovers(client: docker.DockerClient, *, everything: bool = False) -
     for container in client.containers.list(all=True, filters={"label": LABEL}):
         labels = container.labels
         same_host = labels.get(f"{LABEL}.host") == socket.gethostname()
-        if everything or (same_host and not _alive(int(labels.get(f"{LABEL}.pid", "0")))):
+        pid = labels.get(f"{LABEL}.pid", "")
+        if everything or (same_host and not _alive(int(pid) if pid.isdigit() else 0)):
             try:
                 container.remove(force=True)
             except NotFound:
+                continue
+            except APIError as exc:  # already being removed (auto-remove)
+                if exc.status_code != 409:
+                    raise
                 continue
             removed.append(container.short_id)
     return removed

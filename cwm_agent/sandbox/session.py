@@ -133,18 +133,23 @@ class ShellSession:
         )["Id"]
         sock = self.api.exec_start(exec_id, socket=True)
         self._stream = _Stream(getattr(sock, "_sock", sock))
-        pid = self.query("builtin printf '%s' $$")
-        self._pid = int(pid) if pid.isdigit() else None
-        for command in self.startup:
+        setup = [*self.startup, f"cd {shlex.quote(self.workdir)}"] if self.startup else []
+        for command in setup:  # start-up commands may cd elsewhere; every session starts here
             result = self._call("q", command, _QUERY_TIMEOUT_S)
             if result.exit_code != 0:
                 self.close()
                 raise SessionStartError(
                     f"start-up command {command!r} failed (exit {result.exit_code}): "
-                    f"{result.output.strip()[-300:]} — fix the command or the image"
+                    f"{result.output.strip()[-300:]}: fix the command or the image"
                 )
-        if self.startup:  # start-up commands may cd elsewhere; every session starts here
-            self.query(f"cd {shlex.quote(self.workdir)}")
+        pid = self._value("$$")
+        if pid is None or not pid.isdigit():
+            self.close()
+            raise SessionStartError(
+                f"the shell in {self.workdir} ended as soon as it started: does the directory "
+                "exist, and can the container still start processes?"
+            )
+        self._pid = int(pid)
 
     def restart(self) -> None:
         self.close()
@@ -166,12 +171,9 @@ class ShellSession:
                 kill = self.api.exec_create(
                     self.container_id, ["bash", "-c", f"kill -9 -- -{pid} 2>/dev/null"]
                 )
+                # Not waited for: the next session has a process group of its own, and
+                # docker can report such an exec as running long after it ended.
                 self.api.exec_start(kill["Id"], detach=True)
-                deadline = time.monotonic() + _QUERY_TIMEOUT_S
-                while self.api.exec_inspect(kill["Id"])["Running"]:
-                    if time.monotonic() > deadline:
-                        break
-                    time.sleep(0.005)
             except Exception:  # the container may already be gone
                 pass
 
@@ -185,17 +187,24 @@ class ShellSession:
         self.history.append(result)
         return result
 
-    def query(self, command: str) -> str:
-        """Run a host-side helper command without disturbing the user's `$?`.
+    def query(self, expression: str) -> str:
+        """The value of a shell expression (e.g. `"$PWD"`), leaving the user's `$?` alone.
 
-        Its output is framed by the first sentinel half, so output that a
-        background job prints meanwhile is cut off in front of it.
+        A session that broke is restarted and the query fails; a session that
+        cannot restart raises `SessionStartError` instead of looping.
         """
-        framed = f'builtin printf %s "$__cwm_a"; {command}'
-        result = self._call("q", framed, _QUERY_TIMEOUT_S)
-        if result.failure is not None:
+        value = self._value(expression)
+        if value is None:
             self.restart()
-            raise SessionStartError(f"session query failed ({result.failure}): {command}")
+            raise SessionStartError(f"the session broke while reading {expression}")
+        return value
+
+    def _value(self, expression: str) -> str | None:
+        # One printf writes the frame and the value together, so output of a
+        # background job can only come before the frame, where it is cut off.
+        result = self._call("q", f'builtin printf %s%s "$__cwm_a" {expression}', _QUERY_TIMEOUT_S)
+        if result.failure is not None:
+            return None
         return result.output.rpartition(self._halves[0])[2]
 
     def _call(self, kind: str, command: str, timeout: float) -> ShellResult:

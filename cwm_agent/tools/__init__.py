@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from cwm_agent.sandbox import Sandbox
+from docker.errors import DockerException
+
+from cwm_agent.sandbox import Sandbox, SandboxError
 from cwm_agent.tools.bash import run_bash
 from cwm_agent.tools.create import run_create
 from cwm_agent.tools.edit import run_edit
@@ -35,14 +37,20 @@ class Toolbox:
         if name == "bash":
             return run_bash(self.session, argument)
         started = time.monotonic()
-        if name == "edit":
-            result = run_edit(self.files, argument)
-        elif name == "create":
-            result = run_create(self.files, argument)
-        elif name == "submit":
-            result = run_submit(self.files, argument, self.submit_kind)
-        else:
-            raise ValueError(f"unknown tool {name!r}; the parser rejects it before this")
+        try:
+            if name == "edit":
+                result = run_edit(self.files, argument)
+            elif name == "create":
+                result = run_create(self.files, argument)
+            elif name == "submit":
+                result = run_submit(self.files, argument, self.submit_kind)
+            else:
+                raise ValueError(f"unknown tool {name!r}; the parser rejects it before this")
+        except (SandboxError, DockerException) as exc:
+            # A path Docker refuses (a file used as a folder, /proc, ...) is the
+            # model's mistake to see, as CWM saw its tool scripts fail.
+            detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            result = ToolResult(f"The {name} tool failed: {detail}", ok=False)
         if name in ("edit", "create"):
             # CWM's edit/create ran as scripts that print() their message, so the
             # model saw it followed by a newline.

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from cwm_agent.protocol.prompts import EDIT_TOOL_FORMAT
 from cwm_agent.tools.files import ToolFiles
-from cwm_agent.tools.result import ToolResult
+from cwm_agent.tools.result import ToolResult, readable
 
 PARSE_ERROR = (
     "Failed to parse the edit tool call. Make sure it has the following format:\n\n"
@@ -108,6 +108,7 @@ def run_edit(files: ToolFiles, argument: str) -> ToolResult:
         )
     stat, data = found
     new, message = apply_edit(data.decode("utf-8", "surrogateescape"), call)
+    message = readable(message)
     if new is None:
         return ToolResult(message, ok=False)
     files.sandbox.write_file(stat.path, new.encode("utf-8", "surrogateescape"), stat.mode & 0o7777)

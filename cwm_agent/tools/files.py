@@ -19,7 +19,7 @@ class ToolFiles:
     def resolve(self, path: str) -> str:
         if posixpath.isabs(path):
             return posixpath.normpath(path)
-        cwd = self.session.query('builtin printf %s "$PWD"')
+        cwd = self.session.query('"$PWD"')
         return posixpath.normpath(posixpath.join(cwd, path))
 
     def read(self, path: str) -> tuple[PathStat, bytes] | None:

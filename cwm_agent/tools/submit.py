@@ -6,7 +6,7 @@ from typing import Literal
 
 from cwm_agent.protocol.prompts import submission_feedback, testgen_submission_feedback
 from cwm_agent.tools.files import ToolFiles
-from cwm_agent.tools.result import ToolResult
+from cwm_agent.tools.result import ToolResult, readable
 
 SubmitKind = Literal["patch", "test"]
 
@@ -18,11 +18,12 @@ def run_submit(files: ToolFiles, argument: str, kind: SubmitKind = "patch") -> T
         return ToolResult(
             f"Failed to submit {path}. Make sure it exists and is readable.", ok=False
         )
-    content = found[1].decode("utf-8", "replace")
+    content = found[1].decode("utf-8", "surrogateescape")  # exact: patch.diff must apply
     if not content.strip():
         return ToolResult(f"Failed to submit {path}. It is an empty file.", ok=False)
     if kind == "test":
-        return ToolResult(testgen_submission_feedback(content), ok=True, submission=content)
+        feedback = testgen_submission_feedback(readable(content))
+        return ToolResult(feedback, ok=True, submission=content)
     if not content.startswith("diff"):
         return ToolResult(f"Failed to submit {path}. It is not a valid diff file.", ok=False)
-    return ToolResult(submission_feedback(content), ok=True, submission=content)
+    return ToolResult(submission_feedback(readable(content)), ok=True, submission=content)

@@ -1,0 +1,135 @@
+"""Decode speed of the real CWM 32B architecture (random weights) on one GPU.
+
+    python benchmarks/generation_gpu.py --dtype bf16 --batch 1 8
+    python benchmarks/generation_gpu.py --dtype fp8 --batch 1 8
+
+Random weights need no download and cost the same per token as the real ones.
+Reports decode tokens/s per sequence and in aggregate, and the fraction of the
+memory-bandwidth limit: weight bytes read per decode step x steps/s ÷ peak.
+Greedy decoding is forced to a fixed length (`min_new_tokens`) so random
+weights cannot stop early.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+from transformers import CwmConfig, CwmForCausalLM, DynamicCache
+
+PEAK_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12}  # bytes/s, SXM HBM3 / HBM3e datasheets
+
+
+def build(dtype: str) -> CwmForCausalLM:
+    """The default CwmConfig (64 layers, 6144 hidden, GQA 48/8, window 8192), on the GPU."""
+    config = CwmConfig()
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device("meta"):
+        model = CwmForCausalLM(config)
+    if dtype == "fp8":
+        from transformers import FineGrainedFP8Config
+        from transformers.integrations.finegrained_fp8 import replace_with_fp8_linear
+
+        model = replace_with_fp8_linear(model, quantization_config=FineGrainedFP8Config())
+    model = model.to_empty(device="cuda")
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    with torch.no_grad():
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+            if tensor.dtype == torch.float8_e4m3fn:
+                noise = torch.randn(tensor.shape, device="cuda", generator=generator) * 0.5
+                tensor.copy_(noise.to(torch.float8_e4m3fn))
+            elif "scale" in name:
+                tensor.fill_(0.02)
+            elif tensor.is_floating_point():
+                tensor.copy_(
+                    (torch.randn(tensor.shape, device="cuda", generator=generator) * 0.02).to(
+                        tensor.dtype
+                    )
+                )
+    rotary = model.model.rotary_emb  # its buffers are not parameters: `to_empty` left garbage
+    model.model.rotary_emb = type(rotary)(config=config, device="cuda")
+    return model.eval()
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in model.parameters())
+
+
+def decode_rate(model: CwmForCausalLM, batch: int, prompt: int, new: int, static: bool) -> float:
+    """Decode steps per second: (time for `new` tokens - time for 1 token) / (new - 1).
+
+    `static`: a fixed-size cache, which lets generate() compile the decode step
+    (torch.compile, CUDA graphs) instead of launching ~1,000 kernels from Python.
+    """
+    ids = torch.randint(0, 100_000, (batch, prompt), device="cuda")
+    cache = {"cache_implementation": "static", "max_cache_len": prompt + new + 8} if static else {}
+
+    def run(tokens: int) -> float:
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            past_key_values=None if static else DynamicCache(config=model.config),
+            max_new_tokens=tokens,
+            min_new_tokens=tokens,
+            do_sample=False,
+            pad_token_id=0,
+            **cache,
+        )
+        torch.cuda.synchronize()
+        return time.perf_counter() - started
+
+    run(4)  # warm up kernels and the allocator (and compile, with a static cache)
+    run(new)
+    one, many = run(1), run(new)
+    return (new - 1) / (many - one)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dtype", choices=["bf16", "fp8"], default="bf16")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--prompt", type=int, default=512)
+    parser.add_argument("--new", type=int, default=129)
+    parser.add_argument("--static", action="store_true", help="static cache + compiled decode")
+    args = parser.parse_args()
+
+    name = torch.cuda.get_device_name()
+    peak = next((v for k, v in PEAK_BANDWIDTH.items() if k in name), None)
+    started = time.perf_counter()
+    model = build(args.dtype)
+    size = weight_bytes(model)
+    print(
+        f"{name}: {args.dtype} weights {size / 2**30:.1f} GiB, built in "
+        f"{time.perf_counter() - started:.0f}s, torch {torch.__version__}"
+    )
+    rows = []
+    for batch in args.batch:
+        steps = decode_rate(model, batch, args.prompt, args.new, args.static)
+        fraction = size * steps / peak if peak else None
+        rows.append(
+            {
+                "dtype": args.dtype,
+                "cache": "static+compile" if args.static else "dynamic",
+                "batch": batch,
+                "steps_per_s": steps,
+                "aggregate_tokens_per_s": steps * batch,
+                "bandwidth_fraction": fraction,
+            }
+        )
+        print(json.dumps(rows[-1]))
+    print("| dtype | cache | k | tokens/s per sequence | aggregate tokens/s | of bandwidth limit |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        fraction = f"{row['bandwidth_fraction']:.0%}" if row["bandwidth_fraction"] else "n/a"
+        print(
+            f"| {row['dtype']} | {row['cache']} | {row['batch']} | {row['steps_per_s']:.1f} | "
+            f"{row['aggregate_tokens_per_s']:.1f} | {fraction} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,440 @@
+"""Local CWM inference with Hugging Face transformers, reusing the KV cache across turns.
+
+An agent conversation is append-only (cwm-protocol.md §1): turn N+1's prompt is turn
+N's prompt, the reply and its stop token, then the new tool result. Prefilling the
+whole conversation again every turn would make a 100-turn episode quadratic, so the
+policy keeps a small LRU of KV caches (`PrefixCache`) keyed by the token ids each
+holds and prefills only what the longest cached prefix lacks.
+
+CWM mixes full-attention layers with sliding-window layers. transformers'
+`DynamicCache` keeps only the last window of a sliding layer, so a cache cannot be
+cropped back once past the window: an entry can only be extended, never shortened.
+Hence two kinds of entries:
+
+- a conversation *tip* (the state after a reply) is moved out of the LRU and extended
+  in place by the next turn: no copy on the common path;
+- a *prompt snapshot* (the state just before the last token of a prompt that did not
+  continue a tip: a new task, a new branch) is kept and deep-copied by every prompt
+  that starts with it, so k rollouts of one task prefill its system and user prompt
+  once.
+
+Reuse computes the same function as a full prefill, in other chunks: in float32 the
+logits agree to ~1e-6 and greedy replies are identical (tested); in bfloat16 they
+differ by rounding (one bf16 ulp measured on an H100), which can flip near-ties.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import itertools
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    DynamicCache,
+    GenerationConfig,
+    PreTrainedConfig,
+)
+
+from cwm_agent.model.policy import Completion, FinishReason, PolicyError
+from cwm_agent.protocol.chat import Message, render_ids, stop_token_ids
+
+Quantization = Literal["fp8", "int8", "int4"]
+QUANTIZATIONS: tuple[Quantization, ...] = ("fp8", "int8", "int4")
+DTYPES = {"auto": "auto", "bfloat16": torch.bfloat16, "float32": torch.float32}
+CWM_MODEL_TYPE = "cwm"
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick tokens; the defaults are CWM's evaluation settings (cwm-protocol.md §9).
+
+    A temperature of 0 means greedy, as in OpenAI's API. A seed makes one
+    `generate_ids` call reproducible: it seeds torch's global generator once, then the
+    prompts are sampled in order.
+    """
+
+    temperature: float = 1.0
+    top_p: float = 0.95
+    greedy: bool = False
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, not {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], not {self.top_p}")
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.greedy or self.temperature == 0
+
+
+@dataclass(frozen=True)
+class Generated:
+    """One continuation of a token-id prompt."""
+
+    token_ids: tuple[int, ...]  # generated ids without the stop token
+    text: str  # decoded token_ids; special-token text the model wrote stays
+    finish_reason: FinishReason
+    stop: str | None  # the stop token that ended it; None at the length limit
+    prompt_tokens: int
+    prefilled_tokens: int  # prompt tokens run through the model (the rest came from a cache)
+    duration_s: float
+
+
+@dataclass
+class GenerationStats:
+    """Running totals since the policy was built, for benchmarks and tests."""
+
+    prompts: int = 0
+    prompt_tokens: int = 0
+    prefilled_tokens: int = 0
+    reused_tokens: int = 0
+    generated_tokens: int = 0
+    snapshots: int = 0
+
+
+@dataclass
+class _Entry:
+    ids: tuple[int, ...]  # exactly the tokens the cache holds
+    cache: DynamicCache
+    shared: bool  # a prompt snapshot: copied for each user, never extended in place
+
+
+@dataclass
+class Reuse:
+    """A cache to extend, holding the first `length` ids of the prompt it was found for."""
+
+    cache: DynamicCache
+    length: int
+    from_tip: bool  # the cache continues a conversation tip (not a copied snapshot)
+
+
+class PrefixCache:
+    """LRU of KV caches, each with the exact token ids it holds; capacity 0 disables reuse.
+
+    Two conversations may hold equal ids (the same reply to the same prompt), so the
+    entries are not keyed by ids: each conversation keeps its own tip.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 0:
+            raise ValueError(f"cache capacity must be >= 0, not {capacity}")
+        self.capacity = capacity
+        self._entries: OrderedDict[int, _Entry] = OrderedDict()
+        self._keys = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def take(self, prompt: tuple[int, ...]) -> Reuse | None:
+        """The cache of the longest entry that is a strict prefix of `prompt` (at least
+        one prompt token must be left to run). A tip leaves the LRU: the caller extends
+        it and puts it back with its new ids. A snapshot stays and is copied."""
+        matches = [
+            key
+            for key, entry in self._entries.items()
+            if len(entry.ids) < len(prompt) and prompt[: len(entry.ids)] == entry.ids
+        ]
+        if not matches:
+            return None
+        key = max(matches, key=lambda key: len(self._entries[key].ids))
+        entry = self._entries[key]
+        if entry.shared:
+            self._entries.move_to_end(key)
+            return Reuse(copy.deepcopy(entry.cache), len(entry.ids), from_tip=False)
+        del self._entries[key]
+        return Reuse(entry.cache, len(entry.ids), from_tip=True)
+
+    def put(self, ids: tuple[int, ...], cache: DynamicCache, *, shared: bool) -> None:
+        if self.capacity == 0:
+            return
+        self._entries[next(self._keys)] = _Entry(ids, cache, shared)
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+class TransformersPolicy:
+    """CWM run in-process with transformers (implements `cwm_agent.model.policy.Policy`).
+
+    `model` is a Hub id (e.g. ``facebook/cwm``) or a local directory. `cache_entries`
+    bounds the KV caches kept for reuse; each can be as large as one conversation's
+    KV cache, on the model's device.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        dtype: str = "auto",
+        device_map: str | None = None,
+        quantization: Quantization | None = None,
+        attn_implementation: str | None = None,
+        offline: bool = False,
+        sampling: SamplingParams = SamplingParams(),
+        cache_entries: int = 16,
+    ) -> None:
+        if dtype not in DTYPES:
+            raise PolicyError(f"dtype {dtype!r} is not supported: use one of {', '.join(DTYPES)}")
+        quantization_config = _quantization_config(quantization)
+        self.name = model
+        self.sampling = sampling
+        self.kv_cache = PrefixCache(cache_entries)
+        self.stats = GenerationStats()
+        self._lock = threading.Lock()
+        source = os.path.expanduser(model)
+        config = _load_config(source, offline)
+        self.tokenizer = _load_tokenizer(source, offline)
+        try:
+            self._stop_ids = stop_token_ids(self.tokenizer)
+        except ValueError as exc:
+            raise PolicyError(f"{model}: {exc}; it is not CWM's tokenizer") from exc
+        self.model = _load_model(
+            source,
+            config,
+            offline,
+            dtype=DTYPES[dtype],
+            device_map=device_map,
+            quantization_config=quantization_config,
+            attn_implementation=attn_implementation,
+        )
+        # Sampling comes from SamplingParams only, never from the checkpoint's defaults.
+        self.model.generation_config = GenerationConfig()
+
+    def complete(
+        self, conversations: Sequence[Sequence[Message]], max_new_tokens: int
+    ) -> list[Completion]:
+        prompts = [render_ids(conversation, self.tokenizer) for conversation in conversations]
+        return [_completion(g) for g in self.generate_ids(prompts, max_new_tokens)]
+
+    def generate_ids(
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        sampling: SamplingParams | None = None,
+    ) -> list[Generated]:
+        """Continue each prompt until a stop token or `max_new_tokens`.
+
+        The prompts run one after another, each with batch size 1 (its own KV cache);
+        batched decoding of several conversations is planned, not done. Calls from
+        several threads are serialised: they share one model and one set of caches.
+        """
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, not {max_new_tokens}")
+        sampling = sampling or self.sampling
+        config = self._generation_config(max_new_tokens, sampling)
+        with self._lock:
+            if sampling.seed is not None:
+                torch.manual_seed(sampling.seed)
+            return [self._generate_one(tuple(prompt), config) for prompt in prompts]
+
+    def _generation_config(self, max_new_tokens: int, sampling: SamplingParams) -> GenerationConfig:
+        common: dict[str, Any] = {
+            "max_new_tokens": max_new_tokens,
+            "eos_token_id": list(self._stop_ids),
+            "pad_token_id": self._stop_ids[0],
+        }
+        if sampling.is_greedy:
+            return GenerationConfig(do_sample=False, **common)
+        # top_k=0: transformers would otherwise apply its default top-k of 50.
+        return GenerationConfig(
+            do_sample=True,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=0,
+            **common,
+        )
+
+    def _generate_one(self, prompt: tuple[int, ...], config: GenerationConfig) -> Generated:
+        if not prompt:
+            raise ValueError("cannot continue an empty prompt")
+        started = time.monotonic()
+        cache, reused = self._cache_for(prompt)
+        ids = torch.tensor([prompt], device=self.model.device)
+        with torch.no_grad():
+            output = self.model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                past_key_values=cache,
+                generation_config=config,
+            )[0].tolist()
+        # The cache lacks the last sampled token: it was never fed back.
+        self.kv_cache.put(tuple(output[: cache.get_seq_length()]), cache, shared=False)
+        return self._generated(prompt, output[len(prompt) :], reused, time.monotonic() - started)
+
+    def _cache_for(self, prompt: tuple[int, ...]) -> tuple[DynamicCache, int]:
+        """The cache to extend, and how many prompt ids it held when found. A prompt
+        that does not continue a tip starts a task or a branch: its state before the
+        last token is kept as a snapshot for the conversations that will share it."""
+        reuse = self.kv_cache.take(prompt)
+        if reuse and reuse.from_tip:
+            return reuse.cache, reuse.length
+        cache, reused = (reuse.cache, reuse.length) if reuse else (self._new_cache(), 0)
+        if self.kv_cache.capacity and len(prompt) - 1 > reused:
+            self._prefill(cache, prompt[reused:-1])
+            self.kv_cache.put(prompt[:-1], copy.deepcopy(cache), shared=True)
+            self.stats.snapshots += 1
+        return cache, reused
+
+    def _new_cache(self) -> DynamicCache:
+        """Per-layer full or sliding-window KV layers, as the model's `layer_types` say."""
+        return DynamicCache(config=self.model.config)
+
+    def _prefill(self, cache: DynamicCache, ids: Sequence[int]) -> None:
+        """Run `ids` into `cache`; positions follow from the cache length."""
+        with torch.no_grad():
+            self.model(
+                input_ids=torch.tensor([ids], device=self.model.device),
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+
+    def _generated(
+        self, prompt: tuple[int, ...], new: list[int], reused: int, duration_s: float
+    ) -> Generated:
+        stopped = bool(new) and new[-1] in self._stop_ids
+        token_ids = tuple(new[:-1] if stopped else new)
+        self.stats.prompts += 1
+        self.stats.prompt_tokens += len(prompt)
+        self.stats.prefilled_tokens += len(prompt) - reused
+        self.stats.reused_tokens += reused
+        self.stats.generated_tokens += len(new)
+        return Generated(
+            token_ids=token_ids,
+            text=self.tokenizer.decode(
+                list(token_ids), skip_special_tokens=False, clean_up_tokenization_spaces=False
+            ),
+            finish_reason="stop" if stopped else "length",
+            stop=self.tokenizer.convert_ids_to_tokens(new[-1]) if stopped else None,
+            prompt_tokens=len(prompt),
+            prefilled_tokens=len(prompt) - reused,
+            duration_s=duration_s,
+        )
+
+
+def _completion(generated: Generated) -> Completion:
+    return Completion(
+        text=generated.text,
+        prompt_tokens=generated.prompt_tokens,
+        completion_tokens=len(generated.token_ids) + (generated.stop is not None),
+        finish_reason=generated.finish_reason,
+        stop=generated.stop,
+        duration_s=generated.duration_s,
+        token_ids=generated.token_ids,
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _looks_like_path(model: str) -> bool:
+    """True for what can only be a directory: Hub ids are NAME or OWNER/NAME."""
+    return model.startswith((".", "~", os.sep)) or model.count("/") > 1 or Path(model).exists()
+
+
+def _how_to_get(model: str) -> str:
+    if _looks_like_path(model):
+        return "pass a directory holding a CWM checkpoint (config.json, weights, tokenizer)"
+    return f"download it with `hf download {model}` or pass a local directory"
+
+
+@contextmanager
+def _quiet_hub() -> Iterator[None]:
+    """The Hub client logs every retry; the user gets our one line instead."""
+    loggers = [logging.getLogger(name) for name in ("huggingface_hub", "transformers")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _load_config(model: str, offline: bool) -> PreTrainedConfig:
+    path = Path(model)
+    if _looks_like_path(model) and not path.is_dir():
+        problem = "is not a directory" if path.exists() else "not found"
+        raise PolicyError(f"model directory {model} {problem}: {_how_to_get(model)}")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise PolicyError(
+            f"{model} is not a Hugging Face model directory (no config.json): {_how_to_get(model)}"
+        )
+    try:
+        with _quiet_hub():
+            config = AutoConfig.from_pretrained(model, local_files_only=offline)
+    except Exception as exc:
+        where = "in the local Hugging Face cache" if offline else "on the Hugging Face Hub"
+        raise PolicyError(
+            f"model {model} not found {where} ({_first_line(exc)}): {_how_to_get(model)}"
+        ) from exc
+    if config.model_type != CWM_MODEL_TYPE:
+        raise PolicyError(
+            f"{model} is a {config.model_type!r} model, not CWM (model_type 'cwm', "
+            "CwmForCausalLM): pass facebook/cwm or a directory holding it"
+        )
+    return config
+
+
+def _load_tokenizer(model: str, offline: bool) -> Any:
+    try:
+        return AutoTokenizer.from_pretrained(model, local_files_only=offline)
+    except Exception as exc:
+        raise PolicyError(
+            f"cannot load the tokenizer of {model} ({_first_line(exc)}): {_how_to_get(model)}"
+        ) from exc
+
+
+def _load_model(model: str, config: PreTrainedConfig, offline: bool, **kwargs: Any) -> Any:
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            model, config=config, local_files_only=offline, **kwargs
+        )
+    except Exception as exc:
+        raise PolicyError(f"cannot load the weights of {model}: {_first_line(exc)}") from exc
+
+
+def _quantization_config(quantization: Quantization | None) -> Any:
+    """transformers' config for on-the-fly quantization at load time; imported lazily."""
+    if quantization is None:
+        return None
+    if quantization not in QUANTIZATIONS:
+        raise PolicyError(
+            f"quantization {quantization!r} is not supported: use one of {', '.join(QUANTIZATIONS)}"
+        )
+    if quantization == "fp8":
+        from transformers import FineGrainedFP8Config
+
+        return FineGrainedFP8Config()
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise PolicyError(
+            f"{quantization} quantization needs bitsandbytes: pip install bitsandbytes"
+        )
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
+    )
