@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import subprocess
+import sys
 import tarfile
 import uuid
 from collections.abc import Iterator
@@ -86,6 +87,19 @@ def no_bash_image(client: docker.DockerClient) -> Iterator[str]:
 def run_label() -> str:
     """A run id for one test, so it can check that nothing of its own is left."""
     return f"test-{uuid.uuid4().hex[:10]}"
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """`cwm-agent ARGS` as a user runs it: a new process, its exit code and output."""
+    return subprocess.run(
+        [sys.executable, "-m", "cwm_agent.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+        timeout=timeout,
+    )
 
 
 def containers_of(client: docker.DockerClient, run: str) -> list[str]:

@@ -172,7 +172,19 @@ def test_losing_the_container_ends_the_rollout_with_an_error(
     client: docker.DockerClient, base_image: str
 ) -> None:
     with Sandbox(SandboxConfig(image=base_image), client) as sandbox:
-        policy = ScriptedPolicy([call("bash", "kill -9 -1"), call("bash", "pwd")])
+
+        class LosesItsSandbox(ScriptedPolicy):
+            """Before its second reply, the container disappears (as when the daemon restarts)."""
+
+            def complete(
+                self, conversations: Sequence[Sequence[Message]], max_new_tokens: int
+            ) -> list[Completion]:
+                if len(self.replies) == 1:
+                    client.containers.get(sandbox.id).remove(force=True)
+                return super().complete(conversations, max_new_tokens)
+
+        policy = LosesItsSandbox([call("bash", "echo hi"), call("bash", "pwd")])
         trajectory = run_rollout(policy, Toolbox(sandbox), "Break it.", RolloutConfig())
     assert trajectory.status == "error"
     assert trajectory.reason is not None and trajectory.reason.startswith("sandbox: ")
+    assert [m.tool_result.output for m in trajectory.messages if m.tool_result] == ["hi\n"]

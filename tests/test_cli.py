@@ -6,24 +6,14 @@ import contextlib
 import os
 import socket
 import subprocess
-import sys
 
 import docker
 import pytest
 
 from cwm_agent.sandbox import LABEL
+from tests.conftest import run_cli as cli
 
 pytestmark = pytest.mark.docker
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cwm_agent.cli", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COLUMNS": "200", **(env or {})},
-        timeout=120,
-    )
 
 
 def test_doctor_reports_and_fails_without_docker(base_image: str) -> None:

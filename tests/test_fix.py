@@ -6,7 +6,6 @@ The model is the only double: `replay:` files stand in for CWM.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import pytest
 
 from cwm_agent.fix import patch_stats
 from cwm_agent.sandbox import LABEL
+from tests.conftest import run_cli as cli
 
 pytestmark = pytest.mark.docker
 
@@ -39,16 +39,6 @@ def calc_repo(tmp_path: Path) -> Path:
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "calc")
     return repo
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cwm_agent.cli", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COLUMNS": "200", **(env or {})},
-        timeout=300,
-    )
 
 
 def replay(tmp_path: Path, replies: list[str]) -> str:
