@@ -279,7 +279,7 @@ def test_bash_only_image_runs_session(
     client: docker.DockerClient, bash_only_image: str, run_label: str
 ) -> None:
     config = SandboxConfig(
-        image=bash_only_image, workdir="/work", labels={f"{LABEL}.run": run_label}
+        image=bash_only_image, workdir="/scratch", labels={f"{LABEL}.run": run_label}
     )
     with Sandbox(config, client) as box:
         session = box.session
@@ -290,4 +290,4 @@ def test_bash_only_image_runs_session(
             .isdigit()
         )
         assert session.run("python3 --version").exit_code == 127
-        assert box.read_file("/work/v").startswith(b"5.")
+        assert box.read_file("/scratch/v").startswith(b"5.")
