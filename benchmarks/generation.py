@@ -11,7 +11,8 @@ in two modes, turn by turn: reusing the KV cache, and prefilling every turn from
 scratch (a cache of capacity 0); the replies must be identical. Each turn's latency
 is the fastest of --repeats runs (the machine may be shared). Prints a markdown
 table (paste it into benchmarks/RESULTS.md with the machine it ran on) and the last
-turn's latency ratio.
+turn's latency ratio; then aggregate tokens/s of k rollouts decoded as one batch
+against the same k generated one after another (--batch-sizes).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch
 
 from cwm_agent.model.hf import PrefixCache, SamplingParams, TransformersPolicy
 from cwm_agent.protocol import prompts
-from cwm_agent.protocol.chat import Message, message_token_counter
+from cwm_agent.protocol.chat import Message, message_token_counter, render_ids
 
 CONTEXT_SIZE = 131072
 ISSUE = "Calling `fibonacci(0)` returns None instead of 0; negative input should raise."
@@ -125,6 +126,28 @@ def table(reused: list[Turn], scratch: list[Turn]) -> str:
     return "\n".join(rows)
 
 
+def batch_throughput(policy: TransformersPolicy, ks: list[int], new_tokens: int) -> str:
+    """Aggregate tokens/s of the first turn of k rollouts of one task (one prompt,
+    prefilled once): decoded as one batch, against the same k one after another."""
+    rows = ["| k | sequential tokens/s | batched tokens/s | batched / sequential |"]
+    rows.append("|---:|---:|---:|---:|")
+    for k in ks:
+        prompts = [render_ids(opening(policy), policy.tokenizer)] * k
+        rates = []
+        for batched in (False, True):
+            policy.kv_cache = PrefixCache(16)
+            policy.generate_ids([prompts[0]], 1)  # the shared prompt is cached in both modes
+            started = time.perf_counter()
+            if batched:
+                results = policy.generate_ids(prompts, new_tokens)
+            else:
+                results = [policy.generate_ids([p], new_tokens)[0] for p in prompts]
+            tokens = sum(len(r.token_ids) + (r.stop is not None) for r in results)
+            rates.append(tokens / (time.perf_counter() - started))
+        rows.append(f"| {k} | {rates[0]:.1f} | {rates[1]:.1f} | {rates[1] / rates[0]:.2f} |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="a CWM directory or Hub id (default: small random CWM)")
@@ -135,6 +158,8 @@ def main() -> None:
     parser.add_argument("--tool-tokens", type=int, default=40)
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3, help="report each turn's fastest")
+    parser.add_argument("--batch-sizes", type=int, nargs="*", default=[1, 4, 8])
+    parser.add_argument("--batch-new-tokens", type=int, default=64)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as root:
@@ -148,6 +173,7 @@ def main() -> None:
         )
         policy.generate_ids([[0, 1, 2, 3]], 2)  # warm-up, out of the figures
         runs = [run(policy, args) for _ in range(args.repeats)]
+        batches = batch_throughput(policy, args.batch_sizes, args.batch_new_tokens)
     reused = fastest([r["reuse"] for r in runs])
     scratch = fastest([r["scratch"] for r in runs])
 
@@ -161,8 +187,9 @@ def main() -> None:
     print(f"\nreplies identical with and without reuse: {'yes' if same else 'NO'}")
     print(
         f"turn {args.turns}: scratch / reuse latency = "
-        f"{scratch[-1].seconds / reused[-1].seconds:.2f}"
+        f"{scratch[-1].seconds / reused[-1].seconds:.2f}\n"
     )
+    print(batches)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import pytest
 import torch
 from transformers import CwmForCausalLM, DynamicCache, LlamaConfig
 
+from cwm_agent.model.batch import Row, decode
 from cwm_agent.model.hf import Generated, PrefixCache, SamplingParams, TransformersPolicy
 from cwm_agent.model.policy import PolicyError
 from cwm_agent.protocol.chat import (
@@ -261,3 +262,53 @@ def test_prefix_cache_moves_tips_copies_snapshots_and_evicts() -> None:
     cache.put((8,), DynamicCache(), shared=False)
     assert cache.take((1, 2, 5)) is None  # the least recently used entry left
     assert PrefixCache(0).take((1,)) is None
+
+
+def test_k_rollouts_decode_as_one_batch_and_match_each_alone(make_policy: PolicyFactory) -> None:
+    """Three rollouts of one task, diverging (tool results of different lengths),
+    stepped together through batched decoding, well past the sliding window."""
+    names = ["a", "bbbb", "cccccccc"]
+    policy = make_policy()
+    conversations = {name: task() for name in names}
+    batched: list[list[Generated]] = []
+    for turn in range(4):
+        prompts = [render_ids(conversations[name], policy.tokenizer) for name in names]
+        results = policy.generate_ids(prompts, NEW_TOKENS)
+        batched.append(results)
+        for name, generated in zip(names, results, strict=True):
+            conversations[name] += [
+                Message.assistant(generated.text, generated.stop, generated.token_ids),
+                tool_result(name * (turn + 1), turn),
+            ]
+    assert len({len(render_ids(c, policy.tokenizer)) for c in conversations.values()}) == 3
+    assert min(len(render_ids(c, policy.tokenizer)) for c in conversations.values()) > 300
+    for index, name in enumerate(names):
+        alone = make_policy(cache_entries=0)
+        conversation = task()
+        for turn in range(4):
+            (generated,) = alone.generate_ids([render_ids(conversation, alone.tokenizer)], 16)
+            assert generated.token_ids == batched[turn][index].token_ids, (name, turn)
+            conversation += [
+                Message.assistant(generated.text, generated.stop, generated.token_ids),
+                tool_result(name * (turn + 1), turn),
+            ]
+        assert_only_new_tokens_prefilled([results[index] for results in batched])
+    assert batched[0][1].prefilled_tokens == 1  # the shared prompt was prefilled once
+
+
+def test_rows_leave_the_batch_when_done_without_changing_the_others(
+    make_policy: PolicyFactory,
+) -> None:
+    policy = make_policy(cache_entries=0)
+    prompts = [render_ids(task(user), policy.tokenizer) for user in ("x", "a longer issue", "y z")]
+    limits = [3, 11, 6]
+    rows = []
+    for prompt, limit in zip(prompts, limits, strict=True):
+        cache = DynamicCache(config=policy.model.config)
+        policy._prefill(cache, prompt[:-1])
+        rows.append(Row(cache, prompt[-1], limit, []))
+    decode(policy.model, rows, policy._stop_ids, lambda logits: logits.argmax(dim=-1))
+    for prompt, limit, row in zip(prompts, limits, rows, strict=True):
+        (alone,) = policy.generate_ids([prompt], limit)
+        assert tuple(row.generated) == alone.token_ids
+        assert row.cache.get_seq_length() == len(prompt) + limit - 1

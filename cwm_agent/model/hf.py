@@ -49,6 +49,7 @@ from transformers import (
     PreTrainedConfig,
 )
 
+from cwm_agent.model.batch import Row, Sampler, decode
 from cwm_agent.model.policy import Completion, FinishReason, PolicyError
 from cwm_agent.protocol.chat import Message, render_ids, stop_token_ids
 
@@ -232,18 +233,41 @@ class TransformersPolicy:
     ) -> list[Generated]:
         """Continue each prompt until a stop token or `max_new_tokens`.
 
-        The prompts run one after another, each with batch size 1 (its own KV cache);
-        batched decoding of several conversations is planned, not done. Calls from
-        several threads are serialised: they share one model and one set of caches.
+        One prompt runs through `generate()`; several are decoded as one batch, each
+        from its own cache and leaving the batch when it stops (`batch.py`). Calls
+        from several threads are serialised: they share one model and one set of caches.
         """
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, not {max_new_tokens}")
         sampling = sampling or self.sampling
-        config = self._generation_config(max_new_tokens, sampling)
         with self._lock:
             if sampling.seed is not None:
                 torch.manual_seed(sampling.seed)
+            if len(prompts) > 1:
+                return self._generate_batch([tuple(p) for p in prompts], max_new_tokens, sampling)
+            config = self._generation_config(max_new_tokens, sampling)
             return [self._generate_one(tuple(prompt), config) for prompt in prompts]
+
+    def _generate_batch(
+        self, prompts: list[tuple[int, ...]], max_new_tokens: int, sampling: SamplingParams
+    ) -> list[Generated]:
+        if not all(prompts):
+            raise ValueError("cannot continue an empty prompt")
+        started = time.monotonic()
+        rows, reused = [], []
+        for prompt in prompts:
+            cache, held = self._cache_for(prompt)
+            if cache.get_seq_length() < len(prompt) - 1:
+                self._prefill(cache, prompt[cache.get_seq_length() : -1])
+            rows.append(Row(cache, prompt[-1], max_new_tokens, []))
+            reused.append(held)
+        decode(self.model, rows, self._stop_ids, _sampler(sampling))
+        duration = time.monotonic() - started
+        results = []
+        for prompt, row, held in zip(prompts, rows, reused, strict=True):
+            self.kv_cache.put(prompt + tuple(row.generated[:-1]), row.cache, shared=False)
+            results.append(self._generated(prompt, row.generated, held, duration))
+        return results
 
     def _generation_config(self, max_new_tokens: int, sampling: SamplingParams) -> GenerationConfig:
         common: dict[str, Any] = {
@@ -328,6 +352,21 @@ class TransformersPolicy:
             prefilled_tokens=len(prompt) - reused,
             duration_s=duration_s,
         )
+
+
+def _sampler(sampling: SamplingParams) -> Sampler:
+    """Next tokens for a batch of logits: argmax, or temperature and nucleus (top-p)."""
+    if sampling.is_greedy:
+        return lambda logits: logits.argmax(dim=-1)
+
+    def sample(logits: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
+        ordered, order = probs.sort(dim=-1, descending=True)
+        ordered[ordered.cumsum(dim=-1) - ordered > sampling.top_p] = 0
+        picked = torch.multinomial(ordered / ordered.sum(dim=-1, keepdim=True), 1)
+        return order.gather(-1, picked).squeeze(-1)
+
+    return sample
 
 
 def _completion(generated: Generated) -> Completion:
