@@ -24,6 +24,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cwm_agent.agent import MessageRecord, RolloutConfig
+from cwm_agent.errors import first_line
 from cwm_agent.fix import FixError, FixOptions, FixResult, run_fix
 from cwm_agent.gitrepo import RepoError
 from cwm_agent.model import ModelOptions, PolicyError, load_policy
@@ -58,8 +59,7 @@ def user_errors(command: F) -> F:
             raise typer.Exit(1) from None
         except (DockerException, GitCommandError, OSError) as exc:
             # Not foreseen, but still the user's environment: one line, no traceback.
-            detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            typer.echo(f"error: {type(exc).__name__}: {detail}", err=True)
+            typer.echo(f"error: {type(exc).__name__}: {first_line(exc)}", err=True)
             raise typer.Exit(1) from None
         except (KeyboardInterrupt, SandboxInterrupted):
             typer.echo("interrupted: containers removed", err=True)

@@ -57,7 +57,3 @@ class Trajectory(BaseModel):
     generation_s: float = 0.0
     tools_s: float = 0.0
     messages: list[MessageRecord] = Field(default_factory=list)
-
-    def replies(self) -> list[str]:
-        """The assistant replies, in the format `--model replay:PATH` reads."""
-        return [m.content for m in self.messages if m.role == "assistant"]

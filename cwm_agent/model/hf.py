@@ -49,6 +49,7 @@ from transformers import (
     PreTrainedConfig,
 )
 
+from cwm_agent.errors import first_line
 from cwm_agent.model.batch import Row, Sampler, decode
 from cwm_agent.model.policy import Completion, FinishReason, PolicyError
 from cwm_agent.protocol.chat import Message, render_ids, stop_token_ids
@@ -381,11 +382,6 @@ def _completion(generated: Generated) -> Completion:
     )
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _looks_like_path(model: str) -> bool:
     """True for what can only be a directory: Hub ids are NAME or OWNER/NAME."""
     return model.startswith((".", "~", os.sep)) or model.count("/") > 1 or Path(model).exists()
@@ -426,7 +422,7 @@ def _load_config(model: str, offline: bool) -> PreTrainedConfig:
     except Exception as exc:
         where = "in the local Hugging Face cache" if offline else "on the Hugging Face Hub"
         raise PolicyError(
-            f"model {model} not found {where} ({_first_line(exc)}): {_how_to_get(model)}"
+            f"model {model} not found {where} ({first_line(exc)}): {_how_to_get(model)}"
         ) from exc
     if config.model_type != CWM_MODEL_TYPE:
         raise PolicyError(
@@ -441,7 +437,7 @@ def _load_tokenizer(model: str, offline: bool) -> Any:
         return AutoTokenizer.from_pretrained(model, local_files_only=offline)
     except Exception as exc:
         raise PolicyError(
-            f"cannot load the tokenizer of {model} ({_first_line(exc)}): {_how_to_get(model)}"
+            f"cannot load the tokenizer of {model} ({first_line(exc)}): {_how_to_get(model)}"
         ) from exc
 
 
@@ -451,7 +447,7 @@ def _load_model(model: str, config: PreTrainedConfig, offline: bool, **kwargs: A
             model, config=config, local_files_only=offline, **kwargs
         )
     except Exception as exc:
-        raise PolicyError(f"cannot load the weights of {model}: {_first_line(exc)}") from exc
+        raise PolicyError(f"cannot load the weights of {model}: {first_line(exc)}") from exc
 
 
 def _quantization_config(quantization: Quantization | None) -> Any:

@@ -30,6 +30,7 @@ import docker
 from docker import APIClient
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
+from cwm_agent.errors import first_line
 from cwm_agent.sandbox import teardown
 from cwm_agent.sandbox.config import SandboxConfig
 from cwm_agent.sandbox.errors import (
@@ -62,7 +63,7 @@ def docker_client() -> docker.DockerClient:
     except DockerException as exc:
         host = os.environ.get("DOCKER_HOST", "the default socket")
         raise DockerUnavailableError(
-            f"cannot reach the Docker daemon at {host} ({_first_line(exc)}): "
+            f"cannot reach the Docker daemon at {host} ({first_line(exc)}): "
             "start Docker (e.g. `dockerd &`) or set DOCKER_HOST"
         ) from None
     return client
@@ -118,7 +119,7 @@ class Sandbox:
             self.close()
             if not created:
                 raise SandboxError(
-                    f"cannot create a container from {cfg.image!r}: {_first_line(exc)}"
+                    f"cannot create a container from {cfg.image!r}: {first_line(exc)}"
                 ) from None
             if not running:  # our entrypoint only ends at once if bash cannot run
                 raise NoBashError(
@@ -238,14 +239,21 @@ class Sandbox:
 
     def read_file(self, path: str) -> bytes:
         """Bytes of a regular file (symlinks followed); FileNotFoundError if absent."""
+        found = self.read(path)
+        if found is None:
+            raise FileNotFoundError(path)
+        return found[1]
+
+    def read(self, path: str) -> tuple[PathStat, bytes] | None:
+        """A regular file's stat (symlinks followed) and bytes, or None if there is none."""
         stat = self.stat(path)
         if stat is None or stat.is_dir:
-            raise FileNotFoundError(path)
+            return None
         stream, _ = self.api.get_archive(self.id, stat.path)
         with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
             member = tar.next()
             handle = tar.extractfile(member) if member is not None else None
-            return handle.read() if handle is not None else b""
+            return stat, handle.read() if handle is not None else b""
 
     def write_file(self, path: str, data: bytes, mode: int | None = None) -> None:
         """Write a file; without `mode`, an existing file keeps its permissions and
@@ -297,11 +305,6 @@ class Sandbox:
             tar.addfile(info)
         buffer.seek(0)
         self._put("/", buffer)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
 
 
 def remove_leftovers(client: docker.DockerClient, *, everything: bool = False) -> list[str]:

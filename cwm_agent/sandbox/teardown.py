@@ -22,20 +22,20 @@ class _Closable(Protocol):
 
 _live: set[_Closable] = set()
 _lock = threading.Lock()
-_installed = False
+_signals_installed = False
 
 
 def register(sandbox: _Closable) -> None:
-    global _installed
+    """Track a sandbox; the signal handlers go in with the first one registered from
+    the main thread (Python only lets the main thread install them)."""
+    global _signals_installed
     with _lock:
         _live.add(sandbox)
-        if not _installed:
-            atexit.register(close_all)
-            if threading.current_thread() is threading.main_thread():
-                for sig in (signal.SIGTERM, signal.SIGHUP):
-                    if signal.getsignal(sig) in (signal.SIG_DFL, None):
-                        signal.signal(sig, _interrupt)
-            _installed = True
+        if not _signals_installed and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGHUP):
+                if signal.getsignal(sig) in (signal.SIG_DFL, None):
+                    signal.signal(sig, _interrupt)
+            _signals_installed = True
 
 
 def unregister(sandbox: _Closable) -> None:
@@ -49,6 +49,9 @@ def close_all() -> None:
     for sandbox in live:
         with contextlib.suppress(Exception):  # best effort; the keep-alive guard still applies
             sandbox.close()
+
+
+atexit.register(close_all)
 
 
 def _interrupt(signum: int, frame: object) -> None:

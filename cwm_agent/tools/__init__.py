@@ -12,6 +12,7 @@ import time
 
 from docker.errors import DockerException
 
+from cwm_agent.errors import first_line
 from cwm_agent.sandbox import Sandbox, SandboxError
 from cwm_agent.tools.bash import run_bash
 from cwm_agent.tools.create import run_create
@@ -49,8 +50,7 @@ class Toolbox:
         except (SandboxError, DockerException) as exc:
             # A path Docker refuses (a file used as a folder, /proc, ...) is the
             # model's mistake to see, as CWM saw its tool scripts fail.
-            detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            result = ToolResult(f"The {name} tool failed: {detail}", ok=False)
+            result = ToolResult(f"The {name} tool failed: {first_line(exc)}", ok=False)
         if name in ("edit", "create"):
             # CWM's edit/create ran as scripts that print() their message, so the
             # model saw it followed by a newline.

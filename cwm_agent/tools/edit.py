@@ -101,7 +101,7 @@ def run_edit(files: ToolFiles, argument: str) -> ToolResult:
     call = parse_edit(argument)
     if isinstance(call, str):
         return ToolResult(call, ok=False)
-    found = files.read(files.resolve(call.path))
+    found = files.sandbox.read(files.resolve(call.path))
     if found is None:
         return ToolResult(
             f"The path {call.path} does not exist. Please provide a valid path.", ok=False

@@ -6,7 +6,7 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass
 
-from cwm_agent.sandbox import PathStat, Sandbox, ShellSession
+from cwm_agent.sandbox import Sandbox, ShellSession
 
 
 @dataclass
@@ -21,10 +21,3 @@ class ToolFiles:
             return posixpath.normpath(path)
         cwd = self.session.query('"$PWD"')
         return posixpath.normpath(posixpath.join(cwd, path))
-
-    def read(self, path: str) -> tuple[PathStat, bytes] | None:
-        """A regular file (absolute path, symlinks followed) and its bytes, or None."""
-        stat = self.sandbox.stat(path)
-        if stat is None or stat.is_dir:
-            return None
-        return stat, self.sandbox.read_file(stat.path)

@@ -13,7 +13,7 @@ SubmitKind = Literal["patch", "test"]
 
 def run_submit(files: ToolFiles, argument: str, kind: SubmitKind = "patch") -> ToolResult:
     path = argument.strip()
-    found = files.read(files.resolve(path))
+    found = files.sandbox.read(files.resolve(path))
     if found is None:
         return ToolResult(
             f"Failed to submit {path}. Make sure it exists and is readable.", ok=False
