@@ -7,7 +7,6 @@ through git's object store; its working tree, index and stash stay untouched.
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import uuid
@@ -20,17 +19,11 @@ from pydantic import BaseModel, Field
 from cwm_agent import gitrepo
 from cwm_agent.agent import Observer, RolloutConfig, Trajectory, run_rollout
 from cwm_agent.model import ModelOptions, load_policy
-from cwm_agent.sandbox import LABEL, Sandbox, SandboxConfig, SandboxError, docker_client
+from cwm_agent.sandbox import LABEL, Sandbox, docker_client
 from cwm_agent.sandbox.image import DEFAULT_IMAGE, ensure_image
 from cwm_agent.tools import Toolbox
+from cwm_agent.workspace import Workspace
 
-_INIT_REPO = """set -e
-git init -q
-git add -A -f
-git -c user.name=cwm-agent -c user.email=cwm-agent@localhost commit -q --no-verify \\
-  --allow-empty -m "cwm-agent: start"
-git rev-parse HEAD
-"""
 _CHECK_IN_CONTAINER = """set -e
 export GIT_INDEX_FILE="$(mktemp -u)"
 git -c safe.directory='*' read-tree "$1"
@@ -107,36 +100,24 @@ def run_fix(
     ensure_image(client, options.image, progress)
 
     snapshot = gitrepo.snapshot(repo, options.include_uncommitted) if repo is not None else None
-    config = SandboxConfig(
+    workspace = Workspace(
         image=options.image,
         workdir=options.workdir,
+        snapshot=snapshot.tar if snapshot is not None else None,
         session_timeout=options.rollout.session_timeout,
         labels={f"{LABEL}.job": "fix"},
     )
     rollout = options.rollout.model_copy(update={"repo_root": options.workdir})
     patch_error: str | None = None
-    head = ""
-    with Sandbox(config, client) as box:
+    with workspace.open(client) as opened:
         if snapshot is not None:
-            box.copy_in(io.BytesIO(snapshot.tar), options.workdir)
-            code, out, err = box.exec(["bash", "-c", _INIT_REPO])
-            if code != 0:
-                detail = (err or out).decode("utf-8", "replace").strip()[-200:]
-                raise SandboxError(
-                    f"cannot make a git repository in {options.image!r} ({detail}): "
-                    "the sandbox image needs git"
-                )
             start = snapshot.description
         else:
-            code, out, _ = box.exec(["git", "-c", "safe.directory=*", "rev-parse", "HEAD"])
-            if code != 0:
-                raise FixError(f"{options.workdir} in {options.image!r} is not a git repository")
-            head = out.decode().strip()
-            start = f"{options.image}:{options.workdir} at {head[:12]}"
-        trajectory = run_rollout(policy, Toolbox(box), issue, rollout, observer)
+            start = f"{options.image}:{options.workdir} at {opened.head[:12]}"
+        trajectory = run_rollout(policy, Toolbox(opened.box), issue, rollout, observer)
         patch = trajectory.submission_bytes or b""
         if patch and snapshot is None:
-            patch_error = _check_in_container(box, head, patch)
+            patch_error = _check_in_container(opened.box, opened.head, patch)
 
     output.mkdir(parents=True, exist_ok=True)
     (output / "patch.diff").write_bytes(patch)
