@@ -30,6 +30,8 @@ from cwm_agent.gitrepo import RepoError
 from cwm_agent.model import ModelOptions, PolicyError, load_policy
 from cwm_agent.sandbox import SandboxError, SandboxInterrupted, docker_client, remove_leftovers
 from cwm_agent.sandbox.image import DEFAULT_IMAGE
+from cwm_agent.tts import TTSOptions, TTSReport
+from cwm_agent.tts import table as candidates_table
 
 app = typer.Typer(
     help="Fix software issues with Meta's Code World Model (CWM).",
@@ -108,6 +110,18 @@ def fix(
     ] = False,
     greedy: Annotated[bool, typer.Option("--greedy", help="greedy decoding, not sampling")] = False,
     seed: Annotated[int | None, typer.Option(help="sampling seed")] = None,
+    samples: Annotated[int, typer.Option(help="test-time scaling: candidate rollouts (K)")] = 1,
+    test_samples: Annotated[
+        int, typer.Option(help="test-time scaling: test-generation rollouts (M)")
+    ] = 0,
+    jobs: Annotated[int, typer.Option(help="test-time scaling: containers at once")] = 8,
+    test_cmd: Annotated[
+        str | None, typer.Option(help="regression test command (default: detected)")
+    ] = None,
+    regression_timeout: Annotated[
+        float, typer.Option(help="seconds for the regression suite before it is narrowed")
+    ] = 600.0,
+    test_timeout: Annotated[float, typer.Option(help="seconds for one generated test")] = 60.0,
     quiet: Annotated[bool, typer.Option("--quiet", help="print only the outcome")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="print result.json")] = False,
 ) -> None:
@@ -150,7 +164,16 @@ def fix(
             max_reply_tokens=max_reply_tokens,
             context_size=context_size,
         ),
+        scaling=TTSOptions(
+            samples=samples,
+            test_samples=test_samples,
+            jobs=jobs,
+            test_cmd=test_cmd,
+            regression_timeout=regression_timeout,
+            test_timeout=test_timeout,
+        ),
     )
+    scaled = samples > 1 or test_samples > 0
     live = not (quiet or json_output)
     started = time.monotonic()
     view = console if live else Console(quiet=True)
@@ -163,9 +186,16 @@ def fix(
             if line is not None:
                 view.print(line, highlight=False, no_wrap=True, overflow="ellipsis")
 
-        result = run_fix(
-            options, observer=observe, progress=lambda line: status.update(escape(line))
-        )
+        def report(line: str) -> None:
+            if scaled:  # many rollouts at once: their milestones, not every turn
+                elapsed = time.monotonic() - started
+                view.print(f"[dim]{elapsed:6.1f}s[/] {escape(line)}", highlight=False)
+            status.update(escape(line))
+
+        result = run_fix(options, observer=observe, progress=report)
+    if scaled:
+        tts = TTSReport.model_validate_json(Path(result.output_dir, "tts.json").read_text())
+        view.print(candidates_table(tts))
     if json_output:
         typer.echo(json.dumps(result.model_dump(), indent=2))
     else:

@@ -18,10 +18,11 @@ from pydantic import BaseModel, Field
 
 from cwm_agent import gitrepo
 from cwm_agent.agent import Observer, RolloutConfig, Trajectory, run_rollout
-from cwm_agent.model import ModelOptions, load_policy
+from cwm_agent.model import ModelOptions, PolicyPool, load_policy
 from cwm_agent.sandbox import LABEL, Sandbox, docker_client
 from cwm_agent.sandbox.image import DEFAULT_IMAGE, ensure_image
 from cwm_agent.tools import Toolbox
+from cwm_agent.tts import TTSOptions, TTSReport, run_tts
 from cwm_agent.workspace import Workspace
 
 _CHECK_IN_CONTAINER = """set -e
@@ -48,6 +49,9 @@ class FixOptions(BaseModel):
     branch: str | None = None
     include_uncommitted: bool = False
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    scaling: TTSOptions = Field(
+        default_factory=TTSOptions, description="K=1, M=0: one rollout, no tests"
+    )
 
 
 class PatchStats(BaseModel):
@@ -78,6 +82,8 @@ class FixResult(BaseModel):
     branch: str | None = None
     branch_commit: str | None = None
     output_dir: str
+    selected: int | None = Field(None, description="test-time scaling: the chosen candidate")
+    decision: str | None = Field(None, description="test-time scaling: why it was chosen")
 
 
 def run_fix(
@@ -89,7 +95,9 @@ def run_fix(
     issue = options.issue.strip()
     if not issue:
         raise FixError("the issue is empty: pass --issue TEXT or --issue-file FILE with text")
-    policy = load_policy(options.model, options.model_options)
+    scaled = options.scaling.samples > 1 or options.scaling.test_samples > 0
+    pool = PolicyPool(options.model, options.model_options) if scaled else None
+    policy = None if scaled else load_policy(options.model, options.model_options)
     repo = gitrepo.open_repo(options.repo) if options.repo is not None else None
     if options.branch is not None:
         if repo is None:
@@ -108,37 +116,52 @@ def run_fix(
         labels={f"{LABEL}.job": "fix"},
     )
     rollout = options.rollout.model_copy(update={"repo_root": options.workdir})
-    patch_error: str | None = None
-    with workspace.open(client) as opened:
-        if snapshot is not None:
-            start = snapshot.description
-        else:
-            start = f"{options.image}:{options.workdir} at {opened.head[:12]}"
-        trajectory = run_rollout(policy, Toolbox(opened.box), issue, rollout, observer)
-        patch = trajectory.submission_bytes or b""
-        if patch and snapshot is None:
-            patch_error = _check_in_container(opened.box, opened.head, patch)
+    report: TTSReport | None = None
+    if pool is not None:
+        scaling = options.scaling.model_copy(update={"rollout": rollout})
+        report = run_tts(workspace, issue, pool, scaling, output, client, progress)
+        trajectory, patch, patch_error = _selected(report, output)
+        model_name = pool.name
+        start = snapshot.description if snapshot is not None else options.image
+    else:
+        assert policy is not None
+        model_name = policy.name
+        with workspace.open(client) as opened:
+            if snapshot is not None:
+                start = snapshot.description
+            else:
+                start = f"{options.image}:{options.workdir} at {opened.head[:12]}"
+            trajectory = run_rollout(policy, Toolbox(opened.box), issue, rollout, observer)
+            patch = trajectory.submission_bytes or b""
+            patch_error = None
+            if patch and snapshot is None:
+                patch_error = _check_in_container(opened.box, opened.head, patch)
 
     output.mkdir(parents=True, exist_ok=True)
     (output / "patch.diff").write_bytes(patch)
     (output / "trajectory.json").write_text(trajectory.model_dump_json(indent=2))
+    status, reason = trajectory.status, trajectory.reason
+    # With test-time scaling any tested, selected candidate counts, finished or not.
+    done = status == "finished" if report is None else report.selected is not None
+    if report is not None and report.selected is None:
+        status, reason = "unresolved", report.decision
     branch_commit = None
     if patch and repo is not None and snapshot is not None:
         patch_error = gitrepo.check_patch(repo, snapshot.commit, patch)
-        if patch_error is None and options.branch is not None and trajectory.status == "finished":
+        if patch_error is None and options.branch is not None and done:
             branch_commit = gitrepo.commit_on_branch(
                 repo, snapshot.commit, patch, options.branch, _commit_message(trajectory)
             )
     result = FixResult(
-        status=trajectory.status,
-        reason=trajectory.reason,
-        success=trajectory.status == "finished" and bool(patch) and patch_error is None,
+        status=status,
+        reason=reason,
+        success=done and bool(patch) and patch_error is None,
         turns=trajectory.turns,
         tokens_used=trajectory.tokens_used,
-        duration_s=round(trajectory.duration_s, 3),
+        duration_s=round(trajectory.duration_s if report is None else report.duration_s, 3),
         generation_s=round(trajectory.generation_s, 3),
         tools_s=round(trajectory.tools_s, 3),
-        model=policy.name,
+        model=model_name,
         image=options.image,
         start=start,
         patch_submitted=bool(patch),
@@ -148,9 +171,36 @@ def run_fix(
         branch=options.branch if branch_commit else None,
         branch_commit=branch_commit,
         output_dir=str(output),
+        selected=None if report is None else report.selected,
+        decision=None if report is None else report.decision,
     )
     (output / "result.json").write_text(json.dumps(result.model_dump(), indent=2) + "\n")
     return result
+
+
+def _selected(report: TTSReport, output: Path) -> tuple[Trajectory, bytes, str | None]:
+    """The chosen candidate's trajectory and patch (an empty one when none was chosen)."""
+    if report.selected is None:
+        # No patch to offer: the first candidate stands for the run in result.json.
+        chosen = report.candidates[0]
+        patch = b""
+    else:
+        chosen = report.candidates[report.selected]
+        patch = chosen.patch.encode("utf-8", "surrogateescape")
+    path = output / chosen.trajectory
+    if path.exists():
+        trajectory = Trajectory.model_validate_json(path.read_text())
+    else:  # the rollout never started
+        trajectory = Trajectory(
+            task="issue",
+            model="",
+            config={},
+            issue="",
+            started_at="",
+            status="error",
+            reason=chosen.reason,
+        )
+    return trajectory, patch, chosen.apply_error
 
 
 def patch_stats(patch: str) -> PatchStats:

@@ -7,11 +7,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from cwm_agent.model.batching import BatchingPolicy
 from cwm_agent.model.policy import Completion, Policy, PolicyError
 from cwm_agent.model.replay import ReplayPolicy
 
@@ -67,4 +70,59 @@ def load_policy(spec: str, options: ModelOptions | None = None) -> Policy:
     )
 
 
-__all__ = ["Completion", "ModelOptions", "Policy", "PolicyError", "ReplayPolicy", "load_policy"]
+class PolicyPool:
+    """The policies of many concurrent rollouts of one `--model` spec.
+
+    `replay:DIR` gives each rollout its own script, `DIR/<rollout>.json`; an
+    in-process model is loaded once and its rollouts' requests are batched; a
+    server is shared as it is, since it batches concurrent requests itself.
+    """
+
+    def __init__(self, spec: str, options: ModelOptions | None = None) -> None:
+        kind, _, rest = spec.partition(":")
+        self.replay_dir: Path | None = None
+        self.shared: Policy | None = None
+        self.batching: BatchingPolicy | None = None
+        if kind == "replay" and rest:
+            self.replay_dir = Path(rest)
+            if not self.replay_dir.is_dir():
+                raise PolicyError(
+                    f"replay:{rest} is not a directory: several rollouts need one replay file "
+                    "each, DIR/candidate-0.json … and DIR/testgen-0.json …"
+                )
+            self.name = spec
+            return
+        policy = load_policy(spec, options)
+        self.name = policy.name
+        from cwm_agent.model.openai_api import OpenAIPolicy
+
+        if isinstance(policy, OpenAIPolicy):
+            self.shared = policy
+        else:
+            self.batching = BatchingPolicy(policy)
+
+    @contextmanager
+    def rollout(self, name: str) -> Iterator[Policy]:
+        """The policy of the rollout called `name` (e.g. `candidate-3`), while it runs."""
+        if self.replay_dir is not None:
+            yield ReplayPolicy(self.replay_dir / f"{name}.json")
+        elif self.shared is not None:
+            yield self.shared
+        else:
+            assert self.batching is not None
+            policy = self.batching.rollout()
+            try:
+                yield policy
+            finally:
+                policy.close()
+
+
+__all__ = [
+    "Completion",
+    "ModelOptions",
+    "Policy",
+    "PolicyError",
+    "PolicyPool",
+    "ReplayPolicy",
+    "load_policy",
+]

@@ -51,7 +51,13 @@ from transformers import (
 
 from cwm_agent.errors import first_line
 from cwm_agent.model.batch import Row, Sampler, decode
-from cwm_agent.model.policy import Completion, FinishReason, PolicyError
+from cwm_agent.model.policy import (
+    Completion,
+    FinishReason,
+    PolicyError,
+    TokenLimit,
+    per_conversation,
+)
 from cwm_agent.protocol.chat import Message, render_ids, stop_token_ids
 
 Quantization = Literal["fp8", "int8", "int4"]
@@ -221,7 +227,7 @@ class TransformersPolicy:
         self.model.generation_config = GenerationConfig()
 
     def complete(
-        self, conversations: Sequence[Sequence[Message]], max_new_tokens: int
+        self, conversations: Sequence[Sequence[Message]], max_new_tokens: TokenLimit
     ) -> list[Completion]:
         prompts = [render_ids(conversation, self.tokenizer) for conversation in conversations]
         return [_completion(g) for g in self.generate_ids(prompts, max_new_tokens)]
@@ -229,7 +235,7 @@ class TransformersPolicy:
     def generate_ids(
         self,
         prompts: Sequence[Sequence[int]],
-        max_new_tokens: int,
+        max_new_tokens: TokenLimit,
         sampling: SamplingParams | None = None,
     ) -> list[Generated]:
         """Continue each prompt until a stop token or `max_new_tokens`.
@@ -238,29 +244,30 @@ class TransformersPolicy:
         from its own cache and leaving the batch when it stops (`batch.py`). Calls
         from several threads are serialised: they share one model and one set of caches.
         """
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, not {max_new_tokens}")
+        limits = per_conversation(max_new_tokens, len(prompts))
         sampling = sampling or self.sampling
         with self._lock:
             if sampling.seed is not None:
                 torch.manual_seed(sampling.seed)
             if len(prompts) > 1:
-                return self._generate_batch([tuple(p) for p in prompts], max_new_tokens, sampling)
-            config = self._generation_config(max_new_tokens, sampling)
-            return [self._generate_one(tuple(prompt), config) for prompt in prompts]
+                return self._generate_batch([tuple(p) for p in prompts], limits, sampling)
+            return [
+                self._generate_one(tuple(prompt), self._generation_config(limit, sampling))
+                for prompt, limit in zip(prompts, limits, strict=True)
+            ]
 
     def _generate_batch(
-        self, prompts: list[tuple[int, ...]], max_new_tokens: int, sampling: SamplingParams
+        self, prompts: list[tuple[int, ...]], limits: list[int], sampling: SamplingParams
     ) -> list[Generated]:
         if not all(prompts):
             raise ValueError("cannot continue an empty prompt")
         started = time.monotonic()
         rows, reused = [], []
-        for prompt in prompts:
+        for prompt, limit in zip(prompts, limits, strict=True):
             cache, held = self._cache_for(prompt)
             if cache.get_seq_length() < len(prompt) - 1:
                 self._prefill(cache, prompt[cache.get_seq_length() : -1])
-            rows.append(Row(cache, prompt[-1], max_new_tokens, []))
+            rows.append(Row(cache, prompt[-1], limit, []))
             reused.append(held)
         decode(self.model, rows, self._stop_ids, _sampler(sampling))
         duration = time.monotonic() - started

@@ -25,7 +25,7 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
-from cwm_agent.model.policy import Completion, PolicyError
+from cwm_agent.model.policy import Completion, PolicyError, TokenLimit, per_conversation
 from cwm_agent.protocol.chat import EOT, STOP_TOKENS, ChatTokenizer, Message, render_text
 
 _SPECIAL_TOKEN = re.compile(r"<\|(?=[A-Za-z0-9_]+\|>)")
@@ -104,10 +104,11 @@ class OpenAIPolicy:
         return f"openai:{self.url}"
 
     def complete(
-        self, conversations: Sequence[Sequence[Message]], max_new_tokens: int
+        self, conversations: Sequence[Sequence[Message]], max_new_tokens: TokenLimit
     ) -> list[Completion]:
         if not conversations:
             return []
+        limits = per_conversation(max_new_tokens, len(conversations))
         model = self._model()
         jobs = [
             (conversation, None if self.seed is None else self.seed + next(self._request_numbers))
@@ -115,8 +116,8 @@ class OpenAIPolicy:
         ]
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(jobs))) as pool:
             futures = [
-                pool.submit(self._complete_one, conv, seed, model, max_new_tokens)
-                for conv, seed in jobs
+                pool.submit(self._complete_one, conv, seed, model, limit)
+                for (conv, seed), limit in zip(jobs, limits, strict=True)
             ]
             try:
                 return [future.result() for future in futures]

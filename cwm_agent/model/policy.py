@@ -14,6 +14,7 @@ from typing import Literal, Protocol
 from cwm_agent.protocol.chat import ChatTokenizer, Message
 
 FinishReason = Literal["stop", "length"]
+TokenLimit = int | Sequence[int]  # one limit for every conversation, or one each
 
 
 class PolicyError(Exception):
@@ -45,7 +46,17 @@ class Policy(Protocol):
         ...
 
     def complete(
-        self, conversations: Sequence[Sequence[Message]], max_new_tokens: int
+        self, conversations: Sequence[Sequence[Message]], max_new_tokens: TokenLimit
     ) -> list[Completion]:
-        """One reply per conversation, each ending at a stop token or `max_new_tokens`."""
+        """One reply per conversation, each ending at a stop token or its token limit."""
         ...
+
+
+def per_conversation(limit: TokenLimit, count: int) -> list[int]:
+    """The token limit of each of `count` conversations."""
+    limits = [limit] * count if isinstance(limit, int) else list(limit)
+    if len(limits) != count:
+        raise ValueError(f"{len(limits)} token limits for {count} conversations")
+    if any(value < 1 for value in limits):
+        raise ValueError(f"token limits must be >= 1, not {min(limits)}")
+    return limits

@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from cwm_agent.model.policy import Completion, PolicyError
+from cwm_agent.model.policy import Completion, PolicyError, TokenLimit
 from cwm_agent.model.tokens import estimate_tokens
 from cwm_agent.protocol.chat import EOT, ChatTokenizer, Message, render_text
 
@@ -41,7 +41,7 @@ class ReplayPolicy:
         return f"replay:{self.path}"
 
     def complete(
-        self, conversations: Sequence[Sequence[Message]], max_new_tokens: int
+        self, conversations: Sequence[Sequence[Message]], max_new_tokens: TokenLimit
     ) -> list[Completion]:
         completions = []
         for conversation in conversations:

@@ -1,0 +1,81 @@
+"""Generated reproduction tests (cwm-protocol.md §7): which to keep, what they say.
+
+A test speaks through three markers. On the original code a kept test prints
+`Issue reproduced` and neither other marker; on a candidate it counts as a pass
+only when it prints `Issue resolved` and neither other marker (Agentless' rule,
+which CWM's recipe follows).
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from cwm_agent.tts.execution import CommandRun
+
+REPRODUCED, RESOLVED, OTHER = "Issue reproduced", "Issue resolved", "Other issues"
+TEST_FILE = "test_issue.py"
+TEST_COMMAND = f"python {TEST_FILE}"
+TOP_GROUPS = 5
+
+
+def static_problem(source: str) -> str | None:
+    """Why a submitted test cannot be used before running it, or None."""
+    try:
+        ast.parse(source)
+    except SyntaxError as exc:
+        return f"does not parse as Python: line {exc.lineno}: {exc.msg}"
+    missing = [marker for marker in (REPRODUCED, RESOLVED) if marker not in source]
+    if missing:
+        return "lacks the " + " and ".join(f"{m!r}" for m in missing) + " marker"
+    return None
+
+
+def reproduction_problem(run: CommandRun) -> str | None:
+    """Why a test run on the original code does not reproduce the issue, or None."""
+    if run.timed_out:
+        return f"timed out on the original code after {run.duration_s:.0f}s"
+    printed = [m for m in (REPRODUCED, RESOLVED, OTHER) if m in run.output]
+    if REPRODUCED not in printed:
+        shown = ", ".join(repr(m) for m in printed) or "no marker"
+        return f"does not reproduce the issue on the original code: printed {shown}"
+    if len(printed) > 1:
+        extra = " and ".join(repr(m) for m in printed if m != REPRODUCED)
+        return f"printed {extra} as well as 'Issue reproduced' on the original code"
+    return None
+
+
+def passes(run: CommandRun) -> bool:
+    """The candidate resolves the issue according to this test."""
+    out = run.output
+    return not run.timed_out and RESOLVED in out and REPRODUCED not in out and OTHER not in out
+
+
+@dataclass(frozen=True)
+class Group:
+    """Tests that agree: they call the same set of candidates resolved."""
+
+    resolved_by: frozenset[int]
+    tests: tuple[int, ...]
+
+
+def majority_groups(
+    resolved_by: Mapping[int, frozenset[int]], top: int = TOP_GROUPS
+) -> list[Group]:
+    """The `top` largest behaviour groups of kept tests.
+
+    Ties in size go to the group whose first test has the lowest index, i.e.
+    the test-generation rollout numbered first: deterministic, and independent
+    of which rollout happened to finish first.
+    """
+    members: dict[frozenset[int], list[int]] = {}
+    for test in sorted(resolved_by):
+        members.setdefault(resolved_by[test], []).append(test)
+    groups = [Group(behaviour, tuple(tests)) for behaviour, tests in members.items()]
+    groups.sort(key=lambda group: (-len(group.tests), group.tests[0]))
+    return groups[:top]
+
+
+def selected_tests(groups: Sequence[Group]) -> list[int]:
+    return sorted(test for group in groups for test in group.tests)

@@ -1,0 +1,374 @@
+"""Test-time scaling for one task: K candidate rollouts, M test-generation
+rollouts, the tests run, one candidate selected (cwm-protocol.md §7 and §8).
+
+Every piece of work is a thread that waits for what it needs and then takes
+one of `jobs` container slots, so work overlaps as far as its dependencies
+allow: the rollouts run together (an in-process model batches their
+requests), the regression baseline runs on the original code meanwhile, the
+generated tests are checked once the test-generation rollouts end, and each
+candidate is tested in its own container as soon as it and the tests are
+ready. A failure in one piece is recorded on it; the others go on.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+from pydantic import BaseModel, Field
+
+from cwm_agent.agent import RolloutConfig, Trajectory, run_rollout
+from cwm_agent.errors import first_line
+from cwm_agent.model import PolicyPool
+from cwm_agent.sandbox import LABEL, SandboxInterrupted, teardown
+from cwm_agent.tools import Toolbox
+from cwm_agent.tts import generated, regression
+from cwm_agent.tts.execution import Tree
+from cwm_agent.tts.regression import RegressionPlan
+from cwm_agent.tts.report import CandidateReport, GeneratedTestReport, GroupReport, TTSReport
+from cwm_agent.tts.selection import Entry, normalized_key, select
+from cwm_agent.workspace import Workspace
+
+Progress = Callable[[str], None]
+
+
+class TTSOptions(BaseModel):
+    """Knobs of test-time scaling; rollout budgets come from `rollout`."""
+
+    samples: int = Field(1, ge=1, description="candidate rollouts (K)")
+    test_samples: int = Field(0, ge=0, description="test-generation rollouts (M)")
+    jobs: int = Field(8, ge=1, description="containers running at once")
+    test_cmd: str | None = None
+    regression_timeout: float = Field(600.0, gt=0, description="seconds for the test suite")
+    test_timeout: float = Field(60.0, gt=0, description="seconds for one generated test")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+
+
+@dataclass
+class _Rollout:
+    name: str
+    trajectory: Trajectory | None
+    error: str | None
+
+    @property
+    def status(self) -> str:
+        return "failed" if self.trajectory is None else self.trajectory.status
+
+    @property
+    def reason(self) -> str | None:
+        return self.error if self.trajectory is None else self.trajectory.reason
+
+    @property
+    def submission(self) -> bytes:
+        return b"" if self.trajectory is None else self.trajectory.submission_bytes or b""
+
+
+@dataclass
+class _Kept:
+    """Generated tests after the checks: report per test, and the sources kept."""
+
+    reports: list[GeneratedTestReport]
+    sources: dict[int, bytes]
+
+
+class _Run:
+    """One task's test-time scaling; `run()` returns the report."""
+
+    def __init__(
+        self,
+        workspace: Workspace,
+        issue: str,
+        pool: PolicyPool,
+        options: TTSOptions,
+        output: Path,
+        client: docker.DockerClient,
+        progress: Progress | None,
+    ) -> None:
+        self.workspace, self.issue, self.pool = workspace, issue, pool
+        self.options, self.output, self.client = options, output, client
+        self.progress = progress or (lambda _line: None)
+        self.slots = threading.BoundedSemaphore(options.jobs)
+        self.cancelled = threading.Event()
+        self.started = time.monotonic()
+        self.phases: dict[str, float] = {}
+
+    def run(self) -> TTSReport:
+        k, m = self.options.samples, self.options.test_samples
+        teardown.install_signal_handlers()
+        with ThreadPoolExecutor(max_workers=2 * k + m + 3) as pool:
+            try:
+                baseline = pool.submit(self._baseline)  # first in line for a container
+                candidates = [pool.submit(self._rollout, "candidate", i) for i in range(k)]
+                tests = [pool.submit(self._rollout, "testgen", j) for j in range(m)]
+                plan = pool.submit(self._plan, baseline, candidates)
+                kept = pool.submit(self._check_tests, tests)
+                evaluations = [
+                    pool.submit(self._evaluate, i, candidates[i], plan, kept) for i in range(k)
+                ]
+                reports = [future.result() for future in evaluations]
+            except BaseException:  # Ctrl-C or SIGTERM: stop starting work, remove containers
+                self.cancelled.set()
+                pool.shutdown(wait=False, cancel_futures=True)
+                teardown.close_all()
+                raise
+            return self._decide(reports, kept.result(), plan.result())
+
+    # -- pieces --------------------------------------------------------------
+
+    @contextmanager
+    def _tree(self, name: str) -> Iterator[Tree]:
+        """A fresh start-state container, once a slot is free."""
+        with self.slots:
+            if self.cancelled.is_set():
+                raise SandboxInterrupted("test-time scaling was interrupted")
+            with self.workspace.open(self.client, {f"{LABEL}.role": name}) as opened:
+                yield Tree(opened)
+
+    def _phase(self, name: str) -> None:
+        self.phases[name] = round(time.monotonic() - self.started, 3)
+
+    def _rollout(self, role: str, index: int) -> _Rollout:
+        name = f"{role}-{index}"
+        task = "issue" if role == "candidate" else "testgen"
+        config = self.options.rollout.model_copy(
+            update={"task": task, "repo_root": self.workspace.workdir}
+        )
+        folder = self.output / ("candidates" if role == "candidate" else "testgen") / name
+        try:
+            with self._tree(name) as tree, self.pool.rollout(name) as policy:
+                toolbox = Toolbox(tree.box, "patch" if role == "candidate" else "test")
+                trajectory = run_rollout(policy, toolbox, self.issue, config)
+        except Exception as exc:  # the policy or container could not even start
+            self.progress(f"{name} failed: {first_line(exc)}")
+            return _Rollout(name, None, f"{type(exc).__name__}: {first_line(exc)}")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "trajectory.json").write_text(trajectory.model_dump_json(indent=2))
+        submitted = trajectory.submission_bytes or b""
+        (folder / ("patch.diff" if role == "candidate" else generated.TEST_FILE)).write_bytes(
+            submitted
+        )
+        self.progress(f"{name}: {trajectory.status} after {trajectory.turns} turns")
+        return _Rollout(name, trajectory, None)
+
+    def _baseline(self) -> tuple[RegressionPlan, dict[str, bool]]:
+        """The repository's test command on the original code, with its outcomes."""
+        try:
+            with self._tree("original") as tree:
+                command, runner, why = regression.detect(tree, self.options.test_cmd)
+                plan = RegressionPlan(command=command, runner=runner, why=why)
+                if command is None:
+                    return plan, {}
+                run = tree.run(command, self.options.regression_timeout)
+        except Exception as exc:
+            why = f"the baseline could not run: {type(exc).__name__}: {first_line(exc)}"
+            return RegressionPlan(command=None, runner="none", why=why), {}
+        plan.original_exit_code, plan.original_duration_s = run.exit_code, run.duration_s
+        self._phase("baseline")
+        if run.timed_out:
+            return plan, {}
+        return plan, regression.outcomes(runner, run)
+
+    def _plan(
+        self,
+        baseline: Future[tuple[RegressionPlan, dict[str, bool]]],
+        candidates: list[Future[_Rollout]],
+    ) -> RegressionPlan:
+        """The regression tests every candidate runs: those passing on the original."""
+        plan, outcomes = baseline.result()
+        if plan.command is None or plan.original_exit_code is not None:
+            plan.tests = sorted(test for test, passed in outcomes.items() if passed)
+            return plan
+        limit = self.options.regression_timeout
+        patches = [future.result().submission for future in candidates]
+        try:
+            with self._tree("original-narrowed") as tree:
+                narrowed = regression.narrowed_command(tree, plan.runner, plan.command, patches)
+                if narrowed is None:
+                    plan.why += f"; the suite ran over {limit:.0f}s and nothing narrower was found"
+                    plan.command = None
+                    return plan
+                run = tree.run(narrowed[0], limit)
+        except Exception as exc:
+            plan.why += f"; narrowing failed: {type(exc).__name__}: {first_line(exc)}"
+            plan.command = None
+            return plan
+        plan.why += f"; the suite ran over {limit:.0f}s, narrowed to files naming changed modules"
+        plan.command, plan.narrowed_to = narrowed
+        plan.original_exit_code, plan.original_duration_s = run.exit_code, run.duration_s
+        if not run.timed_out:
+            outcomes = regression.outcomes(plan.runner, run)
+            plan.tests = sorted(test for test, passed in outcomes.items() if passed)
+        return plan
+
+    def _check_tests(self, rollouts: list[Future[_Rollout]]) -> _Kept:
+        """Keep the generated tests that parse, speak the markers and reproduce the issue."""
+        reports, candidates = [], {}
+        for index, future in enumerate(rollouts):
+            rollout = future.result()
+            report = GeneratedTestReport(
+                index=index,
+                status=rollout.status,
+                reason=rollout.reason,
+                trajectory=f"testgen/{rollout.name}/trajectory.json",
+            )
+            source = rollout.submission
+            problem = (
+                "submitted no test"
+                if not source
+                else generated.static_problem(source.decode("utf-8", "replace"))
+            )
+            if problem is None:
+                candidates[index] = source
+            report.dropped_because = problem
+            reports.append(report)
+        self._phase("test-generation")
+        sources: dict[int, bytes] = {}
+        if candidates:
+            try:
+                with self._tree("original-tests") as tree:
+                    for index, source in candidates.items():
+                        run = tree.run(
+                            generated.TEST_COMMAND,
+                            self.options.test_timeout,
+                            {generated.TEST_FILE: source},
+                        )
+                        reports[index].original_output = run.output[-2000:]
+                        problem = generated.reproduction_problem(run)
+                        reports[index].dropped_because = problem
+                        if problem is None:
+                            sources[index] = source
+            except Exception as exc:
+                for index in candidates:
+                    if index not in sources:
+                        reports[index].dropped_because = f"could not run: {first_line(exc)}"
+        for report in reports:
+            report.kept = report.index in sources
+        self._phase("test-checks")
+        return _Kept(reports, sources)
+
+    def _evaluate(
+        self,
+        index: int,
+        rollout_future: Future[_Rollout],
+        plan_future: Future[RegressionPlan],
+        kept_future: Future[_Kept],
+    ) -> CandidateReport:
+        """Apply the candidate in its own container and run every test on it."""
+        rollout = rollout_future.result()
+        trajectory = rollout.trajectory
+        report = CandidateReport(
+            index=index,
+            status=rollout.status,
+            reason=rollout.reason,
+            turns=0 if trajectory is None else trajectory.turns,
+            tokens=0 if trajectory is None else trajectory.tokens_used,
+            patch=rollout.submission.decode("utf-8", "surrogateescape"),
+            trajectory=f"candidates/{rollout.name}/trajectory.json",
+        )
+        if trajectory is None or trajectory.status == "error":
+            report.why_not = "the rollout failed"
+            return report
+        if not rollout.submission:
+            report.why_not = "no patch submitted"
+            return report
+        plan, kept = plan_future.result(), kept_future.result()
+        try:
+            with self._tree(f"{rollout.name}-tests") as tree:
+                error = tree.apply(rollout.submission)
+                report.applies, report.apply_error = error is None, error
+                if error is not None:
+                    report.why_not = "the patch does not apply"
+                    return report
+                report.key = normalized_key(_contents(tree, rollout.submission))
+                if plan.command is not None and plan.tests:
+                    run = tree.run(plan.command, self.options.regression_timeout * 1.5)
+                    outcomes = regression.outcomes(plan.runner, run)
+                    report.regression = {test: outcomes.get(test, False) for test in plan.tests}
+                for test, source in kept.sources.items():
+                    run = tree.run(
+                        generated.TEST_COMMAND,
+                        self.options.test_timeout,
+                        {generated.TEST_FILE: source},
+                    )
+                    report.generated[test] = generated.passes(run)
+        except Exception as exc:
+            report.status, report.why_not = "failed", f"testing failed: {first_line(exc)}"
+            return report
+        report.eligible = True
+        self.progress(f"{rollout.name} tested")
+        return report
+
+    # -- decision ------------------------------------------------------------
+
+    def _decide(
+        self, candidates: list[CandidateReport], kept: _Kept, plan: RegressionPlan
+    ) -> TTSReport:
+        self._phase("candidate-tests")
+        eligible = [c for c in candidates if c.eligible]
+        resolved_by = {
+            test: frozenset(c.index for c in eligible if c.generated.get(test))
+            for test in kept.sources
+        }
+        groups = generated.majority_groups(resolved_by)
+        top = set(generated.selected_tests(groups))
+        for rank, group in enumerate(groups):
+            for test in group.tests:
+                kept.reports[test].group, kept.reports[test].in_top_groups = rank, True
+        entries = []
+        for c in eligible:
+            c.score = sum(c.regression.values()) + sum(
+                passed for test, passed in c.generated.items() if test in top
+            )
+            entries.append(Entry(c.index, c.score, c.key or "", c.tokens))
+        decision = select(entries)
+        for c in eligible:
+            c.votes = decision.votes[c.key or ""]
+            c.group_of_patch = [o.index for o in eligible if o.key == c.key]
+        report = TTSReport(
+            samples=self.options.samples,
+            test_samples=self.options.test_samples,
+            jobs=self.options.jobs,
+            candidates=candidates,
+            generated_tests=kept.reports,
+            groups=[
+                GroupReport(rank=r, tests=list(g.tests), resolved_by=sorted(g.resolved_by))
+                for r, g in enumerate(groups)
+            ],
+            regression=plan,
+            selected=decision.selected,
+            decision=decision.reason,
+            duration_s=round(time.monotonic() - self.started, 3),
+            phases_s=self.phases,
+        )
+        self.output.mkdir(parents=True, exist_ok=True)
+        (self.output / "tts.json").write_text(json.dumps(report.model_dump(), indent=2) + "\n")
+        return report
+
+
+def _contents(tree: Tree, patch: bytes) -> dict[str, bytes | None]:
+    """Each file the patch touches, as the patched tree has it (None: deleted)."""
+    contents: dict[str, bytes | None] = {}
+    for path in regression.changed_files(patch):
+        found = tree.box.read(f"{tree.workdir}/{path}")
+        contents[path] = None if found is None else found[1]
+    return contents
+
+
+def run_tts(
+    workspace: Workspace,
+    issue: str,
+    pool: PolicyPool,
+    options: TTSOptions,
+    output: Path,
+    client: docker.DockerClient,
+    progress: Progress | None = None,
+) -> TTSReport:
+    """Run K + M rollouts, test the candidates, select one; `DIR/tts.json` says why."""
+    return _Run(workspace, issue, pool, options, output, client, progress).run()
