@@ -1,0 +1,366 @@
+"""Test-time scaling: the rules on their own, then the whole pipeline end to end.
+
+The end-to-end tests drive `cwm-agent fix --samples K --test-samples M` with
+replayed rollouts (`examples/clamp/replays`): real containers, real git, real
+test runs; only the model is scripted.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import docker
+import pytest
+
+from cwm_agent.model import PolicyError, PolicyPool
+from cwm_agent.model.batching import BatchingPolicy
+from cwm_agent.model.policy import Completion, TokenLimit, per_conversation
+from cwm_agent.protocol.chat import Message
+from cwm_agent.sandbox import LABEL
+from cwm_agent.tts import generated, regression
+from cwm_agent.tts.execution import CommandRun
+from cwm_agent.tts.selection import Entry, normalized_key, select
+from tests.conftest import run_cli
+from tests.test_fix import call, git
+
+EXAMPLE = Path(__file__).parent.parent / "examples" / "clamp"
+
+
+def ran(output: str, exit_code: int | None = 0) -> CommandRun:
+    return CommandRun("python test_issue.py", exit_code, output, 0.1)
+
+
+# -- generated tests ----------------------------------------------------------
+
+
+def test_generated_test_checks() -> None:
+    good = (EXAMPLE / "replays" / "testgen-0.json").read_text()
+    source = json.loads(good)[1].split("test_issue.py\n", 1)[1].rsplit("\n</tool>", 1)[0]
+    assert generated.static_problem(source) is None
+    assert generated.static_problem("def f(:\n").startswith("does not parse as Python: line 1")
+    assert generated.static_problem("print('Issue reproduced')\n") == (
+        "lacks the 'Issue resolved' marker"
+    )
+    assert generated.reproduction_problem(ran("Issue reproduced\n")) is None
+    assert generated.reproduction_problem(ran("Issue resolved\n")) == (
+        "does not reproduce the issue on the original code: printed 'Issue resolved'"
+    )
+    assert "printed 'Other issues' as well" in (
+        generated.reproduction_problem(ran("Issue reproduced\nOther issues\n")) or ""
+    )
+    assert "timed out" in (generated.reproduction_problem(ran("", None)) or "")
+    assert generated.passes(ran("Issue resolved\n"))
+    assert not generated.passes(ran("Issue resolved\nOther issues\n"))
+    assert not generated.passes(ran("Issue resolved\n", None))
+
+
+def test_majority_groups_ties_go_to_the_lowest_test_number() -> None:
+    behaviour = {
+        0: frozenset({1}),
+        1: frozenset({0, 2}),
+        2: frozenset({0, 2}),
+        3: frozenset({1}),
+        4: frozenset(),
+        5: frozenset({3}),
+        6: frozenset({4}),
+        7: frozenset({5}),
+    }
+    groups = generated.majority_groups(behaviour)
+    # Two groups of two: {1} first appears at test 0, so it ranks before {0, 2}.
+    assert [g.tests for g in groups] == [(0, 3), (1, 2), (4,), (5,), (6,)]
+    assert generated.selected_tests(groups) == [0, 1, 2, 3, 4, 5, 6]
+
+
+# -- selection ----------------------------------------------------------------
+
+
+def test_normalised_patches_ignore_comments_docstrings_and_spacing() -> None:
+    one = {"m.py": b'def f(x):\n    """Doc."""\n    return min(x, 1)\n'}
+    two = {"m.py": b"def f(x):\n    # a comment\n    return min(x,  1)  # why\n"}
+    other = {"m.py": b"def f(x):\n    return max(x, 1)\n"}
+    assert normalized_key(one) == normalized_key(two) != normalized_key(other)
+    files = {"a.txt": b"x  y\n", "m.py": one["m.py"]}
+    assert normalized_key(files) == normalized_key(dict(reversed(files.items())))
+    assert normalized_key({"a.txt": b"x y"}) == normalized_key({"a.txt": b"x\n  y\n"})
+    assert normalized_key({"m.py": None}) != normalized_key({"m.py": b""})
+
+
+def test_selection_rules_in_order() -> None:
+    assert select([]).selected is None
+    best = select([Entry(0, 3, "a", 10), Entry(1, 5, "b", 99)])
+    assert (best.selected, best.reason) == (1, "candidate 1: highest score (5 tests passed)")
+    majority = select([Entry(0, 5, "a", 1), Entry(1, 5, "b", 9), Entry(2, 5, "b", 8)])
+    assert majority.selected == 2 and "majority" in majority.reason
+    assert majority.votes == {"a": 1, "b": 2}
+    tokens = select([Entry(0, 5, "a", 9), Entry(1, 5, "b", 8)])
+    assert tokens.selected == 1 and "fewest tokens (8)" in tokens.reason
+    last = select([Entry(3, 5, "a", 8), Entry(1, 5, "b", 8)])
+    assert last.selected == 1 and "lowest candidate number" in last.reason
+
+
+# -- regression tests ---------------------------------------------------------
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_things.py").write_text(
+        "import unittest\n\n\nclass Things(unittest.TestCase):\n"
+        "    def test_good(self):\n        self.assertTrue(True)\n\n"
+        "    def test_bad(self):\n        self.assertTrue(False)\n\n"
+        "    def test_documented(self):\n        '''A docstring shown by -v.'''\n\n"
+        "    def test_broken(self):\n        raise RuntimeError('boom')\n"
+    )
+    return tmp_path
+
+
+def host_run(project: Path, command: list[str]) -> CommandRun:
+    done = subprocess.run(command, cwd=project, capture_output=True, text=True)
+    return CommandRun(" ".join(command), done.returncode, done.stdout + done.stderr, 0.1)
+
+
+def test_unittest_and_pytest_outputs_split_into_tests(project: Path) -> None:
+    python = sys.executable
+    unit = host_run(project, [python, "-m", "unittest", "discover", "-v", "-s", "tests"])
+    outcomes = regression.outcomes("unittest", unit)
+    assert outcomes == {
+        "test_things.Things.test_bad": False,
+        "test_things.Things.test_broken": False,
+        "test_things.Things.test_documented": True,
+        "test_things.Things.test_good": True,
+    }
+    py = host_run(project, [python, "-m", "pytest", "-rA", "-p", "no:cacheprovider", "tests"])
+    assert regression.outcomes("pytest", py) == {
+        "tests/test_things.py::Things::test_bad": False,
+        "tests/test_things.py::Things::test_broken": False,
+        "tests/test_things.py::Things::test_documented": True,
+        "tests/test_things.py::Things::test_good": True,
+    }
+    # An unknown runner: the command is one test, passing when it exits 0.
+    assert regression.outcomes("command", unit) == {unit.command: False}
+
+
+def test_changed_files_of_a_patch() -> None:
+    patch = (
+        b"diff --git a/pkg/mod.py b/pkg/mod.py\n--- a/pkg/mod.py\n+++ b/pkg/mod.py\n@@ -1 +1 @@\n"
+        b"-a\n+b\ndiff --git a/gone.txt b/gone.txt\ndeleted file mode 100644\n"
+    )
+    assert regression.changed_files(patch) == ["pkg/mod.py", "gone.txt"]
+
+
+# -- batching many rollouts through one model ---------------------------------
+
+
+class EchoModel:
+    """A model double that answers each conversation with its last message and
+    records the size of every call, like a GPU batch would see them."""
+
+    name = "echo"
+    tokenizer = None
+
+    def __init__(self) -> None:
+        self.calls: list[list[int]] = []
+
+    def complete(
+        self, conversations: Sequence[Sequence[Message]], max_new_tokens: TokenLimit
+    ) -> list[Completion]:
+        limits = per_conversation(max_new_tokens, len(conversations))
+        self.calls.append(limits)
+        time.sleep(0.05)  # a decoding step takes time; requests pile up meanwhile
+        return [Completion(c[-1].content, 1, 1, "stop", None, 0.05) for c in conversations]
+
+
+def test_batching_gathers_concurrent_rollouts_and_keeps_answers_apart() -> None:
+    model = EchoModel()
+    shared = BatchingPolicy(model, window_s=0.2)
+    answers: dict[int, list[str]] = {}
+
+    def rollout(index: int) -> None:
+        policy = shared.rollout()
+        try:
+            got = []
+            for turn in range(3):
+                text = f"rollout {index} turn {turn}"
+                got.append(policy.complete([[Message.user(text)]], 10 + index)[0].text)
+                time.sleep(0.01 * index)  # tools take different times
+            answers[index] = got
+        finally:
+            policy.close()
+
+    threads = [threading.Thread(target=rollout, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert answers == {i: [f"rollout {i} turn {t}" for t in range(3)] for i in range(6)}
+    assert shared.stats.requests == 18
+    assert shared.stats.calls < 18 and shared.stats.largest == 6
+    assert sorted(limit for call in model.calls for limit in call) == sorted(
+        10 + i for i in range(6) for _ in range(3)
+    )
+
+
+def test_batching_passes_model_errors_to_every_waiting_rollout() -> None:
+    class Broken(EchoModel):
+        def complete(self, conversations, max_new_tokens):  # type: ignore[no-untyped-def]
+            raise PolicyError("the GPU fell over")
+
+    shared = BatchingPolicy(Broken(), window_s=0.05)
+    errors: list[str] = []
+
+    def rollout() -> None:
+        policy = shared.rollout()
+        try:
+            policy.complete([[Message.user("hi")]], 5)
+        except PolicyError as exc:
+            errors.append(str(exc))
+        finally:
+            policy.close()
+
+    threads = [threading.Thread(target=rollout) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert errors == ["the GPU fell over"] * 3
+
+
+def test_replay_for_many_rollouts_needs_a_directory(tmp_path: Path) -> None:
+    file = tmp_path / "one.json"
+    file.write_text("[]")
+    with pytest.raises(PolicyError, match="is not a directory"):
+        PolicyPool(f"replay:{file}")
+    pool = PolicyPool(f"replay:{EXAMPLE / 'replays'}")
+    with pool.rollout("candidate-2") as policy:
+        assert policy.name.endswith("candidate-2.json")
+
+
+# -- end to end ---------------------------------------------------------------
+
+
+@pytest.fixture
+def clamp_repo(tmp_path: Path) -> Path:
+    """`clamp()` uses `low` where it means `high`; one of three unit tests fails."""
+    repo = tmp_path / "clamp"
+    shutil.copytree(EXAMPLE / "repo", repo)
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "clamp")
+    return repo
+
+
+def fix_args(repo: Path, image: str, output: Path, replays: Path, *extra: str) -> list[str]:
+    return [
+        "fix",
+        *("--repo", str(repo), "--issue-file", str(EXAMPLE / "issue.md")),
+        *("--model", f"replay:{replays}", "--image", image, "--output", str(output)),
+        *("--max-turns", "8", *extra),
+    ]
+
+
+def fix_containers(client: docker.DockerClient) -> list[str]:
+    found = client.containers.list(all=True, filters={"label": f"{LABEL}.job=fix"})
+    return [c.id for c in found]
+
+
+@pytest.mark.docker
+def test_selects_the_right_candidate_and_explains_every_decision(
+    clamp_repo: Path, base_image: str, tmp_path: Path, client: docker.DockerClient
+) -> None:
+    out = tmp_path / "run"
+    head = git(clamp_repo, "rev-parse", "HEAD")
+    done = run_cli(
+        *fix_args(clamp_repo, base_image, out, EXAMPLE / "replays"),
+        *("--samples", "5", "--test-samples", "4", "--jobs", "10", "--branch", "fix-clamp"),
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "tts.json").read_text())
+    result = json.loads((out / "result.json").read_text())
+    c = {cand["index"]: cand for cand in report["candidates"]}
+
+    # Regression tests: the two unit tests passing on the original code.
+    assert report["regression"]["command"] == "python -m unittest discover -v -s tests"
+    assert report["regression"]["tests"] == [
+        "test_mathutil.MathTest.test_clamp_below",
+        "test_mathutil.MathTest.test_mean",
+    ]
+    # Generated tests: 0 and 1 reproduce; 2 does not; 3 is not Python.
+    tests = {t["index"]: t for t in report["generated_tests"]}
+    assert [tests[i]["kept"] for i in range(4)] == [True, True, False, False]
+    assert tests[2]["dropped_because"] == (
+        "does not reproduce the issue on the original code: printed 'Issue resolved'"
+    )
+    assert tests[3]["dropped_because"].startswith("does not parse as Python: line 4")
+    assert report["groups"] == [{"rank": 0, "tests": [0, 1], "resolved_by": [0, 1, 2]}]
+
+    # Candidates: 0 and 1 are the same fix (one vote each way, two votes), 2 breaks
+    # an existing test, 3 submitted nothing, 4's patch does not apply.
+    assert [c[i]["score"] for i in range(5)] == [4, 4, 3, None, None]
+    assert c[2]["regression"]["test_mathutil.MathTest.test_clamp_below"] is False
+    assert c[0]["key"] == c[1]["key"] != c[2]["key"]
+    assert [c[i]["votes"] for i in range(3)] == [2, 2, 1]
+    assert c[3]["why_not"] == "no patch submitted" and c[3]["status"] == "max_turns"
+    assert c[4]["why_not"] == "the patch does not apply" and c[4]["applies"] is False
+    assert c[0]["tokens"] < c[1]["tokens"]
+    assert report["selected"] == 0
+    assert report["decision"] == (
+        f"candidate 0: 2 candidates tied at 4 tests passed; equal votes (2); "
+        f"fewest tokens ({c[0]['tokens']})"
+    )
+
+    # Outputs: the selected patch, every rollout's trajectory, a branch with the fix.
+    assert (out / "patch.diff").read_text() == c[0]["patch"]
+    assert "min(value, high)" in c[0]["patch"]
+    for role, count in (("candidates/candidate", 5), ("testgen/testgen", 4)):
+        for i in range(count):
+            assert (out / f"{role}-{i}" / "trajectory.json").is_file()
+    assert result["success"] and result["selected"] == 0
+    assert git(clamp_repo, "rev-parse", "HEAD") == head
+    shown = git(clamp_repo, "show", "fix-clamp:mathutil.py")
+    assert "return max(low, min(value, high))" in shown
+    assert "candidates" in done.stdout and "→0" in done.stdout
+    assert fix_containers(client) == []
+
+
+@pytest.mark.docker
+def test_a_candidate_whose_container_dies_fails_alone(
+    clamp_repo: Path, base_image: str, tmp_path: Path, client: docker.DockerClient
+) -> None:
+    replays = tmp_path / "replays"
+    replays.mkdir()
+    shutil.copy(EXAMPLE / "replays" / "candidate-0.json", replays / "candidate-0.json")
+    slow = [call("bash", "sleep 120", "Wait for something.")] * 3
+    (replays / "candidate-1.json").write_text(json.dumps(slow))
+    out = tmp_path / "run"
+    args = fix_args(clamp_repo, base_image, out, replays, "--samples", "2")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cwm_agent.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    killed = False
+    deadline = time.monotonic() + 120
+    while not killed and time.monotonic() < deadline and process.poll() is None:
+        for container in client.containers.list(filters={"label": f"{LABEL}.role=candidate-1"}):
+            if any("sleep 120" in " ".join(p) for p in container.top()["Processes"]):
+                container.kill()
+                killed = True
+        time.sleep(0.5)
+    stdout, stderr = process.communicate(timeout=180)
+    assert killed
+    assert process.returncode == 0, stderr
+    report = json.loads((out / "tts.json").read_text())
+    dead = report["candidates"][1]
+    assert dead["status"] == "error" and dead["why_not"] == "the rollout failed"
+    assert dead["reason"].startswith("sandbox:")
+    assert report["selected"] == 0 and report["candidates"][0]["score"] == 2
+    assert "candidate-1: error" in stdout
+    assert fix_containers(client) == []
