@@ -30,6 +30,8 @@ from cwm_agent.gitrepo import RepoError
 from cwm_agent.model import ModelOptions, PolicyError, load_policy
 from cwm_agent.sandbox import SandboxError, SandboxInterrupted, docker_client, remove_leftovers
 from cwm_agent.sandbox.image import DEFAULT_IMAGE
+from cwm_agent.swebench.commands import make_app as make_swebench_app
+from cwm_agent.swebench.errors import SwebenchError
 
 app = typer.Typer(
     help="Fix software issues with Meta's Code World Model (CWM).",
@@ -49,7 +51,7 @@ def user_errors(command: F) -> F:
     def wrapper(*args: object, **kwargs: object) -> object:
         try:
             return command(*args, **kwargs)
-        except (SandboxError, FixError, RepoError, PolicyError) as exc:
+        except (SandboxError, FixError, RepoError, PolicyError, SwebenchError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
         except ValidationError as exc:
@@ -320,6 +322,8 @@ def cleanup(
         f"removed {len(removed)} container(s)" + (f": {' '.join(removed)}" if removed else "")
     )
 
+
+app.add_typer(make_swebench_app(user_errors), name="swebench")
 
 if __name__ == "__main__":
     app()

@@ -38,8 +38,8 @@ if ! .venv/bin/python -c 'import torch' 2>/dev/null; then
 fi
 stamp=.venv/.cwm-agent-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  log "installing cwm-agent with its dev extra"
-  .venv/bin/pip install -q -e '.[dev]'
+  log "installing cwm-agent with its dev and swebench extras"
+  .venv/bin/pip install -q -e '.[dev,swebench]'
   touch "$stamp"
 fi
 log "ready: .venv/bin/cwm-agent"

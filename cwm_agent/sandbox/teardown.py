@@ -28,9 +28,16 @@ _signals_installed = False
 def register(sandbox: _Closable) -> None:
     """Track a sandbox; the signal handlers go in with the first one registered from
     the main thread (Python only lets the main thread install them)."""
-    global _signals_installed
     with _lock:
         _live.add(sandbox)
+    install_signal_handlers()
+
+
+def install_signal_handlers() -> None:
+    """Make SIGTERM/SIGHUP unwind the main thread; batch runners whose sandboxes all
+    live in worker threads call this themselves. A no-op off the main thread."""
+    global _signals_installed
+    with _lock:
         if not _signals_installed and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGHUP):
                 if signal.getsignal(sig) in (signal.SIG_DFL, None):
