@@ -39,10 +39,10 @@ from cwm_agent.model import (
     load_policy,
 )
 from cwm_agent.protocol.chat import ChatTokenizer, Message
-from cwm_agent.sandbox import ImageNotFoundError, SandboxError, docker_client
+from cwm_agent.sandbox import ImageNotFoundError, SandboxError, docker_client, remove_leftovers
 from cwm_agent.swebench.dataset import Instance, load_instances, select
 from cwm_agent.swebench.errors import SwebenchError
-from cwm_agent.swebench.images import image_for, workspace_for
+from cwm_agent.swebench.images import BATCH_LABEL, image_for, workspace_for
 from cwm_agent.swebench.parallel import run_parallel
 from cwm_agent.swebench.predictions import Prediction, PredictionsFile
 from cwm_agent.tools import Toolbox
@@ -204,6 +204,11 @@ def run_batch(
     client = docker_client()
     for instance in todo:  # half-finished by an earlier session
         shutil.rmtree(output / "trajectories" / instance.instance_id, ignore_errors=True)
+    run_id = output.resolve().name
+    # A session killed while Docker was creating a container leaves that container
+    # behind once the daemon finishes: clear such orphans at both ends of a session.
+    orphans = f"{BATCH_LABEL}={run_id}"
+    remove_leftovers(client, label=orphans)
 
     session = Session(
         started_at=_now(), selected=len(instances), skipped=len(instances) - len(todo)
@@ -215,7 +220,6 @@ def run_batch(
 
     started = time.monotonic()
     rollout = options.rollout.model_copy(update={"repo_root": "/testbed"})
-    run_id = output.resolve().name
 
     def work(instance: Instance, stopping: threading.Event) -> InstanceResult | None:
         if stopping.is_set():
@@ -254,6 +258,7 @@ def run_batch(
         session.interrupted = True
         raise
     finally:
+        remove_leftovers(client, label=orphans)
         session.finished_at = _now()
         session.duration_s = round(time.monotonic() - started, 3)
         _write_record(output, record)
