@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything cwm-agent and its tests need, idempotently:
 # a Docker engine that answers, the offline base image, and .venv with the
-# project and its dev extra. Quick when all of it is already in place.
+# project and its dev and swebench extras. Quick when all of it is already in place.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
