@@ -30,6 +30,8 @@ from cwm_agent.gitrepo import RepoError
 from cwm_agent.model import ModelOptions, PolicyError, load_policy
 from cwm_agent.sandbox import SandboxError, SandboxInterrupted, docker_client, remove_leftovers
 from cwm_agent.sandbox.image import DEFAULT_IMAGE
+from cwm_agent.swebench.commands import make_app as make_swebench_app
+from cwm_agent.swebench.errors import SwebenchError
 from cwm_agent.tts import TTSOptions, TTSReport
 from cwm_agent.tts import table as candidates_table
 
@@ -51,7 +53,7 @@ def user_errors(command: F) -> F:
     def wrapper(*args: object, **kwargs: object) -> object:
         try:
             return command(*args, **kwargs)
-        except (SandboxError, FixError, RepoError, PolicyError) as exc:
+        except (SandboxError, FixError, RepoError, PolicyError, SwebenchError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
         except ValidationError as exc:
@@ -350,6 +352,8 @@ def cleanup(
         f"removed {len(removed)} container(s)" + (f": {' '.join(removed)}" if removed else "")
     )
 
+
+app.add_typer(make_swebench_app(user_errors), name="swebench")
 
 if __name__ == "__main__":
     app()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything cwm-agent and its tests need, idempotently:
 # a Docker engine that answers, the offline base image, and .venv with the
-# project and its dev extra. Quick when all of it is already in place.
+# project and its dev and swebench extras. Quick when all of it is already in place.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,8 +38,8 @@ if ! .venv/bin/python -c 'import torch' 2>/dev/null; then
 fi
 stamp=.venv/.cwm-agent-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  log "installing cwm-agent with its dev extra"
-  .venv/bin/pip install -q -e '.[dev]'
+  log "installing cwm-agent with its dev and swebench extras"
+  .venv/bin/pip install -q -e '.[dev,swebench]'
   touch "$stamp"
 fi
 log "ready: .venv/bin/cwm-agent"

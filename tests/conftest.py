@@ -90,7 +90,7 @@ def run_label() -> str:
 
 
 def run_cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     """`cwm-agent ARGS` as a user runs it: a new process, its exit code and output."""
     return subprocess.run(
@@ -99,6 +99,7 @@ def run_cli(
         text=True,
         env={**os.environ, "COLUMNS": "200", **(env or {})},
         timeout=timeout,
+        cwd=cwd,
     )
 
 

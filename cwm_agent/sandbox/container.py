@@ -307,14 +307,17 @@ class Sandbox:
         self._put("/", buffer)
 
 
-def remove_leftovers(client: docker.DockerClient, *, everything: bool = False) -> list[str]:
-    """Remove our containers whose owning process is gone (all of them with `everything`).
+def remove_leftovers(
+    client: docker.DockerClient, *, everything: bool = False, label: str = LABEL
+) -> list[str]:
+    """Remove our containers whose owning process is gone (all of them with `everything`),
+    among those carrying `label` (`key` or `key=value`).
 
     Owners are judged by the pid/host labels: a container made on another host
     is left alone unless `everything` is set.
     """
     removed = []
-    for container in client.containers.list(all=True, filters={"label": LABEL}):
+    for container in client.containers.list(all=True, filters={"label": [LABEL, label]}):
         labels = container.labels
         same_host = labels.get(f"{LABEL}.host") == socket.gethostname()
         pid = labels.get(f"{LABEL}.pid", "")

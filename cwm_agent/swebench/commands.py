@@ -1,0 +1,206 @@
+"""The `cwm-agent swebench` commands: run, eval, report.
+
+`make_app(guard)` takes the main CLI's error guard, so a user's mistake ends
+in one line here exactly as it does for `fix`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Literal, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from cwm_agent.agent import RolloutConfig
+from cwm_agent.model import ModelOptions
+from cwm_agent.swebench.dataset import load_instances, read_ids
+from cwm_agent.swebench.errors import SwebenchError
+from cwm_agent.swebench.evaluate import InstanceReport, evaluate
+from cwm_agent.swebench.predictions import read_predictions
+from cwm_agent.swebench.report import render, summarize
+from cwm_agent.swebench.runner import InstanceResult, RunOptions, run_batch
+
+F = TypeVar("F", bound=Callable[..., object])
+console = Console()
+
+
+def _progress(quiet: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[tally]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=Console(quiet=True) if quiet else console,
+    )
+
+
+def make_app(guard: Callable[[F], F]) -> typer.Typer:
+    app = typer.Typer(help="SWE-bench runs: run the agent, grade its predictions, report.")
+
+    @app.command()
+    @guard
+    def run(
+        dataset: Annotated[str, typer.Option(help="hub name or .json/.jsonl/.parquet file")],
+        model: Annotated[str, typer.Option(help="replay:DIR, openai:URL, or a model id/dir")],
+        output: Annotated[Path, typer.Option(help="run folder (new, or --resume)")],
+        split: Annotated[str, typer.Option(help="dataset split")] = "test",
+        instances: Annotated[str | None, typer.Option(help="ID,ID,...")] = None,
+        instances_file: Annotated[Path | None, typer.Option(help="one ID per line")] = None,
+        slice_: Annotated[str | None, typer.Option("--slice", help="A:B of the dataset")] = None,
+        samples: Annotated[int, typer.Option(help="candidate patches per instance")] = 1,
+        test_samples: Annotated[int, typer.Option(help="test-generation rollouts")] = 0,
+        workers: Annotated[int, typer.Option(help="instances in parallel")] = 1,
+        image_template: Annotated[
+            str | None, typer.Option(help="image name with {instance_id} or {official_id}")
+        ] = None,
+        resume: Annotated[
+            bool, typer.Option("--resume", help="continue the run in --output")
+        ] = False,
+        max_turns: Annotated[int, typer.Option(help="turn budget")] = 128,
+        context_size: Annotated[int, typer.Option(help="context budget in tokens")] = 131_072,
+        max_reply_tokens: Annotated[int, typer.Option(help="tokens one reply may have")] = 65_536,
+        session_timeout: Annotated[float, typer.Option(help="seconds per bash call")] = 120.0,
+        dtype: Annotated[str, typer.Option(help="local model: auto, bfloat16, float32")] = "auto",
+        quantization: Annotated[str | None, typer.Option(help="local model: fp8/int8/int4")] = None,
+        device_map: Annotated[str | None, typer.Option(help="local model: e.g. auto")] = None,
+        offline: Annotated[bool, typer.Option("--offline", help="never download")] = False,
+        greedy: Annotated[bool, typer.Option("--greedy", help="greedy decoding")] = False,
+        seed: Annotated[int | None, typer.Option(help="sampling seed")] = None,
+        quiet: Annotated[bool, typer.Option("--quiet", help="no progress display")] = False,
+    ) -> None:
+        """Run the agent on each instance in its own container; write predictions.jsonl."""
+        if instances is not None and instances_file is not None:
+            raise SwebenchError("give --instances or --instances-file, not both")
+        ids = instances.split(",") if instances is not None else None
+        if instances_file is not None:
+            ids = read_ids(instances_file)
+        options = RunOptions(
+            dataset=dataset,
+            split=split,
+            instance_ids=ids,
+            slice=slice_,
+            model=model,
+            model_options=ModelOptions(
+                dtype=dtype,
+                quantization=quantization,
+                device_map=device_map,
+                offline=offline,
+                greedy=greedy,
+                seed=seed,
+            ),
+            samples=samples,
+            test_samples=test_samples,
+            workers=workers,
+            image_template=image_template,
+            output=output,
+            resume=resume,
+            rollout=RolloutConfig(
+                max_turns=max_turns,
+                context_size=context_size,
+                max_reply_tokens=max_reply_tokens,
+                session_timeout=session_timeout,
+            ),
+        )
+        tally = {"submitted": 0, "empty": 0, "error": 0}
+        with _progress(quiet) as progress:
+            task = progress.add_task("instances", total=None, tally="")
+
+            def started(total: int, skipped: int) -> None:
+                note = f" ({skipped} done before)" if skipped else ""
+                progress.update(task, total=total, completed=skipped, tally=note)
+
+            def done(result: InstanceResult) -> None:
+                tally[result.status] += 1
+                text = " · ".join(f"{count} {name}" for name, count in tally.items())
+                progress.update(task, advance=1, tally=text)
+                if result.status == "error":
+                    progress.console.print(
+                        f"[red]error[/] {result.instance_id}: {result.error}: {result.reason}",
+                        highlight=False,
+                    )
+
+            results = run_batch(options, on_start=started, on_done=done)
+        errors = sum(result.status == "error" for result in results)
+        console.print(
+            f"{len(results) - errors} instance(s) finished, {errors} error(s); "
+            f"predictions: {output / 'predictions.jsonl'}"
+            + (" (add --resume to retry the errors)" if errors else "")
+        )
+
+    @app.command(name="eval")
+    @guard
+    def eval_(
+        predictions: Annotated[Path, typer.Option(help="predictions .jsonl or .json")],
+        dataset: Annotated[str, typer.Option(help="hub name or .json/.jsonl/.parquet file")],
+        split: Annotated[str, typer.Option(help="dataset split")] = "test",
+        backend: Annotated[
+            Literal["local", "official"], typer.Option(help="local sandbox or official harness")
+        ] = "local",
+        output: Annotated[
+            Path | None, typer.Option(help="folder for report.json (default: the predictions')")
+        ] = None,
+        workers: Annotated[int, typer.Option(help="instances in parallel")] = 1,
+        timeout: Annotated[int, typer.Option(help="seconds for one instance's tests")] = 1800,
+        image_template: Annotated[
+            str | None, typer.Option(help="image name with {instance_id} or {official_id}")
+        ] = None,
+        quiet: Annotated[bool, typer.Option("--quiet", help="no progress display")] = False,
+    ) -> None:
+        """Grade predictions: apply each patch, run the tests, judge as the harness does."""
+        found = read_predictions(predictions)
+        rows = load_instances(dataset, split)
+        tally = {"resolved": 0, "unresolved": 0, "error": 0, "empty_patch": 0}
+        with _progress(quiet) as progress:
+            task = progress.add_task("grading", total=len(found), tally="")
+
+            def done(report: InstanceReport) -> None:
+                tally[report.status] += 1
+                text = " · ".join(f"{count} {name}" for name, count in tally.items())
+                progress.update(task, advance=1, tally=text)
+
+            report = evaluate(
+                rows,
+                found,
+                backend=backend,
+                output=output or predictions.parent,
+                dataset=dataset,
+                predictions_path=predictions,
+                workers=workers,
+                timeout=timeout,
+                image_template=image_template,
+                on_done=done,
+            )
+        console.print(
+            f"resolved {report.resolved}/{report.total} ({report.resolved_rate:.1%}); "
+            f"report: {(output or predictions.parent) / 'report.json'}"
+        )
+
+    @app.command()
+    @guard
+    def report(
+        folder: Annotated[Path, typer.Argument(help="a run folder")],
+        json_output: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = (
+            False
+        ),
+    ) -> None:
+        """Resolved rate, by repo and difficulty, turns/tokens/time, errors by kind."""
+        summary = summarize(folder)
+        if json_output:
+            typer.echo(summary.model_dump_json(indent=2))
+        else:
+            render(summary, console)
+
+    return app

@@ -1,0 +1,320 @@
+"""`cwm-agent swebench eval`: grade predictions, locally or with the official harness.
+
+local: each prediction in a fresh container of its instance's image; the
+model patch is applied as the harness applies it, the test script runs, and
+`grading.py` judges the log with the harness's parsers and report functions.
+Logs go to `eval/<instance_id>/` beside `report.json`.
+
+official: `swebench.harness.run_evaluation` itself (classic rows, official
+images), its per-instance reports gathered into the same `report.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import docker
+from docker.errors import DockerException
+from pydantic import BaseModel, Field
+
+from cwm_agent.errors import first_line
+from cwm_agent.sandbox import Sandbox, SandboxError, docker_client
+from cwm_agent.swebench.dataset import Instance
+from cwm_agent.swebench.errors import SwebenchError
+from cwm_agent.swebench.images import REPO_ROOT, image_for, workspace_for
+from cwm_agent.swebench.parallel import run_parallel
+from cwm_agent.swebench.predictions import Prediction
+
+if TYPE_CHECKING:
+    from cwm_agent.swebench.grading import EvalPlan
+
+Outcome = Literal["resolved", "unresolved", "error", "empty_patch"]
+Backend = Literal["local", "official"]
+
+# swebench.harness.run_evaluation.GIT_APPLY_CMDS (that module imports modal and
+# the whole harness; the list is checked against it in the tests).
+GIT_APPLY_CMDS = (
+    "git apply --verbose",
+    "git apply --verbose --reject",
+    "patch --batch --fuzz=5 -p1 -i",
+)
+PATCH_PATH = "/tmp/cwm-agent-model.diff"
+
+
+class InstanceReport(BaseModel):
+    instance_id: str
+    repo: str
+    difficulty: str | None
+    status: Outcome
+    reason: str | None = None
+    patch_applied: bool | None = None
+    tests_status: dict[str, dict[str, list[str]]] | None = None
+    duration_s: float = 0.0
+
+
+class EvalReport(BaseModel):
+    """`report.json`: the verdict per instance and the counts."""
+
+    backend: Backend
+    run_id: str
+    dataset: str
+    predictions: str
+    created_at: str
+    total: int = Field(description="predictions graded")
+    resolved: int
+    resolved_rate: float
+    counts: dict[str, int]
+    harness_report: str | None = Field(None, description="the official harness's summary")
+    instances: dict[str, InstanceReport]
+
+
+def evaluate(
+    instances: list[Instance],
+    predictions: dict[str, Prediction],
+    *,
+    backend: Backend,
+    output: Path,
+    dataset: str,
+    predictions_path: Path,
+    workers: int = 1,
+    timeout: int = 1800,
+    image_template: str | None = None,
+    on_done: Callable[[InstanceReport], None] | None = None,
+) -> EvalReport:
+    """Grade every prediction whose instance is in `instances`; write `output/report.json`."""
+    try:
+        import swebench.harness.grading  # noqa: F401  (the parsers and grading we rely on)
+    except ImportError:
+        raise SwebenchError(
+            "grading needs the official swebench package: pip install 'cwm-agent[swebench]'"
+        ) from None
+    by_id = {instance.instance_id: instance for instance in instances}
+    unknown = [i for i in predictions if i not in by_id]
+    if unknown:
+        raise SwebenchError(
+            f"{len(unknown)} prediction(s) name instances not in the dataset, e.g. {unknown[0]}"
+        )
+    graded = [by_id[i] for i in by_id if i in predictions]
+    if not graded:
+        raise SwebenchError("no predictions to grade")
+    run_id = f"cwm-agent-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+    output.mkdir(parents=True, exist_ok=True)
+    reports = {i.instance_id: _empty(i) for i in graded if _patch(predictions, i) is None}
+    patched = [i for i in graded if _patch(predictions, i) is not None]
+    harness_report = None
+    if patched and backend == "local":
+        reports |= _local(
+            patched, predictions, output, run_id, workers, timeout, image_template, on_done
+        )
+    elif patched:
+        found, harness_report = _official(
+            patched, predictions_path, output, run_id, workers, timeout
+        )
+        reports |= found
+    counts = Counter(report.status for report in reports.values())
+    report = EvalReport(
+        backend=backend,
+        run_id=run_id,
+        dataset=dataset,
+        predictions=str(predictions_path),
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        total=len(reports),
+        resolved=counts["resolved"],
+        resolved_rate=round(counts["resolved"] / len(reports), 4),
+        counts={key: counts[key] for key in ("resolved", "unresolved", "error", "empty_patch")},
+        harness_report=harness_report,
+        instances=dict(sorted(reports.items())),
+    )
+    partial = output / "report.json.tmp"
+    partial.write_text(report.model_dump_json(indent=2) + "\n")
+    partial.replace(output / "report.json")
+    return report
+
+
+def _patch(predictions: dict[str, Prediction], instance: Instance) -> str | None:
+    patch = predictions[instance.instance_id].model_patch
+    return patch if patch and patch.strip() else None
+
+
+def _empty(instance: Instance) -> InstanceReport:
+    return InstanceReport(
+        instance_id=instance.instance_id,
+        repo=instance.repo,
+        difficulty=instance.difficulty,
+        status="empty_patch",
+    )
+
+
+def _local(
+    instances: list[Instance],
+    predictions: dict[str, Prediction],
+    output: Path,
+    run_id: str,
+    workers: int,
+    timeout: int,
+    image_template: str | None,
+    on_done: Callable[[InstanceReport], None] | None,
+) -> dict[str, InstanceReport]:
+    client = docker_client()
+    reports: dict[str, InstanceReport] = {}
+
+    def work(instance: Instance, stopping: threading.Event) -> InstanceReport | None:
+        if stopping.is_set():
+            return None
+        folder = output / "eval" / instance.instance_id
+        patch = predictions[instance.instance_id].model_patch or ""
+        report = evaluate_instance(instance, patch, folder, client, run_id, timeout, image_template)
+        return None if stopping.is_set() else report
+
+    def done(report: InstanceReport) -> None:
+        reports[report.instance_id] = report
+        if on_done is not None:
+            on_done(report)
+
+    run_parallel(instances, work, workers, done)
+    return reports
+
+
+def evaluate_instance(
+    instance: Instance,
+    patch: str,
+    folder: Path,
+    client: docker.DockerClient,
+    run_id: str,
+    timeout: int = 1800,
+    image_template: str | None = None,
+) -> InstanceReport:
+    """Apply a non-empty `patch`, run the instance's tests, grade the log; never raises
+    for the instance's own failures."""
+    from cwm_agent.swebench.grading import eval_plan, grade  # imports the harness (~1 s)
+
+    started = time.monotonic()
+    report = InstanceReport(
+        instance_id=instance.instance_id,
+        repo=instance.repo,
+        difficulty=instance.difficulty,
+        status="error",
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "patch.diff").write_text(patch)
+    workspace = workspace_for(image_for(instance, image_template), run_id, hygiene=False)
+    try:
+        with workspace.open(client) as opened:
+            plan = eval_plan(instance, opened.head, REPO_ROOT)
+            (folder / "eval.sh").write_text(plan.script)
+            log = _run_tests(opened.box, patch, plan, timeout)
+    except (SwebenchError, SandboxError, DockerException) as exc:
+        report.reason = first_line(exc, 300)
+        report.duration_s = round(time.monotonic() - started, 3)
+        return report
+    (folder / "test_output.txt").write_text(log)
+    if log.startswith(">>>>> Patch Apply Failed"):
+        report.patch_applied, report.reason = False, "the patch does not apply"
+    elif log.endswith("seconds exceeded."):
+        report.patch_applied, report.reason = True, f"the tests ran past {timeout} s"
+    else:
+        verdict = grade(instance, log, plan)
+        report.patch_applied = True
+        report.status = "resolved" if verdict.resolved else "unresolved"
+        if not verdict.tests_ran:
+            report.reason = "no usable test output in the log"
+        if verdict.tests_status is not None:
+            report.tests_status = {k: v.model_dump() for k, v in verdict.tests_status.items()}
+    (folder / "report.json").write_text(report.model_dump_json(indent=2) + "\n")
+    report.duration_s = round(time.monotonic() - started, 3)
+    return report
+
+
+def _run_tests(box: Sandbox, patch: str, plan: EvalPlan, timeout: int) -> str:
+    """The harness's steps: apply the patch (three ways), then the script, output merged."""
+    box.write_file(PATCH_PATH, patch.encode(), mode=0o644)
+    for command in GIT_APPLY_CMDS:
+        code, out, err = box.exec(["bash", "-c", f"{command} {PATCH_PATH}"])
+        if code == 0:
+            break
+    else:
+        return f">>>>> Patch Apply Failed:\n{(out + err).decode('utf-8', 'replace')}"
+    box.write_file("/eval.sh", plan.script.encode(), mode=0o755)
+    code, out, _ = box.exec(["bash", "-c", f"timeout {timeout} bash /eval.sh 2>&1"])
+    log = out.decode("utf-8", "replace")
+    if code == 124:
+        log += f"\n\nTimeout error: {timeout} seconds exceeded."
+    return log
+
+
+def _official(
+    instances: list[Instance],
+    predictions_path: Path,
+    output: Path,
+    run_id: str,
+    workers: int,
+    timeout: int,
+) -> tuple[dict[str, InstanceReport], str | None]:
+    """The harness run as its authors run it, in `output` (its logs/ go there)."""
+    from swebench.harness.run_evaluation import main as run_evaluation
+
+    not_classic = [i.instance_id for i in instances if i.test_cmd or i.eval_script]
+    if not_classic:
+        raise SwebenchError(
+            f"the official backend grades classic SWE-bench rows only ({not_classic[0]} brings "
+            "its own test command or script): use --backend local"
+        )
+    dataset_file = (output / "dataset.jsonl").resolve()
+    dataset_file.write_text("".join(json.dumps(i.row()) + "\n" for i in instances))
+    predictions_file = predictions_path.resolve()
+    here = Path.cwd()
+    os.chdir(output)
+    try:
+        summary = run_evaluation(
+            dataset_name=str(dataset_file),
+            split="test",
+            instance_ids=[i.instance_id for i in instances],
+            predictions_path=str(predictions_file),
+            max_workers=workers,
+            force_rebuild=False,
+            cache_level="env",
+            clean=False,
+            open_file_limit=4096,
+            run_id=run_id,
+            timeout=timeout,
+            namespace="swebench",
+            rewrite_reports=False,
+            modal=False,
+            report_dir=".",
+        )
+    except Exception as exc:  # the harness raises whatever its parts raise
+        raise SwebenchError(f"the official harness failed: {first_line(exc)}") from None
+    finally:
+        os.chdir(here)
+    reports = {}
+    logs = output / "logs" / "run_evaluation" / run_id
+    for instance in instances:
+        reports[instance.instance_id] = _from_harness(instance, logs)
+    return reports, str(output / summary) if summary else None
+
+
+def _from_harness(instance: Instance, logs: Path) -> InstanceReport:
+    report = InstanceReport(
+        instance_id=instance.instance_id,
+        repo=instance.repo,
+        difficulty=instance.difficulty,
+        status="error",
+    )
+    found = list(logs.glob(f"*/{instance.instance_id}/report.json"))
+    if not found:
+        report.reason = "the harness wrote no report: see its run_instance.log"
+        return report
+    verdict = json.loads(found[0].read_text())[instance.instance_id]
+    report.patch_applied = verdict.get("patch_successfully_applied")
+    report.status = "resolved" if verdict.get("resolved") else "unresolved"
+    report.tests_status = verdict.get("tests_status")
+    return report

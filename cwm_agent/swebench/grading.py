@@ -1,0 +1,194 @@
+"""Test scripts and grading, done by the official `swebench` harness's own code.
+
+Only two things differ from the harness, both so custom images work: test
+files are reset to the container's starting HEAD (the image need not hold
+`base_commit`), and rows outside the harness's specs bring their own test
+command or script and name their log parser.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+from swebench.harness.constants import (
+    APPLY_PATCH_FAIL,
+    END_TEST_OUTPUT,
+    FAIL_ONLY_REPOS,
+    FAIL_TO_PASS,
+    KEY_INSTANCE_ID,
+    MAP_REPO_TO_EXT,
+    MAP_REPO_VERSION_TO_SPECS,
+    PASS_TO_PASS,
+    RESET_FAILED,
+    START_TEST_OUTPUT,
+    TESTS_ERROR,
+    TESTS_TIMEOUT,
+    EvalType,
+    ResolvedStatus,
+)
+from swebench.harness.grading import get_eval_tests_report, get_resolution_status
+from swebench.harness.log_parsers import (
+    MAP_REPO_TO_PARSER,
+    c,
+    go,
+    java,
+    javascript,
+    php,
+    python,
+    ruby,
+    rust,
+)
+from swebench.harness.test_spec.create_scripts import make_eval_script_list
+from swebench.harness.test_spec.test_spec import TestSpec
+from swebench.harness.utils import get_modified_files
+
+from cwm_agent.swebench.dataset import Instance
+from cwm_agent.swebench.errors import SwebenchError
+
+Parser = Callable[[str, TestSpec], dict[str, str]]
+
+# Parsers by name, as 5.x rows' `log_parser` spells them (`parse_log_django`, ...).
+PARSERS: dict[str, Parser] = {
+    name: value
+    for module in (c, go, java, javascript, php, python, ruby, rust)
+    for name, value in vars(module).items()
+    if name.startswith("parse_log_") and callable(value)
+}
+DEFAULT_PARSER = "parse_log_pytest"
+HEREDOC = "EOF_114329324912"  # the harness's own delimiter
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    """What to run in the instance's container, and the spec its parser is given."""
+
+    script: str
+    spec: TestSpec
+    parser: Parser
+
+
+def eval_plan(instance: Instance, head: str, workdir: str = "/testbed") -> EvalPlan:
+    """The test script for an instance whose container starts at `head`."""
+    row = {**instance.row(), "base_commit": head}
+    if instance.test_cmd is not None:
+        spec = _bare_spec(instance)
+        return EvalPlan(_custom_script(instance, head, workdir), spec, _parser(instance))
+    if instance.eval_script is not None:
+        script = instance.eval_script
+        if instance.base_commit:
+            script = script.replace(instance.base_commit, head)
+        return EvalPlan(script, _bare_spec(instance), _parser(instance))
+    specs = MAP_REPO_VERSION_TO_SPECS.get(instance.repo, {}).get(instance.version or "")
+    if specs is not None:
+        # What make_test_spec does for the eval script alone (it also fetches the
+        # environment's requirements from GitHub, which grading does not need).
+        script = make_eval_script_list(row, specs, "testbed", workdir, head, instance.test_patch)
+        spec = _bare_spec(instance, script, MAP_REPO_TO_EXT[instance.repo])
+        return EvalPlan(spec.eval_script, spec, _parser(instance))
+    raise SwebenchError(
+        f"{instance.instance_id}: no way to run its tests: the row needs `test_cmd` or "
+        f"`eval_script`, or a repo/version the swebench package knows ({instance.repo} "
+        f"{instance.version} is not one)"
+    )
+
+
+def _parser(instance: Instance) -> Parser:
+    if instance.log_parser is not None:
+        if instance.log_parser not in PARSERS:
+            raise SwebenchError(
+                f"{instance.instance_id}: unknown log_parser {instance.log_parser!r} "
+                f"(known: {', '.join(sorted(PARSERS)[:6])}, ...)"
+            )
+        return PARSERS[instance.log_parser]
+    return MAP_REPO_TO_PARSER.get(instance.repo, PARSERS[DEFAULT_PARSER])
+
+
+def _bare_spec(
+    instance: Instance, eval_script_list: list[str] | None = None, language: str = "py"
+) -> TestSpec:
+    """The spec fields that parsers and grading read."""
+    return TestSpec(
+        instance_id=instance.instance_id,
+        repo=instance.repo,
+        version=instance.version or "",
+        repo_script_list=[],
+        eval_script_list=eval_script_list or [],
+        env_script_list=[],
+        arch="x86_64",
+        FAIL_TO_PASS=instance.FAIL_TO_PASS,
+        PASS_TO_PASS=instance.PASS_TO_PASS,
+        language=language,
+        docker_specs={},
+        namespace=None,
+    )
+
+
+def _custom_script(instance: Instance, head: str, workdir: str) -> str:
+    """The harness's script shape around the row's own test command."""
+    files = " ".join(shlex.quote(f) for f in get_modified_files(instance.test_patch))
+    reset = f"git checkout {head} -- {files}" if files else ":"
+    lines = [
+        "#!/bin/bash",
+        "set -uxo pipefail",
+        f"cd {shlex.quote(workdir)}",
+        "git config --global --add safe.directory '*'",
+        reset,
+        f"git apply -v - <<'{HEREDOC}'\n{instance.test_patch}\n{HEREDOC}" if files else ":",
+        f": '{START_TEST_OUTPUT}'",
+        instance.test_cmd or ":",
+        f": '{END_TEST_OUTPUT}'",
+        reset,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+class TestsStatus(BaseModel):
+    success: list[str]
+    failure: list[str]
+
+
+class Grade(BaseModel):
+    """The harness's verdict on one test log."""
+
+    resolved: bool
+    tests_ran: bool  # False: the harness would find no usable test output
+    tests_status: dict[str, TestsStatus] | None = None
+
+
+def status_map(log: str, plan: EvalPlan) -> tuple[dict[str, str], bool]:
+    """`swebench.harness.grading.get_logs_eval`, with the parser chosen per row."""
+    if any(code in log for code in (APPLY_PATCH_FAIL, RESET_FAILED, TESTS_ERROR, TESTS_TIMEOUT)):
+        return {}, False
+    if not (START_TEST_OUTPUT in log and END_TEST_OUTPUT in log):
+        return {}, False
+    tests = log.split(START_TEST_OUTPUT)[1].split(END_TEST_OUTPUT)[0]
+    return plan.parser(tests, plan.spec) or plan.parser(log, plan.spec), True
+
+
+def grade(instance: Instance, log: str, plan: EvalPlan) -> Grade:
+    """FAIL_TO_PASS and PASS_TO_PASS judged by the harness's own report functions."""
+    found, ran = status_map(log, plan)
+    if not ran:
+        return Grade(resolved=False, tests_ran=False)
+    gold = {
+        KEY_INSTANCE_ID: instance.instance_id,
+        FAIL_TO_PASS: instance.FAIL_TO_PASS,
+        PASS_TO_PASS: instance.PASS_TO_PASS,
+    }
+    report: dict[str, Any] = get_eval_tests_report(found, gold, eval_type=_eval_type(instance))
+    return Grade(
+        resolved=get_resolution_status(report) == ResolvedStatus.FULL.value,
+        tests_ran=True,
+        tests_status={key: TestsStatus(**report[key]) for key in (FAIL_TO_PASS, PASS_TO_PASS)},
+    )
+
+
+def _eval_type(instance: Instance) -> EvalType:
+    declared = (instance.model_extra or {}).get("eval_type")
+    if declared:
+        return EvalType(declared)
+    return EvalType.FAIL_ONLY if instance.repo in FAIL_ONLY_REPOS else EvalType.PASS_AND_FAIL

@@ -1,0 +1,375 @@
+"""`cwm-agent swebench run`: one agent per instance, in parallel, resumable.
+
+Layout of a run folder:
+    predictions.jsonl               official format, one line per finished instance
+    trajectories/<instance_id>/     trajectory.json, patch.diff, result.json
+    run.json                        options, package versions, one entry per session
+
+An instance is done once its line is in predictions.jsonl; anything else in
+its folder is from a session that stopped half-way and is redone on --resume.
+Errors (missing image, dead container, model failure) get a result.json but
+no prediction, so a resumed run retries them.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import shutil
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+import docker
+from docker.errors import DockerException
+from pydantic import BaseModel, Field, ValidationError
+
+from cwm_agent.agent import RolloutConfig, Trajectory, run_rollout
+from cwm_agent.errors import first_line
+from cwm_agent.model import (
+    Completion,
+    ModelOptions,
+    Policy,
+    PolicyError,
+    ReplayPolicy,
+    load_policy,
+)
+from cwm_agent.protocol.chat import ChatTokenizer, Message
+from cwm_agent.sandbox import ImageNotFoundError, SandboxError, docker_client, remove_leftovers
+from cwm_agent.swebench.dataset import Instance, load_instances, select
+from cwm_agent.swebench.errors import SwebenchError
+from cwm_agent.swebench.images import BATCH_LABEL, image_for, workspace_for
+from cwm_agent.swebench.parallel import run_parallel
+from cwm_agent.swebench.predictions import Prediction, PredictionsFile
+from cwm_agent.tools import Toolbox
+from cwm_agent.workspace import Workspace
+
+ErrorKind = Literal["image_missing", "sandbox", "model"]
+
+
+class RunOptions(BaseModel):
+    """Everything `swebench run` was asked to do, validated before any work starts."""
+
+    dataset: str
+    split: str = "test"
+    instance_ids: list[str] | None = None
+    slice: str | None = None
+    model: str
+    model_options: ModelOptions = Field(default_factory=ModelOptions)
+    samples: int = Field(1, ge=1)
+    test_samples: int = Field(0, ge=0)
+    workers: int = Field(1, ge=1)
+    image_template: str | None = None
+    output: Path
+    resume: bool = False
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+
+
+class InstanceResult(BaseModel):
+    """`trajectories/<id>/result.json`: how one instance went, for `swebench report`."""
+
+    instance_id: str
+    repo: str
+    difficulty: str | None
+    image: str
+    start: str | None = Field(None, description="the container's HEAD the agent started from")
+    status: Literal["submitted", "empty", "error"]
+    rollout_status: str | None = None
+    error: ErrorKind | None = None
+    reason: str | None = None
+    turns: int = 0
+    tokens_used: int = 0
+    duration_s: float = 0.0
+    generation_s: float = 0.0
+    tools_s: float = 0.0
+    patch_bytes: int = 0
+
+
+class Session(BaseModel):
+    started_at: str
+    finished_at: str | None = None
+    duration_s: float | None = None
+    selected: int
+    skipped: int = Field(description="already in predictions.jsonl when the session began")
+    finished: int = 0
+    errors: int = 0
+    interrupted: bool = False
+
+
+class RunRecord(BaseModel):
+    """`run.json`: what produced the predictions, so others can reproduce them."""
+
+    cwm_agent_version: str
+    versions: dict[str, str]
+    options: RunOptions
+    sessions: list[Session] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Solution:
+    head: str
+    trajectory: Trajectory
+    patch: bytes
+
+
+def solve(
+    policy: Policy,
+    workspace: Workspace,
+    issue: str,
+    rollout: RolloutConfig,
+    folder: Path,
+    client: docker.DockerClient,
+) -> Solution:
+    """The patch for one start state and issue, with its record written into `folder`.
+
+    With one sample this is one rollout, as in `fix`; test-time scaling takes
+    this place for more.
+    """
+    with workspace.open(client) as opened:
+        trajectory = run_rollout(policy, Toolbox(opened.box), issue, rollout)
+    patch = trajectory.submission_bytes or b""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "trajectory.json").write_text(trajectory.model_dump_json(indent=2))
+    (folder / "patch.diff").write_bytes(patch)
+    return Solution(opened.head, trajectory, patch)
+
+
+class LockedPolicy:
+    """One loaded model shared by all workers; its generation is not thread-safe."""
+
+    def __init__(self, policy: Policy) -> None:
+        self._policy = policy
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return self._policy.name
+
+    @property
+    def tokenizer(self) -> ChatTokenizer | None:
+        return self._policy.tokenizer
+
+    def complete(
+        self, conversations: Sequence[Sequence[Message]], max_new_tokens: int
+    ) -> list[Completion]:
+        with self._lock:
+            return self._policy.complete(conversations, max_new_tokens)
+
+
+def policy_source(options: RunOptions) -> Callable[[Instance], Policy]:
+    """`replay:DIR` gives each instance `DIR/<instance_id>.json`; any other spec is
+    loaded once, here, so a bad --model fails before the first container starts."""
+    kind, _, rest = options.model.partition(":")
+    if kind == "replay" and Path(rest).is_dir():
+        folder = Path(rest)
+        return lambda instance: ReplayPolicy(folder / f"{instance.instance_id}.json")
+    if kind == "replay":
+        path = Path(rest)
+        load_policy(options.model)  # checks the file once
+        return lambda instance: ReplayPolicy(path)
+    shared = LockedPolicy(load_policy(options.model, options.model_options))
+    return lambda instance: shared
+
+
+Observer = Callable[[InstanceResult], None]
+
+
+def run_batch(
+    options: RunOptions,
+    on_start: Callable[[int, int], None] | None = None,
+    on_done: Observer | None = None,
+) -> list[InstanceResult]:
+    """Run every selected instance not yet predicted; return the results of this session.
+
+    `on_start(total, skipped)` is called once the work is known, `on_done` after
+    each instance. Ctrl-C or SIGTERM removes every container and re-raises; what
+    had finished stays recorded.
+    """
+    if options.samples > 1:
+        raise SwebenchError(
+            "--samples > 1 needs test-time scaling, which this build does not have yet"
+        )
+    instances = select(
+        load_instances(options.dataset, options.split), options.instance_ids, options.slice
+    )
+    output = options.output
+    record = _open_record(options)
+    predictions = PredictionsFile(output / "predictions.jsonl")
+    todo = [i for i in instances if i.instance_id not in predictions.done]
+    policy_for = policy_source(options)
+    client = docker_client()
+    for instance in todo:  # half-finished by an earlier session
+        shutil.rmtree(output / "trajectories" / instance.instance_id, ignore_errors=True)
+    run_id = output.resolve().name
+    # A session killed while Docker was creating a container leaves that container
+    # behind once the daemon finishes: clear such orphans at both ends of a session.
+    orphans = f"{BATCH_LABEL}={run_id}"
+    remove_leftovers(client, label=orphans)
+
+    session = Session(
+        started_at=_now(), selected=len(instances), skipped=len(instances) - len(todo)
+    )
+    record.sessions.append(session)
+    _write_record(output, record)
+    if on_start is not None:
+        on_start(len(instances), session.skipped)
+
+    started = time.monotonic()
+    rollout = options.rollout.model_copy(update={"repo_root": "/testbed"})
+
+    def work(instance: Instance, stopping: threading.Event) -> InstanceResult | None:
+        if stopping.is_set():
+            return None
+        result = _run_instance(instance, options, policy_for, rollout, client, run_id)
+        if stopping.is_set():  # its container was torn down under it: not a real outcome
+            return None
+        folder = output / "trajectories" / instance.instance_id
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "result.json").write_text(result.model_dump_json(indent=2) + "\n")
+        if result.status != "error":
+            patch = (folder / "patch.diff").read_bytes().decode("utf-8", "replace")
+            predictions.add(
+                Prediction(
+                    instance_id=instance.instance_id,
+                    model_name_or_path=options.model,
+                    model_patch=patch,
+                )
+            )
+        return result
+
+    results: list[InstanceResult] = []
+
+    def done(result: InstanceResult) -> None:
+        results.append(result)
+        if result.status == "error":
+            session.errors += 1
+        else:
+            session.finished += 1
+        if on_done is not None:
+            on_done(result)
+
+    try:
+        run_parallel(todo, work, options.workers, done)
+    except BaseException:
+        session.interrupted = True
+        raise
+    finally:
+        remove_leftovers(client, label=orphans)
+        session.finished_at = _now()
+        session.duration_s = round(time.monotonic() - started, 3)
+        _write_record(output, record)
+    return results
+
+
+def _run_instance(
+    instance: Instance,
+    options: RunOptions,
+    policy_for: Callable[[Instance], Policy],
+    rollout: RolloutConfig,
+    client: docker.DockerClient,
+    run_id: str,
+) -> InstanceResult:
+    """One instance to its end; every failure becomes an error result, never an exception."""
+    image = image_for(instance, options.image_template)
+    result = InstanceResult(
+        instance_id=instance.instance_id,
+        repo=instance.repo,
+        difficulty=instance.difficulty,
+        image=image,
+        status="error",
+    )
+    started = time.monotonic()
+    workspace = workspace_for(
+        image, run_id, hygiene=True, session_timeout=options.rollout.session_timeout
+    )
+    folder = options.output / "trajectories" / instance.instance_id
+    try:
+        solution = solve(
+            policy_for(instance),
+            workspace,
+            instance.problem_statement.strip(),
+            rollout,
+            folder,
+            client,
+        )
+    except PolicyError as exc:
+        return _failed(result, "model", str(exc), started)
+    except ImageNotFoundError as exc:
+        return _failed(result, "image_missing", str(exc), started)
+    except (SandboxError, DockerException, OSError) as exc:
+        return _failed(result, "sandbox", f"{type(exc).__name__}: {first_line(exc)}", started)
+    trajectory = solution.trajectory
+    result.start = solution.head
+    result.rollout_status = trajectory.status
+    result.reason = trajectory.reason
+    result.turns = trajectory.turns
+    result.tokens_used = trajectory.tokens_used
+    result.duration_s = round(time.monotonic() - started, 3)
+    result.generation_s = round(trajectory.generation_s, 3)
+    result.tools_s = round(trajectory.tools_s, 3)
+    result.patch_bytes = len(solution.patch)
+    if trajectory.status == "error":
+        reason = trajectory.reason or ""
+        result.error = "model" if reason.startswith("model:") else "sandbox"
+    else:
+        result.status = "submitted" if solution.patch else "empty"
+    return result
+
+
+def _failed(result: InstanceResult, kind: ErrorKind, reason: str, started: float) -> InstanceResult:
+    result.error, result.reason = kind, reason
+    result.duration_s = round(time.monotonic() - started, 3)
+    return result
+
+
+def _open_record(options: RunOptions) -> RunRecord:
+    """A new run needs an empty --output; --resume needs the same model as before."""
+    output = options.output
+    path = output / "run.json"
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        if not options.resume:
+            raise SwebenchError(
+                f"--output {output} is not empty: add --resume to continue that run, "
+                "or choose a new folder"
+            )
+        if not path.is_file():
+            raise SwebenchError(f"--resume: {output} holds no run.json, so it is not a run")
+        try:
+            record = RunRecord.model_validate_json(path.read_text(encoding="utf-8"))
+        except (OSError, ValidationError) as exc:
+            raise SwebenchError(f"--resume: {path} is unreadable: {first_line(exc)}") from None
+        if record.options.model != options.model:
+            raise SwebenchError(
+                f"--resume: {output} was run with --model {record.options.model}, "
+                f"not {options.model}: one predictions file holds one model's patches"
+            )
+        record.options = options
+        return record
+    output.mkdir(parents=True, exist_ok=True)
+    return RunRecord(cwm_agent_version=_version("cwm-agent"), versions=_versions(), options=options)
+
+
+def _write_record(output: Path, record: RunRecord) -> None:
+    partial = output / "run.json.tmp"
+    partial.write_text(record.model_dump_json(indent=2) + "\n")
+    partial.replace(output / "run.json")
+
+
+def _versions() -> dict[str, str]:
+    packages = ("swebench", "docker", "transformers", "torch", "datasets")
+    return {"python": platform.python_version(), **{p: _version(p) for p in packages}}
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

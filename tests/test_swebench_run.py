@@ -1,0 +1,340 @@
+"""`cwm-agent swebench run | eval | report` end to end on SWE-style instances built here.
+
+One tiny repository with three bugs is baked into one local image at /testbed
+(plus a future fix commit on another branch and a tag, which hygiene must
+hide). Three instances share it; replay policies submit the gold patch, a
+wrong patch and nothing. A fourth instance names an image that does not exist.
+Tests run with `python3 -m unittest -v`, graded by the official django parser
+(the unittest output format).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from cwm_agent.sandbox import LABEL
+from tests.conftest import run_cli
+from tests.test_fix import call, git
+
+pytestmark = pytest.mark.docker
+
+IMAGE = "cwm-agent-test/swebench-calc:latest"
+CALC = """def mean(values):
+    return sum(values) / len(values)
+
+
+def median(values):
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[middle]
+    return ordered[middle]
+
+
+def clamp(x, low, high):
+    return max(low, x)
+
+
+def span(values):
+    return max(values) - min(values) + 1
+"""
+TESTS = """import unittest
+
+from calc import mean, median
+
+
+class TestCalc(unittest.TestCase):
+    def test_mean(self):
+        self.assertEqual(mean([1, 2, 3]), 2)
+
+    def test_median_odd(self):
+        self.assertEqual(median([3, 1, 2]), 2)
+"""
+FIXES = {  # instance -> (buggy line, fixed line, new test)
+    "calc__calc-1": (
+        "    return ordered[middle]\n",
+        "    return (ordered[middle - 1] + ordered[middle]) / 2\n",
+        "    def test_median_even(self):\n        self.assertEqual(median([4, 1, 3, 2]), 2.5)\n",
+    ),
+    "calc__calc-2": (
+        "    return max(low, x)\n",
+        "    return min(high, max(low, x))\n",
+        "    def test_clamp_high(self):\n        from calc import clamp\n"
+        "        self.assertEqual(clamp(9, 0, 5), 5)\n",
+    ),
+    "calc__calc-3": (
+        "    return max(values) - min(values) + 1\n",
+        "    return max(values) - min(values)\n",
+        "    def test_span(self):\n        from calc import span\n"
+        "        self.assertEqual(span([2, 7]), 5)\n",
+    ),
+}
+WRONG = "    return max(low, x) if x < high else high + 1\n"  # clamp still wrong
+ISSUES = {
+    "calc__calc-1": "median() is wrong for an even number of values",
+    "calc__calc-2": "clamp() ignores its upper bound",
+    "calc__calc-3": "span() is off by one",
+}
+
+
+def unittest_name(test_line: str) -> str:
+    name = test_line.split("def ")[1].split("(")[0]
+    return f"{name} (test_calc.TestCalc.{name})"
+
+
+P2P = [unittest_name("def test_mean("), unittest_name("def test_median_odd(")]
+
+
+def diff(repo: Path, path: str, old: str, new: str) -> str:
+    """The patch that replaces `old` by `new` in `path` (last occurrence), from git."""
+    file = repo / path
+    original = file.read_text()
+    head, _, tail = original.rpartition(old)
+    file.write_text(head + new + tail)
+    patch = git(repo, "diff")
+    file.write_text(original)
+    return patch
+
+
+@pytest.fixture(scope="module")
+def calc(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """The repository, its rows (with gold patches) and the future commit's hash."""
+    repo = tmp_path_factory.mktemp("calc") / "testbed"
+    repo.mkdir()
+    (repo / "calc.py").write_text(CALC)
+    (repo / "test_calc.py").write_text(TESTS)
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "calc")
+    rows, gold = [], {}
+    for instance_id, (old, new, test) in FIXES.items():
+        gold[instance_id] = diff(repo, "calc.py", old, new)
+        test_patch = diff(repo, "test_calc.py", TESTS, TESTS + "\n" + test)
+        rows.append(
+            {
+                "instance_id": instance_id,
+                "repo": "calc/calc",
+                "problem_statement": ISSUES[instance_id] + "\n",
+                "image": IMAGE,
+                "test_cmd": "python3 -m unittest -v test_calc",
+                "log_parser": "parse_log_django",
+                "patch": gold[instance_id],
+                "test_patch": test_patch,
+                "FAIL_TO_PASS": json.dumps([unittest_name(test)]),
+                "PASS_TO_PASS": json.dumps(P2P),
+                "difficulty": "<15 min fix",
+            }
+        )
+    git(repo, "checkout", "-qb", "future")
+    (repo / "calc.py").write_text(CALC.replace(*FIXES["calc__calc-1"][:2]))
+    git(repo, "commit", "-qam", "future fix")
+    future = git(repo, "rev-parse", "HEAD").strip()
+    git(repo, "tag", "v-future")
+    git(repo, "checkout", "-q", "main")
+    git(repo, "remote", "add", "origin", "https://example.invalid/calc.git")
+    return {"repo": repo, "rows": rows, "gold": gold, "future": future}
+
+
+@pytest.fixture(scope="module")
+def calc_image(
+    client: docker.DockerClient, base_image: str, calc: dict[str, object]
+) -> Iterator[str]:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.add(calc["repo"], arcname="testbed", filter=_as_root)  # type: ignore[arg-type]
+    container = client.containers.create(base_image, command=["true"])
+    try:
+        container.put_archive("/", buffer.getvalue())
+        container.commit(*IMAGE.split(":"))
+    finally:
+        container.remove(force=True)
+    yield IMAGE
+    client.images.remove(IMAGE, force=True)
+
+
+def _as_root(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    return info
+
+
+@pytest.fixture
+def dataset(tmp_path: Path, calc: dict[str, object], calc_image: str) -> Path:
+    rows = [*calc["rows"]]  # type: ignore[misc]
+    rows.append({**rows[0], "instance_id": "calc__calc-4", "image": "cwm-agent-test/absent:none"})
+    path = tmp_path / "dataset.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def write_patch(patch: str) -> str:
+    return call("bash", f"cat > /tmp/fix.patch <<'EOF_PATCH'\n{patch}EOF_PATCH")
+
+
+@pytest.fixture
+def replays(tmp_path: Path, calc: dict[str, object]) -> Path:
+    """Gold (after looking for the future commit), wrong, and nothing submitted."""
+    gold: dict[str, str] = calc["gold"]  # type: ignore[assignment]
+    repo: Path = calc["repo"]  # type: ignore[assignment]
+    wrong = diff(repo, "calc.py", FIXES["calc__calc-2"][0], WRONG)
+    submit = [call("submit", "/tmp/fix.patch"), "Submitted.\n</think>\n\nDone."]
+    folder = tmp_path / "replays"
+    folder.mkdir()
+    scripts = {
+        "calc__calc-1": [
+            call("bash", f"git log --all --format=%s; git cat-file -t {calc['future']}"),
+            write_patch(gold["calc__calc-1"]),
+            *submit,
+        ],
+        "calc__calc-2": [call("bash", "sleep 2"), write_patch(wrong), *submit],
+        "calc__calc-3": [call("bash", "true")] * 6,
+        "calc__calc-4": [],
+    }
+    for instance_id, replies in scripts.items():
+        (folder / f"{instance_id}.json").write_text(json.dumps(replies))
+    return folder
+
+
+def run_args(dataset: Path, replays: Path, output: Path, *extra: str) -> list[str]:
+    return [
+        "swebench",
+        "run",
+        "--dataset",
+        str(dataset),
+        "--model",
+        f"replay:{replays}",
+        "--output",
+        str(output),
+        "--max-turns",
+        "5",
+        "--quiet",
+        *extra,
+    ]
+
+
+def batch_containers(client: docker.DockerClient, output: Path) -> list[str]:
+    label = f"{LABEL}.swebench={output.resolve().name}"
+    return [c.id for c in client.containers.list(all=True, filters={"label": label})]
+
+
+def predictions(output: Path) -> list[dict[str, str]]:
+    return [json.loads(line) for line in (output / "predictions.jsonl").read_text().splitlines()]
+
+
+def test_run_eval_report(
+    dataset: Path, replays: Path, tmp_path: Path, client: docker.DockerClient
+) -> None:
+    output = tmp_path / "run-all"
+    done = run_cli(*run_args(dataset, replays, output, "--workers", "2"))
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "3 instance(s) finished, 1 error(s)" in done.stdout
+    assert batch_containers(client, output) == []
+
+    lines = {p["instance_id"]: p for p in predictions(output)}
+    assert sorted(lines) == ["calc__calc-1", "calc__calc-2", "calc__calc-3"]
+    assert (
+        lines["calc__calc-1"]["model_patch"]
+        == json.loads(dataset.read_text().splitlines()[0])["patch"]
+    )
+    assert lines["calc__calc-3"]["model_patch"] == ""
+    assert {p["model_name_or_path"] for p in lines.values()} == {f"replay:{replays}"}
+
+    results = {
+        path.parent.name: json.loads(path.read_text())
+        for path in output.glob("trajectories/*/result.json")
+    }
+    missing = results["calc__calc-4"]
+    assert missing["status"] == "error" and missing["error"] == "image_missing"
+    assert results["calc__calc-3"]["rollout_status"] == "max_turns"
+    assert len({r["start"] for r in results.values() if r["start"]}) == 1  # the image's HEAD
+
+    # Hygiene: the future commit, branch and tag are gone before the agent starts.
+    trajectory = json.loads((output / "trajectories/calc__calc-1/trajectory.json").read_text())
+    seen = trajectory["messages"][3]["tool_result"]["output"]
+    assert "calc" in seen and "future fix" not in seen and "fatal" in seen
+    assert trajectory["messages"][1]["content"].count(ISSUES["calc__calc-1"] + "\n</issue") == 1
+
+    record = json.loads((output / "run.json").read_text())
+    assert record["versions"]["swebench"] == "4.1.0"
+    assert record["sessions"][0]["finished"] == 3 and record["sessions"][0]["errors"] == 1
+
+    graded = run_cli(
+        "swebench", "eval", "--predictions", str(output / "predictions.jsonl"),
+        "--dataset", str(dataset), "--workers", "2", "--quiet",
+    )  # fmt: skip
+    assert graded.returncode == 0, graded.stderr + graded.stdout
+    assert "resolved 1/3 (33.3%)" in graded.stdout
+    assert batch_containers(client, output) == []
+    report = json.loads((output / "report.json").read_text())
+    assert report["counts"] == {"resolved": 1, "unresolved": 1, "error": 0, "empty_patch": 1}
+    status = {i: r["status"] for i, r in report["instances"].items()}
+    assert status == {
+        "calc__calc-1": "resolved",
+        "calc__calc-2": "unresolved",
+        "calc__calc-3": "empty_patch",
+    }
+    wrong = report["instances"]["calc__calc-2"]["tests_status"]
+    assert wrong["FAIL_TO_PASS"] == {
+        "success": [],
+        "failure": [unittest_name("def test_clamp_high(")],
+    }
+    assert wrong["PASS_TO_PASS"] == {"success": P2P, "failure": []}
+    assert "Ran 3 tests" in (output / "eval/calc__calc-1/test_output.txt").read_text()
+
+    shown = run_cli("swebench", "report", str(output))
+    assert shown.returncode == 0, shown.stderr
+    assert "resolved 1/3 (33.3%)" in shown.stdout
+    assert "3 submitted a patch" not in shown.stdout and "1 error(s)" in shown.stdout
+    assert "image_missing" in shown.stdout and "calc/calc" in shown.stdout
+    print(shown.stdout)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_resume_after_a_kill_loses_and_repeats_nothing(
+    dataset: Path, replays: Path, tmp_path: Path, client: docker.DockerClient, sig: int
+) -> None:
+    output = tmp_path / f"run-{sig}"
+    args = run_args(dataset, replays, output)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cwm_agent.cli", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (output / "predictions.jsonl").exists():
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.5)  # the next instance is under way
+    process.send_signal(sig)
+    code = process.wait(timeout=60)
+    assert code == (-signal.SIGKILL if sig == signal.SIGKILL else 130), process.stderr.read()
+    before = predictions(output)
+    assert 1 <= len(before) < 3
+
+    again = run_cli(*run_args(dataset, replays, output, "--resume"))
+    assert again.returncode == 0, again.stderr + again.stdout
+    after = predictions(output)
+    assert after[: len(before)] == before
+    assert sorted(p["instance_id"] for p in after) == [
+        "calc__calc-1",
+        "calc__calc-2",
+        "calc__calc-3",
+    ]
+    record = json.loads((output / "run.json").read_text())
+    assert [s["skipped"] for s in record["sessions"]] == [0, len(before)]
+    assert record["sessions"][1]["finished"] == 3 - len(before)
+    assert batch_containers(client, output) == []
+    refused = run_cli(*run_args(dataset, replays, output))
+    assert refused.returncode == 1 and "add --resume" in refused.stderr
