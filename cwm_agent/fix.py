@@ -22,7 +22,7 @@ from cwm_agent.model import ModelOptions, PolicyPool, load_policy
 from cwm_agent.sandbox import LABEL, Sandbox, docker_client
 from cwm_agent.sandbox.image import DEFAULT_IMAGE, ensure_image
 from cwm_agent.tools import Toolbox
-from cwm_agent.tts import TTSOptions, TTSReport, run_tts
+from cwm_agent.tts import TTSOptions, TTSReport, chosen, run_tts
 from cwm_agent.workspace import Workspace
 
 _CHECK_IN_CONTAINER = """set -e
@@ -97,6 +97,11 @@ def run_fix(
         raise FixError("the issue is empty: pass --issue TEXT or --issue-file FILE with text")
     scaled = options.scaling.samples > 1 or options.scaling.test_samples > 0
     pool = PolicyPool(options.model, options.model_options) if scaled else None
+    if pool is not None and pool.replay_dir is not None and not pool.replay_dir.is_dir():
+        raise FixError(
+            f"{options.model}: with --samples/--test-samples, replay: needs a directory "
+            "holding candidate-0.json … and testgen-0.json …"
+        )
     policy = None if scaled else load_policy(options.model, options.model_options)
     repo = gitrepo.open_repo(options.repo) if options.repo is not None else None
     if options.branch is not None:
@@ -120,7 +125,7 @@ def run_fix(
     if pool is not None:
         scaling = options.scaling.model_copy(update={"rollout": rollout})
         report = run_tts(workspace, issue, pool, scaling, output, client, progress)
-        trajectory, patch, patch_error = _selected(report, output)
+        trajectory, patch, patch_error = chosen(report, output)
         model_name = pool.name
         start = snapshot.description if snapshot is not None else options.image
     else:
@@ -176,31 +181,6 @@ def run_fix(
     )
     (output / "result.json").write_text(json.dumps(result.model_dump(), indent=2) + "\n")
     return result
-
-
-def _selected(report: TTSReport, output: Path) -> tuple[Trajectory, bytes, str | None]:
-    """The chosen candidate's trajectory and patch (an empty one when none was chosen)."""
-    if report.selected is None:
-        # No patch to offer: the first candidate stands for the run in result.json.
-        chosen = report.candidates[0]
-        patch = b""
-    else:
-        chosen = report.candidates[report.selected]
-        patch = chosen.patch.encode("utf-8", "surrogateescape")
-    path = output / chosen.trajectory
-    if path.exists():
-        trajectory = Trajectory.model_validate_json(path.read_text())
-    else:  # the rollout never started
-        trajectory = Trajectory(
-            task="issue",
-            model="",
-            config={},
-            issue="",
-            started_at="",
-            status="error",
-            reason=chosen.reason,
-        )
-    return trajectory, patch, chosen.apply_error
 
 
 def patch_stats(patch: str) -> PatchStats:

@@ -233,13 +233,19 @@ def test_batching_passes_model_errors_to_every_waiting_rollout() -> None:
 
 
 def test_replay_for_many_rollouts_needs_a_directory(tmp_path: Path) -> None:
-    file = tmp_path / "one.json"
-    file.write_text("[]")
-    with pytest.raises(PolicyError, match="is not a directory"):
-        PolicyPool(f"replay:{file}")
     pool = PolicyPool(f"replay:{EXAMPLE / 'replays'}")
     with pool.rollout("candidate-2") as policy:
         assert policy.name.endswith("candidate-2.json")
+    file = EXAMPLE / "replays" / "candidate-0.json"
+    done = run_cli(
+        *("fix", "--repo", str(tmp_path), "--issue", "x", "--model", f"replay:{file}"),
+        *("--samples", "2"),
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().endswith(
+        "with --samples/--test-samples, replay: needs a directory holding "
+        "candidate-0.json … and testgen-0.json …"
+    )
 
 
 # -- end to end ---------------------------------------------------------------

@@ -73,7 +73,8 @@ def load_policy(spec: str, options: ModelOptions | None = None) -> Policy:
 class PolicyPool:
     """The policies of many concurrent rollouts of one `--model` spec.
 
-    `replay:DIR` gives each rollout its own script, `DIR/<rollout>.json`; an
+    `replay:DIR` gives each rollout its own script, `DIR/<rollout>.json`
+    (`replay:FILE` suits a single rollout); an
     in-process model is loaded once and its rollouts' requests are batched; a
     server is shared as it is, since it batches concurrent requests itself.
     """
@@ -85,11 +86,6 @@ class PolicyPool:
         self.batching: BatchingPolicy | None = None
         if kind == "replay" and rest:
             self.replay_dir = Path(rest)
-            if not self.replay_dir.is_dir():
-                raise PolicyError(
-                    f"replay:{rest} is not a directory: several rollouts need one replay file "
-                    "each, DIR/candidate-0.json … and DIR/testgen-0.json …"
-                )
             self.name = spec
             return
         policy = load_policy(spec, options)
@@ -105,7 +101,8 @@ class PolicyPool:
     def rollout(self, name: str) -> Iterator[Policy]:
         """The policy of the rollout called `name` (e.g. `candidate-3`), while it runs."""
         if self.replay_dir is not None:
-            yield ReplayPolicy(self.replay_dir / f"{name}.json")
+            folder = self.replay_dir
+            yield ReplayPolicy(folder / f"{name}.json" if folder.is_dir() else folder)
         elif self.shared is not None:
             yield self.shared
         else:

@@ -62,6 +62,9 @@ def make_app(guard: Callable[[F], F]) -> typer.Typer:
         slice_: Annotated[str | None, typer.Option("--slice", help="A:B of the dataset")] = None,
         samples: Annotated[int, typer.Option(help="candidate patches per instance")] = 1,
         test_samples: Annotated[int, typer.Option(help="test-generation rollouts")] = 0,
+        jobs: Annotated[
+            int, typer.Option(help="test-time scaling: containers at once per instance")
+        ] = 8,
         workers: Annotated[int, typer.Option(help="instances in parallel")] = 1,
         image_template: Annotated[
             str | None, typer.Option(help="image name with {instance_id} or {official_id}")
@@ -103,6 +106,7 @@ def make_app(guard: Callable[[F], F]) -> typer.Typer:
             ),
             samples=samples,
             test_samples=test_samples,
+            jobs=jobs,
             workers=workers,
             image_template=image_template,
             output=output,
@@ -152,6 +156,9 @@ def make_app(guard: Callable[[F], F]) -> typer.Typer:
         output: Annotated[
             Path | None, typer.Option(help="folder for report.json (default: the predictions')")
         ] = None,
+        jobs: Annotated[
+            int, typer.Option(help="test-time scaling: containers at once per instance")
+        ] = 8,
         workers: Annotated[int, typer.Option(help="instances in parallel")] = 1,
         timeout: Annotated[int, typer.Option(help="seconds for one instance's tests")] = 1800,
         image_template: Annotated[

@@ -18,7 +18,7 @@ import platform
 import shutil
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,15 +30,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from cwm_agent.agent import RolloutConfig, Trajectory, run_rollout
 from cwm_agent.errors import first_line
-from cwm_agent.model import (
-    Completion,
-    ModelOptions,
-    Policy,
-    PolicyError,
-    ReplayPolicy,
-    load_policy,
-)
-from cwm_agent.protocol.chat import ChatTokenizer, Message
+from cwm_agent.model import ModelOptions, PolicyError, PolicyPool, load_policy
 from cwm_agent.sandbox import ImageNotFoundError, SandboxError, docker_client, remove_leftovers
 from cwm_agent.swebench.dataset import Instance, load_instances, select
 from cwm_agent.swebench.errors import SwebenchError
@@ -46,6 +38,7 @@ from cwm_agent.swebench.images import BATCH_LABEL, image_for, workspace_for
 from cwm_agent.swebench.parallel import run_parallel
 from cwm_agent.swebench.predictions import Prediction, PredictionsFile
 from cwm_agent.tools import Toolbox
+from cwm_agent.tts import TTSOptions, chosen, run_tts
 from cwm_agent.workspace import Workspace
 
 ErrorKind = Literal["image_missing", "sandbox", "model"]
@@ -62,6 +55,7 @@ class RunOptions(BaseModel):
     model_options: ModelOptions = Field(default_factory=ModelOptions)
     samples: int = Field(1, ge=1)
     test_samples: int = Field(0, ge=0)
+    jobs: int = Field(8, ge=1, description="test-time scaling: containers per instance")
     workers: int = Field(1, ge=1)
     image_template: str | None = None
     output: Path
@@ -117,61 +111,53 @@ class Solution:
 
 
 def solve(
-    policy: Policy,
+    pool: PolicyPool,
     workspace: Workspace,
     issue: str,
-    rollout: RolloutConfig,
+    options: RunOptions,
     folder: Path,
     client: docker.DockerClient,
 ) -> Solution:
     """The patch for one start state and issue, with its record written into `folder`.
 
-    With one sample this is one rollout, as in `fix`; test-time scaling takes
-    this place for more.
+    With one sample this is one rollout, as in `fix`; with more, or with
+    generated tests, test-time scaling picks the patch (`folder/tts.json`).
     """
-    with workspace.open(client) as opened:
-        trajectory = run_rollout(policy, Toolbox(opened.box), issue, rollout)
-    patch = trajectory.submission_bytes or b""
+    rollout = options.rollout.model_copy(update={"repo_root": workspace.workdir})
+    if options.samples == 1 and options.test_samples == 0:
+        with workspace.open(client) as opened, pool.rollout("candidate-0") as policy:
+            trajectory = run_rollout(policy, Toolbox(opened.box), issue, rollout)
+        head, patch = opened.head, trajectory.submission_bytes or b""
+    else:
+        scaling = TTSOptions(
+            samples=options.samples,
+            test_samples=options.test_samples,
+            jobs=options.jobs,
+            rollout=rollout,
+        )
+        report = run_tts(workspace, issue, pool, scaling, folder, client)
+        trajectory, patch, _ = chosen(report, folder)
+        head = report.start or ""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "trajectory.json").write_text(trajectory.model_dump_json(indent=2))
     (folder / "patch.diff").write_bytes(patch)
-    return Solution(opened.head, trajectory, patch)
+    return Solution(head, trajectory, patch)
 
 
-class LockedPolicy:
-    """One loaded model shared by all workers; its generation is not thread-safe."""
-
-    def __init__(self, policy: Policy) -> None:
-        self._policy = policy
-        self._lock = threading.Lock()
-
-    @property
-    def name(self) -> str:
-        return self._policy.name
-
-    @property
-    def tokenizer(self) -> ChatTokenizer | None:
-        return self._policy.tokenizer
-
-    def complete(
-        self, conversations: Sequence[Sequence[Message]], max_new_tokens: int
-    ) -> list[Completion]:
-        with self._lock:
-            return self._policy.complete(conversations, max_new_tokens)
-
-
-def policy_source(options: RunOptions) -> Callable[[Instance], Policy]:
-    """`replay:DIR` gives each instance `DIR/<instance_id>.json`; any other spec is
-    loaded once, here, so a bad --model fails before the first container starts."""
+def policy_source(options: RunOptions) -> Callable[[Instance], PolicyPool]:
+    """`replay:DIR` gives each instance `DIR/<instance_id>.json` (with several
+    samples, the folder `DIR/<instance_id>/`); any other spec is loaded once,
+    here, so a bad --model fails before the first container starts, and every
+    worker's requests share it (an in-process model batches them)."""
     kind, _, rest = options.model.partition(":")
     if kind == "replay" and Path(rest).is_dir():
         folder = Path(rest)
-        return lambda instance: ReplayPolicy(folder / f"{instance.instance_id}.json")
+        one = options.samples == 1 and options.test_samples == 0
+        suffix = ".json" if one else ""
+        return lambda instance: PolicyPool(f"replay:{folder / instance.instance_id}{suffix}")
     if kind == "replay":
-        path = Path(rest)
         load_policy(options.model)  # checks the file once
-        return lambda instance: ReplayPolicy(path)
-    shared = LockedPolicy(load_policy(options.model, options.model_options))
+    shared = PolicyPool(options.model, options.model_options)
     return lambda instance: shared
 
 
@@ -189,10 +175,6 @@ def run_batch(
     each instance. Ctrl-C or SIGTERM removes every container and re-raises; what
     had finished stays recorded.
     """
-    if options.samples > 1:
-        raise SwebenchError(
-            "--samples > 1 needs test-time scaling, which this build does not have yet"
-        )
     instances = select(
         load_instances(options.dataset, options.split), options.instance_ids, options.slice
     )
@@ -219,12 +201,11 @@ def run_batch(
         on_start(len(instances), session.skipped)
 
     started = time.monotonic()
-    rollout = options.rollout.model_copy(update={"repo_root": "/testbed"})
 
     def work(instance: Instance, stopping: threading.Event) -> InstanceResult | None:
         if stopping.is_set():
             return None
-        result = _run_instance(instance, options, policy_for, rollout, client, run_id)
+        result = _run_instance(instance, options, policy_for, client, run_id)
         if stopping.is_set():  # its container was torn down under it: not a real outcome
             return None
         folder = output / "trajectories" / instance.instance_id
@@ -268,8 +249,7 @@ def run_batch(
 def _run_instance(
     instance: Instance,
     options: RunOptions,
-    policy_for: Callable[[Instance], Policy],
-    rollout: RolloutConfig,
+    policy_for: Callable[[Instance], PolicyPool],
     client: docker.DockerClient,
     run_id: str,
 ) -> InstanceResult:
@@ -292,7 +272,7 @@ def _run_instance(
             policy_for(instance),
             workspace,
             instance.problem_statement.strip(),
-            rollout,
+            options,
             folder,
             client,
         )

@@ -47,6 +47,7 @@ class Tree:
 
     def __init__(self, opened: Opened) -> None:
         self.box = opened.box
+        self.head = opened.head
         self.workdir = opened.box.config.workdir
 
     def apply(self, patch: bytes) -> str | None:

@@ -98,6 +98,7 @@ class _Run:
         self.cancelled = threading.Event()
         self.started = time.monotonic()
         self.phases: dict[str, float] = {}
+        self.start: str | None = None
 
     def run(self) -> TTSReport:
         k, m = self.options.samples, self.options.test_samples
@@ -161,6 +162,7 @@ class _Run:
         """The repository's test command on the original code, with its outcomes."""
         try:
             with self._tree("original") as tree:
+                self.start = tree.head
                 command, runner, why = regression.detect(tree, self.options.test_cmd)
                 plan = RegressionPlan(command=command, runner=runner, why=why)
                 if command is None:
@@ -342,6 +344,7 @@ class _Run:
                 for r, g in enumerate(groups)
             ],
             regression=plan,
+            start=self.start,
             selected=decision.selected,
             decision=decision.reason,
             duration_s=round(time.monotonic() - self.started, 3),
@@ -359,6 +362,22 @@ def _contents(tree: Tree, patch: bytes) -> dict[str, bytes | None]:
         found = tree.box.read(f"{tree.workdir}/{path}")
         contents[path] = None if found is None else found[1]
     return contents
+
+
+def chosen(report: TTSReport, output: Path) -> tuple[Trajectory, bytes, str | None]:
+    """The selected candidate's trajectory, patch and apply error; with none
+    selected, the first candidate's trajectory stands for the run, with no patch."""
+    candidate = report.candidates[0 if report.selected is None else report.selected]
+    patch = b"" if report.selected is None else candidate.patch.encode("utf-8", "surrogateescape")
+    path = output / candidate.trajectory
+    if path.exists():
+        trajectory = Trajectory.model_validate_json(path.read_text())
+    else:  # the rollout never started
+        trajectory = Trajectory(
+            task="issue", model="", config={}, issue="", started_at="", status="error"
+        )
+        trajectory.reason = candidate.reason
+    return trajectory, patch, candidate.apply_error
 
 
 def run_tts(

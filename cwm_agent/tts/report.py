@@ -56,6 +56,7 @@ class TTSReport(BaseModel):
     generated_tests: list[GeneratedTestReport]
     groups: list[GroupReport]
     regression: RegressionPlan
+    start: str | None = Field(None, description="the start commit inside the containers")
     selected: int | None
     decision: str
     duration_s: float
