@@ -233,7 +233,8 @@ def _judge(
     start: str,
     result: CIResult,
 ) -> str:
-    """Refuse a missing or unsafe patch (`Stop`); else commit it (no ref) and return the id."""
+    """Commit the patch (an object no ref points at) and return its id, or refuse a
+    missing or unsafe patch with `Stop`."""
     if not patch or fix.status != "finished":
         reason = f": {fix.reason}" if fix.reason else ""
         what = "no patch was submitted" if not patch else f"the run ended {fix.status}{reason}"
@@ -243,11 +244,12 @@ def _judge(
             Code.DOES_NOT_APPLY,
             f"refused: the patch does not apply to {start[:12]}: {fix.patch_error}",
         )
-    found = guards.changes(patch, settings.repo)
+    commit = gitrepo.commit_patch(repo, start, patch, commit_message(trajectory))
+    found = guards.changes(repo, start, commit)
     result.files = sorted({change.path for change in found})
     guards.check_paths(result.files, settings.protect)
     guards.check_size(found, patch, settings.limits)
-    return gitrepo.commit_patch(repo, start, patch, commit_message(trajectory))
+    return commit
 
 
 def _publish_pull(

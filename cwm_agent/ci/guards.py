@@ -1,15 +1,15 @@
 """Guard rails on the patch before anything is pushed or posted.
 
-Paths and line counts come from `git apply --numstat -z`, the same parser that
-applies the patch, so quoting, renames and binary files cannot hide a path.
+They judge the commit that would be pushed, not the patch text: paths and line
+counts come from `git diff --numstat --no-renames` between the start and that
+commit, so quoting, renames and binary files cannot hide a path.
 """
 
 from __future__ import annotations
 
 import re
-import subprocess
-from pathlib import Path
 
+import git
 from pydantic import BaseModel, Field
 
 from cwm_agent.ci.outcome import Code, Stop
@@ -47,34 +47,14 @@ class FileChange(BaseModel):
     deleted: int
 
 
-def changes(patch: bytes, cwd: Path) -> list[FileChange]:
-    """Every path the patch touches (both sides of a rename), with its line counts."""
-    done = subprocess.run(
-        ["git", "apply", "--numstat", "-z", "-"],
-        input=patch,
-        capture_output=True,
-        cwd=cwd,
-        check=False,
-    )
-    if done.returncode != 0:
-        detail = done.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise Stop(
-            Code.DOES_NOT_APPLY,
-            f"refused: git cannot read the patch ({detail[0] if detail else 'no detail'})",
-        )
-    fields = done.stdout.decode("utf-8", "surrogateescape").split("\0")
-    found: list[FileChange] = []
-    index = 0
-    while index < len(fields) and fields[index]:
-        added, deleted, path = fields[index].split("\t", 2)
-        counts = {"added": _count(added), "deleted": _count(deleted)}
-        if path:
-            found.append(FileChange(path=path, **counts))
-            index += 1
-        else:  # a rename or copy: "A\tD\t" then the old and the new path
-            found.append(FileChange(path=fields[index + 1], **counts))
-            found.append(FileChange(path=fields[index + 2], added=0, deleted=0))
-            index += 3
+def changes(repo: git.Repo, start: str, commit: str) -> list[FileChange]:
+    """Every path the commit changes (both sides of a rename), with its line counts."""
+    raw = repo.git.execute(["git", "diff", "--numstat", "-z", "--no-renames", start, commit])
+    found = []
+    for entry in raw.split("\0"):
+        if entry:
+            added, deleted, path = entry.split("\t", 2)
+            found.append(FileChange(path=path, added=_count(added), deleted=_count(deleted)))
     return found
 
 
