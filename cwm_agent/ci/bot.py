@@ -130,7 +130,7 @@ def run_ci(settings: CISettings, say: Callable[[str], None]) -> CIResult:
     output = Path(fix.output_dir)
     trajectory = Trajectory.model_validate_json((output / "trajectory.json").read_text())
     patch = (output / "patch.diff").read_bytes()
-    summary = final_summary(trajectory)
+    summary = final_summary(trajectory) if trajectory.status == "finished" else ""
     link = settings.artifact_url or "`trajectory.json` in the run's outputs"
     result = CIResult(
         outcome=Code.DONE.name.lower(),
@@ -236,8 +236,8 @@ def _judge(
     """Commit the patch (an object no ref points at) and return its id, or refuse a
     missing or unsafe patch with `Stop`."""
     if not patch or fix.status != "finished":
-        reason = f": {fix.reason}" if fix.reason else ""
-        what = "no patch was submitted" if not patch else f"the run ended {fix.status}{reason}"
+        ended = f"the run ended {fix.status}" + (f" ({fix.reason})" if fix.reason else "")
+        what = f"no patch was submitted; {ended}" if not patch else f"{ended} before its summary"
         raise Stop(Code.NO_FIX, f"no fix: {what}")
     if not fix.patch_applies:
         raise Stop(
