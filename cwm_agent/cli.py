@@ -307,7 +307,7 @@ def ci(
         output_only=output_only,
     )
     try:
-        result = run_ci(settings, say=lambda line: typer.echo(line))
+        result = run_ci(settings, say=typer.echo)
     except Stop as stop:
         typer.echo(str(stop))
         raise typer.Exit(stop.code) from None

@@ -149,7 +149,7 @@ def test_label_opens_a_draft_pull_request_and_a_rerun_updates_it(setup: Setup) -
     }
     body = created["body"]
     assert body.startswith("Fixes #7.\n\nDraft opened by cwm-agent (label 'cwm-agent' added by")
-    assert "## Model summary\n\n## Issue Summary\n\n`median()` returned the upper" in body
+    assert "## Model summary\n\n### Issue Summary\n\n`median()` returned the upper" in body
     assert f"`{test_cmd}` passed on the patched tree in a fresh sandbox (exit 0," in body
     assert "\nOK\n" in body
     assert "+1 -1" in body and "trajectory: `trajectory.json` in the run's outputs" in body
@@ -210,7 +210,7 @@ def test_label_opens_a_draft_pull_request_and_a_rerun_updates_it(setup: Setup) -
     update = setup.api.requests[-1].body
     assert update["title"] == created["title"]
     assert "'/cwm-agent fix' from bob (MEMBER)" in update["body"]
-    assert "## Issue Summary (again)" in update["body"]
+    assert "### Issue Summary (again)" in update["body"]
     assert len(setup.api.pulls) == 1
     moved = refs(setup.remote)
     assert moved.pop(f"refs/heads/{BRANCH}") != commit and moved == before
@@ -269,7 +269,7 @@ def test_guard_rails_refuse_and_say_so(setup: Setup, case: str, code: int, line:
     assert comment.startswith("cwm-agent did not open a pull request: ") and line in comment
     assert "## What was tried\n\n- model `replay:" in comment
     finished = case not in ("no fix", "time cap")  # an unfinished run has no summary to show
-    assert ("## The model's summary\n\n## " in comment) == finished
+    assert ("## The model's summary\n\n### " in comment) == finished
 
 
 def test_dry_run_on_the_fixture_event_writes_nothing(setup: Setup) -> None:
@@ -324,5 +324,5 @@ def test_output_only_needs_no_github(tmp_path: Path, base_image: str) -> None:
     result = json.loads((output / "result.json").read_text())
     assert result["output_only"] is True and result["tests"]["passed"] is True
     assert result["fix"]["patch_stats"]["files"] == 1
-    assert "## Model summary\n\n## Issue Summary" in (output / "summary.md").read_text()
+    assert "## Model summary\n\n### Issue Summary" in (output / "summary.md").read_text()
     assert len(git(repo, "branch", "--format=%(refname)").split()) == 1, "no branch made"

@@ -78,6 +78,9 @@ class CIResult(BaseModel):
     output_only: bool = False
     fix: FixResult
 
+    def stopped(self, stop: Stop) -> None:
+        self.outcome, self.exit_code, self.message = stop.code.name.lower(), stop.code, str(stop)
+
 
 class _Target(BaseModel):
     issue: Issue
@@ -143,7 +146,7 @@ def run_ci(settings: CISettings, say: Callable[[str], None]) -> CIResult:
     )
     try:
         result.commit = _judge(settings, repo, fix, trajectory, patch, start, result)
-        if result.commit is not None and settings.test_cmd:
+        if settings.test_cmd:
             result.tests = run_tests(
                 repo,
                 result.commit,
@@ -160,20 +163,12 @@ def run_ci(settings: CISettings, say: Callable[[str], None]) -> CIResult:
                 )
         body = report.pull_body(number, target.why, summary, result.tests, fix, link)
     except Stop as stop:
-        result.outcome, result.exit_code, result.message = (
-            stop.code.name.lower(),
-            stop.code,
-            str(stop),
-        )
+        result.stopped(stop)
         body = report.failure_comment(str(stop), summary, result.tests, fix, link)
     try:
         guards.check_no_secret(token, {"patch": patch.decode("utf-8", "replace"), "text": body})
     except Stop as stop:
-        result.outcome, result.exit_code, result.message = (
-            stop.code.name.lower(),
-            stop.code,
-            str(stop),
-        )
+        result.stopped(stop)
         body = ""
 
     (output / "summary.md").write_text(body + "\n" if body else "")

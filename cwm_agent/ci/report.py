@@ -26,7 +26,7 @@ def pull_body(
             f"Fixes #{issue}.",
             f"Draft opened by cwm-agent ({why}). Review it as you would a contributor's "
             "patch: nothing here was written or checked by a person.",
-            f"## Model summary\n\n{summary or '(the model gave no summary)'}",
+            f"## Model summary\n\n{_nested(summary) or '(the model gave no summary)'}",
             f"## Test evidence\n\n{_evidence(evidence)}",
             "## Run\n\n"
             f"- model `{fix.model}`, {fix.turns} turns, {fix.duration_s:.0f}s\n"
@@ -55,7 +55,7 @@ def failure_comment(
         f"- trajectory: {trajectory_link}",
     ]
     if summary:
-        parts.append(f"## The model's summary\n\n{summary}")
+        parts.append(f"## The model's summary\n\n{_nested(summary)}")
     if evidence is not None:
         parts.append(f"## Test evidence\n\n{_evidence(evidence)}")
     return "\n\n".join(parts)
@@ -74,6 +74,18 @@ def _evidence(evidence: TestEvidence | None) -> str:
         f"<details><summary>output (last lines)</summary>\n\n{_fence(evidence.output_tail)}\n\n"
         "</details>"
     )
+
+
+def _nested(markdown: str) -> str:
+    """The model's headings one level down, so they sit under ours (code left alone)."""
+    lines, fenced = [], False
+    for line in markdown.splitlines():
+        if line.lstrip().startswith(("```", "~~~")):
+            fenced = not fenced
+        elif not fenced and re.match(r"#{1,5} ", line):
+            line = "#" + line
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def _fence(text: str) -> str:
