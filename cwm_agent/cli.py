@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -24,6 +25,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from cwm_agent.agent import MessageRecord, RolloutConfig
+from cwm_agent.ci import CIError, CISettings, Stop, run_ci
+from cwm_agent.ci.event import TriggerRules
+from cwm_agent.ci.github import run_url
+from cwm_agent.ci.guards import Limits
 from cwm_agent.errors import first_line
 from cwm_agent.fix import FixError, FixOptions, FixResult, run_fix
 from cwm_agent.gitrepo import RepoError
@@ -53,7 +58,7 @@ def user_errors(command: F) -> F:
     def wrapper(*args: object, **kwargs: object) -> object:
         try:
             return command(*args, **kwargs)
-        except (SandboxError, FixError, RepoError, PolicyError, SwebenchError) as exc:
+        except (SandboxError, FixError, RepoError, PolicyError, SwebenchError, CIError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
         except ValidationError as exc:
@@ -249,6 +254,98 @@ def _outcome(result: FixResult) -> str:
         f"; branch {result.branch} at {result.branch_commit[:12]}" if result.branch_commit else ""
     )
     return f"{line}{branch}\noutputs: {result.output_dir}/"
+
+
+@app.command()
+@user_errors
+def ci(
+    repo: Annotated[Path, typer.Option(help="the checked-out repository")] = Path("."),
+    event: Annotated[
+        Path | None, typer.Option(envvar="GITHUB_EVENT_PATH", help="GitHub event payload")
+    ] = None,
+    event_name: Annotated[
+        str | None, typer.Option(envvar="GITHUB_EVENT_NAME", help="issues or issue_comment")
+    ] = None,
+    repo_slug: Annotated[str | None, typer.Option(help="OWNER/NAME, with --issue")] = None,
+    issue: Annotated[int | None, typer.Option(help="issue number, with --repo-slug")] = None,
+    issue_file: Annotated[
+        Path | None, typer.Option(help="issue text (first line: title), with --output-only")
+    ] = None,
+    api_url: Annotated[str, typer.Option(envvar="GITHUB_API_URL")] = "https://api.github.com",
+    server_url: Annotated[str, typer.Option(envvar="GITHUB_SERVER_URL")] = "https://github.com",
+    remote: Annotated[str | None, typer.Option(help="push URL (default: SERVER/SLUG.git)")] = None,
+    token_env: Annotated[str, typer.Option(help="variable holding the token")] = "GITHUB_TOKEN",
+    base: Annotated[str | None, typer.Option(help="PR base (default: the default branch)")] = None,
+    label: Annotated[str, typer.Option(help="label that triggers a run")] = "cwm-agent",
+    command: Annotated[str, typer.Option(help="comment that triggers a run")] = "/cwm-agent fix",
+    model: Annotated[
+        str, typer.Option(envvar="CWM_AGENT_MODEL", help="replay:PATH, openai:URL, or a model")
+    ] = "facebook/cwm",
+    image: Annotated[str, typer.Option(help="sandbox image")] = DEFAULT_IMAGE,
+    workdir: Annotated[str, typer.Option(help="repository path inside the sandbox")] = "/testbed",
+    output: Annotated[Path | None, typer.Option(help="new folder for the outputs")] = None,
+    max_turns: Annotated[int, typer.Option(help="turn cap")] = 100,
+    max_minutes: Annotated[float, typer.Option(help="wall-time cap of the agent")] = 30.0,
+    test_cmd: Annotated[
+        str | None, typer.Option(help="must pass on the patched tree (fresh sandbox)")
+    ] = None,
+    test_timeout: Annotated[float, typer.Option(help="seconds for --test-cmd")] = 600.0,
+    protect: Annotated[
+        list[str] | None, typer.Option(help="glob the patch must not touch (repeatable)")
+    ] = None,
+    max_files: Annotated[int, typer.Option(help="patch size limit")] = 20,
+    max_lines: Annotated[int, typer.Option(help="patch size limit (added + deleted)")] = 1000,
+    max_bytes: Annotated[int, typer.Option(help="patch size limit")] = 200_000,
+    force: Annotated[
+        bool, typer.Option("--force", help="run even if another open PR references the issue")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="print what would be pushed and posted")
+    ] = False,
+    output_only: Annotated[
+        bool, typer.Option("--output-only", help="only write patch.diff, summary.md, result.json")
+    ] = False,
+) -> None:
+    """Turn an issue into a draft pull request, or a comment saying what was tried.
+
+    Exit codes are listed in the README ("CI bot"); skips and refusals print one line.
+    """
+    settings = CISettings(
+        repo=repo,
+        event_path=event,
+        event_name=event_name,
+        slug=repo_slug,
+        issue=issue,
+        issue_file=issue_file,
+        api_url=api_url,
+        server_url=server_url,
+        remote=remote,
+        token=os.environ.get(token_env) or None,
+        base=base,
+        rules=TriggerRules(label=label, command=command),
+        model=model,
+        image=image,
+        workdir=workdir,
+        output=output,
+        max_turns=max_turns,
+        max_minutes=max_minutes,
+        test_cmd=test_cmd,
+        test_timeout=test_timeout,
+        protect=protect or [],
+        limits=Limits(max_files=max_files, max_lines=max_lines, max_bytes=max_bytes),
+        artifact_url=run_url(os.environ),
+        force=force,
+        dry_run=dry_run,
+        output_only=output_only,
+    )
+    try:
+        result = run_ci(settings, say=typer.echo)
+    except Stop as stop:
+        typer.echo(str(stop))
+        raise typer.Exit(stop.code) from None
+    typer.echo(result.message)
+    typer.echo(f"outputs: {result.fix.output_dir}/")
+    raise typer.Exit(result.exit_code)
 
 
 @app.command()

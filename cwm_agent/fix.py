@@ -155,7 +155,7 @@ def run_fix(
         patch_error = gitrepo.check_patch(repo, snapshot.commit, patch)
         if patch_error is None and options.branch is not None and done:
             branch_commit = gitrepo.commit_on_branch(
-                repo, snapshot.commit, patch, options.branch, _commit_message(trajectory)
+                repo, snapshot.commit, patch, options.branch, commit_message(trajectory)
             )
     result = FixResult(
         status=status,
@@ -218,12 +218,13 @@ def _check_in_container(box: Sandbox, start: str, patch: bytes) -> str | None:
     return None if code == 0 else (err or out).decode("utf-8", "replace").strip()
 
 
-def _commit_message(trajectory: Trajectory) -> str:
+def commit_message(trajectory: Trajectory) -> str:
     """First line of the issue as the subject, the model's summary as the body."""
     subject = re.sub(r"\s+", " ", trajectory.issue.strip().splitlines()[0])[:60]
-    summary = (
-        next((m.content for m in reversed(trajectory.messages) if m.role == "assistant"), "")
-        .rpartition("</think>")[2]
-        .strip()
-    )
-    return f"cwm-agent: {subject}\n\n{summary}\n".rstrip() + "\n"
+    return f"cwm-agent: {subject}\n\n{final_summary(trajectory)}\n".rstrip() + "\n"
+
+
+def final_summary(trajectory: Trajectory) -> str:
+    """The model's last reply without its reasoning: its summary of the work."""
+    last = next((m.content for m in reversed(trajectory.messages) if m.role == "assistant"), "")
+    return last.rpartition("</think>")[2].strip()

@@ -124,15 +124,26 @@ def check_patch(repo: git.Repo, start: str, patch: bytes) -> str | None:
 def commit_on_branch(repo: git.Repo, start: str, patch: bytes, branch: str, message: str) -> str:
     """Commit `patch` on top of `start` as the new branch `branch`; returns the commit."""
     ensure_new_branch(repo, branch)
+    commit = commit_patch(repo, start, patch, message)
+    repo.git.execute(["git", "branch", branch, commit])
+    return commit
+
+
+def commit_patch(repo: git.Repo, start: str, patch: bytes, message: str) -> str:
+    """A commit object of `start` plus `patch`, referenced by no branch (the CI bot
+    pushes it by id, so the user's refs stay as they were)."""
     with _scratch_index(repo, start) as (env, patch_file):
         patch_file.write_bytes(patch)
         repo.git.execute(["git", "apply", "--cached", str(patch_file)], env=env)
         tree = repo.git.execute(["git", "write-tree"], env=env)
-        commit = repo.git.execute(
+        return repo.git.execute(
             ["git", "commit-tree", tree, "-p", start, "-m", message], env=_identity_env(repo)
         )
-    repo.git.execute(["git", "branch", branch, commit])
-    return commit
+
+
+def commit_tar(repo: git.Repo, commit: str) -> bytes:
+    """The files of `commit` as a tar stream, as `snapshot` packs them."""
+    return _tree_tar(repo.commit(commit).tree)
 
 
 def ensure_new_branch(repo: git.Repo, branch: str) -> None:

@@ -62,6 +62,9 @@ class RolloutConfig(BaseModel):
     context_size: int = Field(131_072, gt=0)
     max_reply_tokens: int = Field(65_536, gt=0)
     session_timeout: float = Field(120.0, gt=0, description="per bash call, in the prompt too")
+    max_duration_s: float | None = Field(
+        None, gt=0, description="wall-time cap, checked before each reply is generated"
+    )
     repo_root: str = "/testbed"
 
 
@@ -109,6 +112,10 @@ def run_rollout(
 
     try:
         while True:
+            if config.max_duration_s and time.monotonic() - started >= config.max_duration_s:
+                trajectory.status = "time_limit"
+                trajectory.reason = f"reached the wall-time cap of {config.max_duration_s:g}s"
+                break
             room = min(config.max_reply_tokens, config.context_size - used)
             if room <= 0:
                 trajectory.status = "context_exceeded"

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-Status = Literal["running", "finished", "max_turns", "context_exceeded", "error"]
+Status = Literal["running", "finished", "max_turns", "time_limit", "context_exceeded", "error"]
 
 
 class ToolCallRecord(BaseModel):
