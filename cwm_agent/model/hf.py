@@ -245,6 +245,8 @@ class TransformersPolicy:
         from several threads are serialised: they share one model and one set of caches.
         """
         limits = per_conversation(max_new_tokens, len(prompts))
+        if min(limits, default=1) < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, not {min(limits)}")
         sampling = sampling or self.sampling
         with self._lock:
             if sampling.seed is not None:

@@ -57,6 +57,4 @@ def per_conversation(limit: TokenLimit, count: int) -> list[int]:
     limits = [limit] * count if isinstance(limit, int) else list(limit)
     if len(limits) != count:
         raise ValueError(f"{len(limits)} token limits for {count} conversations")
-    if any(value < 1 for value in limits):
-        raise ValueError(f"token limits must be >= 1, not {min(limits)}")
     return limits
