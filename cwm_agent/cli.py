@@ -286,6 +286,8 @@ def ci(
     output: Annotated[Path | None, typer.Option(help="new folder for the outputs")] = None,
     max_turns: Annotated[int, typer.Option(help="turn cap")] = 100,
     max_minutes: Annotated[float, typer.Option(help="wall-time cap of the agent")] = 30.0,
+    samples: Annotated[int, typer.Option(help="test-time scaling: candidate rollouts")] = 1,
+    test_samples: Annotated[int, typer.Option(help="test-time scaling: test rollouts")] = 0,
     test_cmd: Annotated[
         str | None, typer.Option(help="must pass on the patched tree (fresh sandbox)")
     ] = None,
@@ -329,6 +331,8 @@ def ci(
         output=output,
         max_turns=max_turns,
         max_minutes=max_minutes,
+        samples=samples,
+        test_samples=test_samples,
         test_cmd=test_cmd,
         test_timeout=test_timeout,
         protect=protect or [],

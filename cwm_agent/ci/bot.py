@@ -26,6 +26,7 @@ from cwm_agent.ci.push import push_commit
 from cwm_agent.ci.verify import TestEvidence, run_tests
 from cwm_agent.fix import FixOptions, FixResult, commit_message, final_summary, run_fix
 from cwm_agent.sandbox.image import DEFAULT_IMAGE
+from cwm_agent.tts import TTSOptions
 
 BRANCH_PREFIX = "cwm-agent/issue-"
 
@@ -51,6 +52,8 @@ class CISettings(BaseModel):
     output: Path | None = None
     max_turns: int = Field(100, ge=1)
     max_minutes: float = Field(30.0, gt=0)
+    samples: int = Field(1, ge=1, description="test-time scaling: candidate rollouts")
+    test_samples: int = Field(0, ge=0, description="test-time scaling: test rollouts")
     test_cmd: str | None = None
     test_timeout: float = Field(600.0, gt=0)
     protect: list[str] = Field(default_factory=list)
@@ -126,6 +129,11 @@ def run_ci(settings: CISettings, say: Callable[[str], None]) -> CIResult:
             output=settings.output,
             rollout=RolloutConfig(
                 max_turns=settings.max_turns, max_duration_s=settings.max_minutes * 60
+            ),
+            scaling=TTSOptions(
+                samples=settings.samples,
+                test_samples=settings.test_samples,
+                test_cmd=settings.test_cmd,
             ),
         ),
         progress=say,
