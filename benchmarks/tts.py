@@ -29,7 +29,7 @@ from cwm_agent import gitrepo
 from cwm_agent.agent import RolloutConfig
 from cwm_agent.model import ModelOptions, PolicyPool
 from cwm_agent.sandbox import docker_client
-from cwm_agent.tts import TTSOptions, run_tts
+from cwm_agent.tts import TTSOptions, TTSRun
 from cwm_agent.workspace import Workspace
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "clamp"
@@ -46,10 +46,15 @@ def clamp_workspace(root: Path, image: str) -> tuple[Workspace, str]:
 
 
 def timed(
-    workspace: Workspace, issue: str, pool: PolicyPool, options: TTSOptions, out: Path
+    workspace: Workspace,
+    issue: str,
+    pool: PolicyPool,
+    options: TTSOptions,
+    rollout: RolloutConfig,
+    out: Path,
 ) -> tuple[float, dict[str, float]]:
     started = time.monotonic()
-    report = run_tts(workspace, issue, pool, options, out, docker_client())
+    report = TTSRun(workspace, issue, pool, options, rollout, out, docker_client()).run()
     return time.monotonic() - started, report.phases_s
 
 
@@ -72,8 +77,8 @@ def main() -> None:
     print(f"## rollouts: K={k}, M={m}, {args.turns} turns of {args.reply_tokens} tokens")
     for jobs in (k + m, 1):
         pool = PolicyPool(str(model), ModelOptions(greedy=True, offline=True))
-        options = TTSOptions(samples=k, test_samples=m, jobs=jobs, rollout=rollout)
-        seconds, _ = timed(workspace, issue, pool, options, root / f"rollouts-{jobs}")
+        options = TTSOptions(samples=k, test_samples=m, jobs=jobs)
+        seconds, _ = timed(workspace, issue, pool, options, rollout, root / f"rollouts-{jobs}")
         stats = pool.batching.stats if pool.batching else None
         batches = f", {stats.calls} model calls, largest {stats.largest}" if stats else ""
         print(f"jobs={jobs:2d}: {seconds:6.1f} s{batches}")
@@ -81,10 +86,11 @@ def main() -> None:
     print("## test running: clamp replays, K=5, M=4")
     replays = PolicyPool(f"replay:{EXAMPLE / 'replays'}")
     for jobs in (9, 1):
-        options = TTSOptions(
-            samples=5, test_samples=4, jobs=jobs, rollout=RolloutConfig(max_turns=8)
+        options = TTSOptions(samples=5, test_samples=4, jobs=jobs)
+        replayed = RolloutConfig(max_turns=8)
+        seconds, phases = timed(
+            workspace, issue, replays, options, replayed, root / f"tests-{jobs}"
         )
-        seconds, phases = timed(workspace, issue, replays, options, root / f"tests-{jobs}")
         testing = phases["candidate-tests"] - phases["test-generation"]
         print(f"jobs={jobs}: total {seconds:5.1f} s, tests after the rollouts {testing:5.1f} s")
 

@@ -180,7 +180,7 @@ def fix(
             test_timeout=test_timeout,
         ),
     )
-    scaled = samples > 1 or test_samples > 0
+    scaled = options.scaling.enabled
     live = not (quiet or json_output)
     started = time.monotonic()
     view = console if live else Console(quiet=True)

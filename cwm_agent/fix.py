@@ -22,7 +22,7 @@ from cwm_agent.model import ModelOptions, PolicyPool, load_policy
 from cwm_agent.sandbox import LABEL, Sandbox, docker_client
 from cwm_agent.sandbox.image import DEFAULT_IMAGE, ensure_image
 from cwm_agent.tools import Toolbox
-from cwm_agent.tts import TTSOptions, TTSReport, chosen, run_tts
+from cwm_agent.tts import TTSOptions, TTSReport, TTSRun, chosen
 from cwm_agent.workspace import Workspace
 
 _CHECK_IN_CONTAINER = """set -e
@@ -95,14 +95,13 @@ def run_fix(
     issue = options.issue.strip()
     if not issue:
         raise FixError("the issue is empty: pass --issue TEXT or --issue-file FILE with text")
-    scaled = options.scaling.samples > 1 or options.scaling.test_samples > 0
-    pool = PolicyPool(options.model, options.model_options) if scaled else None
+    pool = PolicyPool(options.model, options.model_options) if options.scaling.enabled else None
     if pool is not None and pool.replay_dir is not None and not pool.replay_dir.is_dir():
         raise FixError(
             f"{options.model}: with --samples/--test-samples, replay: needs a directory "
             "holding candidate-0.json … and testgen-0.json …"
         )
-    policy = None if scaled else load_policy(options.model, options.model_options)
+    policy = None if pool is not None else load_policy(options.model, options.model_options)
     repo = gitrepo.open_repo(options.repo) if options.repo is not None else None
     if options.branch is not None:
         if repo is None:
@@ -123,8 +122,9 @@ def run_fix(
     rollout = options.rollout.model_copy(update={"repo_root": options.workdir})
     report: TTSReport | None = None
     if pool is not None:
-        scaling = options.scaling.model_copy(update={"rollout": rollout})
-        report = run_tts(workspace, issue, pool, scaling, output, client, progress)
+        report = TTSRun(
+            workspace, issue, pool, options.scaling, rollout, output, client, progress
+        ).run()
         trajectory, patch, patch_error = chosen(report, output)
         model_name = pool.name
         start = snapshot.description if snapshot is not None else options.image

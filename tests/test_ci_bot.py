@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ import pytest
 from cwm_agent.sandbox import LABEL
 from tests.conftest import run_cli
 from tests.github_api import FakeGitHub, serve
+from tests.test_fix import call, committed_copy, git
 
 pytestmark = pytest.mark.docker
 
@@ -25,24 +25,14 @@ ROOT = Path(__file__).parent.parent
 EXAMPLE = ROOT / "examples" / "calc"
 EVENT = ROOT / "examples" / "github" / "event-issue-labeled.json"
 TOKEN = "ghs_testtoken0123456789abcdef"
-GIT = ["git", "-c", "user.name=dev", "-c", "user.email=dev@example.invalid"]
 BRANCH = "cwm-agent/issue-7"
 FIX = json.loads((EXAMPLE / "replay.json").read_text())
 PROBE = "Let me look around first.\n</think>\n\n<tool: bash>\nenv; ls /sys/class/net\n</tool>"
 
 
-def git(repo: Path, *args: str) -> str:
-    done = subprocess.run([*GIT, "-C", str(repo), *args], check=True, capture_output=True)
-    return done.stdout.decode()
-
-
 def refs(repo: Path) -> dict[str, str]:
     lines = git(repo, "for-each-ref", "--format=%(refname) %(objectname)").split("\n")
     return dict(line.split(" ") for line in lines if line)
-
-
-def call(tool: str, argument: str) -> str:
-    return f"Next step.\n</think>\n\n<tool: {tool}>\n{argument}\n</tool>"
 
 
 def submit_after(script: str) -> list[str]:
@@ -59,11 +49,7 @@ class Setup:
 
     def __init__(self, tmp: Path, api: FakeGitHub, image: str, client: docker.DockerClient) -> None:
         self.tmp, self.api, self.image, self.client = tmp, api, image, client
-        self.repo = tmp / "calc"
-        shutil.copytree(EXAMPLE / "repo", self.repo)
-        git(self.repo, "init", "-q", "-b", "main")
-        git(self.repo, "add", "-A")
-        git(self.repo, "commit", "-qm", "calc")
+        self.repo = committed_copy(EXAMPLE / "repo", tmp / "calc")
         self.remote = tmp / "origin.git"
         subprocess.run(["git", "init", "-q", "--bare", str(self.remote)], check=True)
         git(self.repo, "push", "-q", str(self.remote), "main")
@@ -288,11 +274,7 @@ def test_dry_run_on_the_fixture_event_writes_nothing(setup: Setup) -> None:
 
 
 def test_output_only_needs_no_github(tmp_path: Path, base_image: str) -> None:
-    repo = tmp_path / "calc"
-    shutil.copytree(EXAMPLE / "repo", repo)
-    git(repo, "init", "-q")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "calc")
+    repo = committed_copy(EXAMPLE / "repo", tmp_path / "calc")
     model = tmp_path / "replay.json"
     model.write_text(json.dumps(FIX))
     output = tmp_path / "out"

@@ -30,15 +30,19 @@ def git(repo: Path, *args: str) -> str:
     ).stdout
 
 
+def committed_copy(source: Path, repo: Path) -> Path:
+    """`source` copied to `repo` as a git repository with one commit."""
+    shutil.copytree(source, repo)
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", repo.name)
+    return repo
+
+
 @pytest.fixture
 def calc_repo(tmp_path: Path) -> Path:
     """The bundled example: `median()` is wrong for even counts, one test fails."""
-    repo = tmp_path / "calc"
-    shutil.copytree(EXAMPLE / "repo", repo)
-    git(repo, "init", "-q")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "calc")
-    return repo
+    return committed_copy(EXAMPLE / "repo", tmp_path / "calc")
 
 
 def replay(tmp_path: Path, replies: list[str]) -> str:

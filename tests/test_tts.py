@@ -20,7 +20,7 @@ import docker
 import pytest
 
 from cwm_agent.model import PolicyError, PolicyPool
-from cwm_agent.model.batching import BatchingPolicy
+from cwm_agent.model.batching import BatchingPolicy, RolloutPolicy
 from cwm_agent.model.policy import Completion, TokenLimit, per_conversation
 from cwm_agent.protocol.chat import Message
 from cwm_agent.sandbox import LABEL
@@ -28,7 +28,7 @@ from cwm_agent.tts import generated, regression
 from cwm_agent.tts.execution import CommandRun
 from cwm_agent.tts.selection import Entry, normalized_key, select
 from tests.conftest import run_cli
-from tests.test_fix import call, git
+from tests.test_fix import call, committed_copy, git
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "clamp"
 
@@ -182,8 +182,7 @@ def test_batching_gathers_concurrent_rollouts_and_keeps_answers_apart() -> None:
     shared = BatchingPolicy(model, window_s=0.2)
     answers: dict[int, list[str]] = {}
 
-    def rollout(index: int) -> None:
-        policy = shared.rollout()
+    def rollout(index: int, policy: RolloutPolicy) -> None:
         try:
             got = []
             for turn in range(3):
@@ -194,7 +193,11 @@ def test_batching_gathers_concurrent_rollouts_and_keeps_answers_apart() -> None:
         finally:
             policy.close()
 
-    threads = [threading.Thread(target=rollout, args=(i,)) for i in range(6)]
+    # All six are open before any asks, so the first turn leaves as one batch.
+    policies = [shared.rollout() for _ in range(6)]
+    threads = [
+        threading.Thread(target=rollout, args=(i, policy)) for i, policy in enumerate(policies)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -254,12 +257,7 @@ def test_replay_for_many_rollouts_needs_a_directory(tmp_path: Path) -> None:
 @pytest.fixture
 def clamp_repo(tmp_path: Path) -> Path:
     """`clamp()` uses `low` where it means `high`; one of three unit tests fails."""
-    repo = tmp_path / "clamp"
-    shutil.copytree(EXAMPLE / "repo", repo)
-    git(repo, "init", "-q")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "clamp")
-    return repo
+    return committed_copy(EXAMPLE / "repo", tmp_path / "clamp")
 
 
 def fix_args(repo: Path, image: str, output: Path, replays: Path, *extra: str) -> list[str]:

@@ -29,6 +29,7 @@ from cwm_agent.swebench.evaluate import InstanceReport, evaluate
 from cwm_agent.swebench.predictions import read_predictions
 from cwm_agent.swebench.report import render, summarize
 from cwm_agent.swebench.runner import InstanceResult, RunOptions, run_batch
+from cwm_agent.tts import TTSOptions
 
 F = TypeVar("F", bound=Callable[..., object])
 console = Console()
@@ -104,9 +105,7 @@ def make_app(guard: Callable[[F], F]) -> typer.Typer:
                 greedy=greedy,
                 seed=seed,
             ),
-            samples=samples,
-            test_samples=test_samples,
-            jobs=jobs,
+            scaling=TTSOptions(samples=samples, test_samples=test_samples, jobs=jobs),
             workers=workers,
             image_template=image_template,
             output=output,

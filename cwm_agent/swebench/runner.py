@@ -38,7 +38,7 @@ from cwm_agent.swebench.images import BATCH_LABEL, image_for, workspace_for
 from cwm_agent.swebench.parallel import run_parallel
 from cwm_agent.swebench.predictions import Prediction, PredictionsFile
 from cwm_agent.tools import Toolbox
-from cwm_agent.tts import TTSOptions, chosen, run_tts
+from cwm_agent.tts import TTSOptions, TTSRun, chosen
 from cwm_agent.workspace import Workspace
 
 ErrorKind = Literal["image_missing", "sandbox", "model"]
@@ -53,9 +53,7 @@ class RunOptions(BaseModel):
     slice: str | None = None
     model: str
     model_options: ModelOptions = Field(default_factory=ModelOptions)
-    samples: int = Field(1, ge=1)
-    test_samples: int = Field(0, ge=0)
-    jobs: int = Field(8, ge=1, description="test-time scaling: containers per instance")
+    scaling: TTSOptions = Field(default_factory=TTSOptions, description="per instance")
     workers: int = Field(1, ge=1)
     image_template: str | None = None
     output: Path
@@ -124,20 +122,14 @@ def solve(
     generated tests, test-time scaling picks the patch (`folder/tts.json`).
     """
     rollout = options.rollout.model_copy(update={"repo_root": workspace.workdir})
-    if options.samples == 1 and options.test_samples == 0:
+    if options.scaling.enabled:
+        report = TTSRun(workspace, issue, pool, options.scaling, rollout, folder, client).run()
+        trajectory, patch, _ = chosen(report, folder)
+        head = report.start or ""
+    else:
         with workspace.open(client) as opened, pool.rollout("candidate-0") as policy:
             trajectory = run_rollout(policy, Toolbox(opened.box), issue, rollout)
         head, patch = opened.head, trajectory.submission_bytes or b""
-    else:
-        scaling = TTSOptions(
-            samples=options.samples,
-            test_samples=options.test_samples,
-            jobs=options.jobs,
-            rollout=rollout,
-        )
-        report = run_tts(workspace, issue, pool, scaling, folder, client)
-        trajectory, patch, _ = chosen(report, folder)
-        head = report.start or ""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "trajectory.json").write_text(trajectory.model_dump_json(indent=2))
     (folder / "patch.diff").write_bytes(patch)
@@ -152,8 +144,7 @@ def policy_source(options: RunOptions) -> Callable[[Instance], PolicyPool]:
     kind, _, rest = options.model.partition(":")
     if kind == "replay" and Path(rest).is_dir():
         folder = Path(rest)
-        one = options.samples == 1 and options.test_samples == 0
-        suffix = ".json" if one else ""
+        suffix = "" if options.scaling.enabled else ".json"
         return lambda instance: PolicyPool(f"replay:{folder / instance.instance_id}{suffix}")
     if kind == "replay":
         load_policy(options.model)  # checks the file once

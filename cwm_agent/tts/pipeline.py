@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import docker
-from pydantic import BaseModel, Field
 
 from cwm_agent.agent import RolloutConfig, Trajectory, run_rollout
 from cwm_agent.errors import first_line
@@ -31,24 +30,13 @@ from cwm_agent.sandbox import LABEL, SandboxInterrupted, teardown
 from cwm_agent.tools import Toolbox
 from cwm_agent.tts import generated, regression
 from cwm_agent.tts.execution import Tree
+from cwm_agent.tts.options import TTSOptions
 from cwm_agent.tts.regression import RegressionPlan
 from cwm_agent.tts.report import CandidateReport, GeneratedTestReport, GroupReport, TTSReport
 from cwm_agent.tts.selection import Entry, normalized_key, select
 from cwm_agent.workspace import Workspace
 
 Progress = Callable[[str], None]
-
-
-class TTSOptions(BaseModel):
-    """Knobs of test-time scaling; rollout budgets come from `rollout`."""
-
-    samples: int = Field(1, ge=1, description="candidate rollouts (K)")
-    test_samples: int = Field(0, ge=0, description="test-generation rollouts (M)")
-    jobs: int = Field(8, ge=1, description="containers running at once")
-    test_cmd: str | None = None
-    regression_timeout: float = Field(600.0, gt=0, description="seconds for the test suite")
-    test_timeout: float = Field(60.0, gt=0, description="seconds for one generated test")
-    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
 
 
 @dataclass
@@ -78,8 +66,9 @@ class _Kept:
     sources: dict[int, bytes]
 
 
-class _Run:
-    """One task's test-time scaling; `run()` returns the report."""
+class TTSRun:
+    """One task's test-time scaling: `run()` does K + M rollouts, tests the
+    candidates, selects one, and returns the report `DIR/tts.json` holds."""
 
     def __init__(
         self,
@@ -87,12 +76,14 @@ class _Run:
         issue: str,
         pool: PolicyPool,
         options: TTSOptions,
+        rollout: RolloutConfig,
         output: Path,
         client: docker.DockerClient,
-        progress: Progress | None,
+        progress: Progress | None = None,
     ) -> None:
         self.workspace, self.issue, self.pool = workspace, issue, pool
-        self.options, self.output, self.client = options, output, client
+        self.options, self.rollout = options, rollout
+        self.output, self.client = output, client
         self.progress = progress or (lambda _line: None)
         self.slots = threading.BoundedSemaphore(options.jobs)
         self.cancelled = threading.Event()
@@ -138,9 +129,7 @@ class _Run:
     def _rollout(self, role: str, index: int) -> _Rollout:
         name = f"{role}-{index}"
         task = "issue" if role == "candidate" else "testgen"
-        config = self.options.rollout.model_copy(
-            update={"task": task, "repo_root": self.workspace.workdir}
-        )
+        config = self.rollout.model_copy(update={"task": task, "repo_root": self.workspace.workdir})
         folder = self.output / ("candidates" if role == "candidate" else "testgen") / name
         try:
             with self._tree(name) as tree, self.pool.rollout(name) as policy:
@@ -334,9 +323,7 @@ class _Run:
             c.votes = decision.votes[c.key or ""]
             c.group_of_patch = [o.index for o in eligible if o.key == c.key]
         report = TTSReport(
-            samples=self.options.samples,
-            test_samples=self.options.test_samples,
-            jobs=self.options.jobs,
+            options=self.options,
             candidates=candidates,
             generated_tests=kept.reports,
             groups=[
@@ -374,20 +361,12 @@ def chosen(report: TTSReport, output: Path) -> tuple[Trajectory, bytes, str | No
         trajectory = Trajectory.model_validate_json(path.read_text())
     else:  # the rollout never started
         trajectory = Trajectory(
-            task="issue", model="", config={}, issue="", started_at="", status="error"
+            task="issue",
+            model="",
+            config={},
+            issue="",
+            started_at="",
+            status="error",
+            reason=candidate.reason,
         )
-        trajectory.reason = candidate.reason
     return trajectory, patch, candidate.apply_error
-
-
-def run_tts(
-    workspace: Workspace,
-    issue: str,
-    pool: PolicyPool,
-    options: TTSOptions,
-    output: Path,
-    client: docker.DockerClient,
-    progress: Progress | None = None,
-) -> TTSReport:
-    """Run K + M rollouts, test the candidates, select one; `DIR/tts.json` says why."""
-    return _Run(workspace, issue, pool, options, output, client, progress).run()

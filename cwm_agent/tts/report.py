@@ -6,6 +6,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 from rich.table import Table
 
+from cwm_agent.tts.options import TTSOptions
 from cwm_agent.tts.regression import RegressionPlan
 
 
@@ -49,9 +50,7 @@ class GroupReport(BaseModel):
 
 class TTSReport(BaseModel):
     version: int = 1
-    samples: int
-    test_samples: int
-    jobs: int
+    options: TTSOptions
     candidates: list[CandidateReport]
     generated_tests: list[GeneratedTestReport]
     groups: list[GroupReport]
