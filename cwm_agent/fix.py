@@ -17,19 +17,13 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from cwm_agent import gitrepo
-from cwm_agent.agent import Observer, RolloutConfig, Trajectory, run_rollout
-from cwm_agent.model import ModelOptions, PolicyPool, load_policy
-from cwm_agent.sandbox import LABEL, Sandbox, docker_client
+from cwm_agent.agent import Observer, RolloutConfig, Trajectory
+from cwm_agent.model import ModelOptions, PolicyPool
+from cwm_agent.sandbox import LABEL, docker_client
 from cwm_agent.sandbox.image import DEFAULT_IMAGE, ensure_image
-from cwm_agent.tools import Toolbox
-from cwm_agent.tts import TTSOptions, TTSReport, TTSRun, chosen
+from cwm_agent.solve import solve
+from cwm_agent.tts import TTSOptions
 from cwm_agent.workspace import Workspace
-
-_CHECK_IN_CONTAINER = """set -e
-export GIT_INDEX_FILE="$(mktemp -u)"
-git -c safe.directory='*' read-tree "$1"
-git -c safe.directory='*' apply --cached --check "$2"
-"""
 
 
 class FixError(Exception):
@@ -75,6 +69,7 @@ class FixResult(BaseModel):
     model: str
     image: str
     start: str
+    start_commit: str = Field(description="the commit the patch applies to")
     patch_submitted: bool
     patch_applies: bool | None
     patch_error: str | None = None
@@ -95,13 +90,12 @@ def run_fix(
     issue = options.issue.strip()
     if not issue:
         raise FixError("the issue is empty: pass --issue TEXT or --issue-file FILE with text")
-    pool = PolicyPool(options.model, options.model_options) if options.scaling.enabled else None
-    if pool is not None and pool.replay_dir is not None and not pool.replay_dir.is_dir():
+    pool = PolicyPool(options.model, options.model_options)
+    if options.scaling.enabled and pool.replay_dir is not None and not pool.replay_dir.is_dir():
         raise FixError(
             f"{options.model}: with --samples/--test-samples, replay: needs a directory "
             "holding candidate-0.json … and testgen-0.json …"
         )
-    policy = None if pool is not None else load_policy(options.model, options.model_options)
     repo = gitrepo.open_repo(options.repo) if options.repo is not None else None
     if options.branch is not None:
         if repo is None:
@@ -119,56 +113,38 @@ def run_fix(
         session_timeout=options.rollout.session_timeout,
         labels={f"{LABEL}.job": "fix"},
     )
-    rollout = options.rollout.model_copy(update={"repo_root": options.workdir})
-    report: TTSReport | None = None
-    if pool is not None:
-        report = TTSRun(
-            workspace, issue, pool, options.scaling, rollout, output, client, progress
-        ).run()
-        trajectory, patch, patch_error = chosen(report, output)
-        model_name = pool.name
-        start = snapshot.description if snapshot is not None else options.image
+    solution = solve(
+        workspace, issue, pool, options.scaling, options.rollout, output, client, observer, progress
+    )
+    trajectory, patch, report = solution.trajectory, solution.patch, solution.report
+    patch_error = solution.patch_error  # checked against the start commit in the sandbox
+    if snapshot is not None:
+        start, start_commit = snapshot.description, snapshot.commit
     else:
-        assert policy is not None
-        model_name = policy.name
-        with workspace.open(client) as opened:
-            if snapshot is not None:
-                start = snapshot.description
-            else:
-                start = f"{options.image}:{options.workdir} at {opened.head[:12]}"
-            trajectory = run_rollout(policy, Toolbox(opened.box), issue, rollout, observer)
-            patch = trajectory.submission_bytes or b""
-            patch_error = None
-            if patch and snapshot is None:
-                patch_error = _check_in_container(opened.box, opened.head, patch)
-
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "patch.diff").write_bytes(patch)
-    (output / "trajectory.json").write_text(trajectory.model_dump_json(indent=2))
+        start = f"{options.image}:{options.workdir} at {solution.head[:12]}"
+        start_commit = solution.head
     status, reason = trajectory.status, trajectory.reason
-    # With test-time scaling any tested, selected candidate counts, finished or not.
-    done = status == "finished" if report is None else report.selected is not None
     if report is not None and report.selected is None:
         status, reason = "unresolved", report.decision
     branch_commit = None
-    if patch and repo is not None and snapshot is not None:
-        patch_error = gitrepo.check_patch(repo, snapshot.commit, patch)
-        if patch_error is None and options.branch is not None and done:
-            branch_commit = gitrepo.commit_on_branch(
-                repo, snapshot.commit, patch, options.branch, commit_message(trajectory)
-            )
+    if patch and patch_error is None and options.branch is not None and solution.done:
+        assert repo is not None and snapshot is not None  # --branch needs --repo
+        branch_commit = gitrepo.commit_on_branch(
+            repo, snapshot.commit, patch, options.branch, commit_message(trajectory)
+        )
     result = FixResult(
         status=status,
         reason=reason,
-        success=done and bool(patch) and patch_error is None,
+        success=solution.done and bool(patch) and patch_error is None,
         turns=trajectory.turns,
         tokens_used=trajectory.tokens_used,
         duration_s=round(trajectory.duration_s if report is None else report.duration_s, 3),
         generation_s=round(trajectory.generation_s, 3),
         tools_s=round(trajectory.tools_s, 3),
-        model=model_name,
+        model=pool.name,
         image=options.image,
         start=start,
+        start_commit=start_commit,
         patch_submitted=bool(patch),
         patch_applies=None if not patch else patch_error is None,
         patch_error=patch_error,
@@ -209,13 +185,6 @@ def _output_dir(requested: Path | None) -> Path:
     if requested.exists() and (not requested.is_dir() or any(requested.iterdir())):
         raise FixError(f"--output {requested} exists and is not empty: choose a new folder")
     return requested
-
-
-def _check_in_container(box: Sandbox, start: str, patch: bytes) -> str | None:
-    path = f"/tmp/cwm-agent-{uuid.uuid4().hex[:8]}.diff"
-    box.write_file(path, patch, mode=0o644)
-    code, out, err = box.exec(["bash", "-c", _CHECK_IN_CONTAINER, "bash", start, path])
-    return None if code == 0 else (err or out).decode("utf-8", "replace").strip()
 
 
 def commit_message(trajectory: Trajectory) -> str:

@@ -86,6 +86,8 @@ class PolicyPool:
         self.batching: BatchingPolicy | None = None
         if kind == "replay" and rest:
             self.replay_dir = Path(rest)
+            if not self.replay_dir.is_dir():
+                ReplayPolicy(self.replay_dir)  # a malformed file fails now, not mid-run
             self.name = spec
             return
         policy = load_policy(spec, options)

@@ -69,6 +69,17 @@ def docker_client() -> docker.DockerClient:
     return client
 
 
+def require_image(client: docker.DockerClient, image: str) -> None:
+    """Fail with a line the user can act on when `image` is not present."""
+    try:
+        client.images.get(image)
+    except ImageNotFound:
+        raise ImageNotFoundError(
+            f"Docker image {image!r} not found: build or pull it "
+            f"(e.g. `docker pull {image}`), or choose another with --image"
+        ) from None
+
+
 class Sandbox:
     """A running container with a persistent shell; use as a context manager."""
 
@@ -94,13 +105,7 @@ class Sandbox:
     def start(self) -> None:
         """Create and start the container, then open the shell session."""
         cfg = self.config
-        try:
-            self.client.images.get(cfg.image)
-        except ImageNotFound:
-            raise ImageNotFoundError(
-                f"Docker image {cfg.image!r} not found: build or pull it "
-                f"(e.g. `docker pull {cfg.image}`), or choose another with --image"
-            ) from None
+        require_image(self.client, cfg.image)
         teardown.register(self)
         try:
             self._create()

@@ -19,7 +19,6 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
@@ -28,18 +27,17 @@ import docker
 from docker.errors import DockerException
 from pydantic import BaseModel, Field, ValidationError
 
-from cwm_agent.agent import RolloutConfig, Trajectory, run_rollout
+from cwm_agent.agent import RolloutConfig
 from cwm_agent.errors import first_line
-from cwm_agent.model import ModelOptions, PolicyError, PolicyPool, load_policy
+from cwm_agent.model import ModelOptions, PolicyError, PolicyPool
 from cwm_agent.sandbox import ImageNotFoundError, SandboxError, docker_client, remove_leftovers
+from cwm_agent.solve import Solution, solve
 from cwm_agent.swebench.dataset import Instance, load_instances, select
 from cwm_agent.swebench.errors import SwebenchError
 from cwm_agent.swebench.images import BATCH_LABEL, image_for, workspace_for
 from cwm_agent.swebench.parallel import run_parallel
 from cwm_agent.swebench.predictions import Prediction, PredictionsFile
-from cwm_agent.tools import Toolbox
-from cwm_agent.tts import TTSOptions, TTSRun, chosen
-from cwm_agent.workspace import Workspace
+from cwm_agent.tts import TTSOptions
 
 ErrorKind = Literal["image_missing", "sandbox", "model"]
 
@@ -82,6 +80,7 @@ class InstanceResult(BaseModel):
 
 
 class Session(BaseModel):
+    options: RunOptions  # a resumed session may change workers, budgets or samples
     started_at: str
     finished_at: str | None = None
     duration_s: float | None = None
@@ -101,41 +100,6 @@ class RunRecord(BaseModel):
     sessions: list[Session] = Field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class Solution:
-    head: str
-    trajectory: Trajectory
-    patch: bytes
-
-
-def solve(
-    pool: PolicyPool,
-    workspace: Workspace,
-    issue: str,
-    options: RunOptions,
-    folder: Path,
-    client: docker.DockerClient,
-) -> Solution:
-    """The patch for one start state and issue, with its record written into `folder`.
-
-    With one sample this is one rollout, as in `fix`; with more, or with
-    generated tests, test-time scaling picks the patch (`folder/tts.json`).
-    """
-    rollout = options.rollout.model_copy(update={"repo_root": workspace.workdir})
-    if options.scaling.enabled:
-        report = TTSRun(workspace, issue, pool, options.scaling, rollout, folder, client).run()
-        trajectory, patch, _ = chosen(report, folder)
-        head = report.start or ""
-    else:
-        with workspace.open(client) as opened, pool.rollout("candidate-0") as policy:
-            trajectory = run_rollout(policy, Toolbox(opened.box), issue, rollout)
-        head, patch = opened.head, trajectory.submission_bytes or b""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "trajectory.json").write_text(trajectory.model_dump_json(indent=2))
-    (folder / "patch.diff").write_bytes(patch)
-    return Solution(head, trajectory, patch)
-
-
 def policy_source(options: RunOptions) -> Callable[[Instance], PolicyPool]:
     """`replay:DIR` gives each instance `DIR/<instance_id>.json` (with several
     samples, the folder `DIR/<instance_id>/`); any other spec is loaded once,
@@ -146,8 +110,6 @@ def policy_source(options: RunOptions) -> Callable[[Instance], PolicyPool]:
         folder = Path(rest)
         suffix = "" if options.scaling.enabled else ".json"
         return lambda instance: PolicyPool(f"replay:{folder / instance.instance_id}{suffix}")
-    if kind == "replay":
-        load_policy(options.model)  # checks the file once
     shared = PolicyPool(options.model, options.model_options)
     return lambda instance: shared
 
@@ -184,7 +146,10 @@ def run_batch(
     remove_leftovers(client, label=orphans)
 
     session = Session(
-        started_at=_now(), selected=len(instances), skipped=len(instances) - len(todo)
+        options=options,
+        started_at=_now(),
+        selected=len(instances),
+        skipped=len(instances) - len(todo),
     )
     record.sessions.append(session)
     _write_record(output, record)
@@ -196,19 +161,18 @@ def run_batch(
     def work(instance: Instance, stopping: threading.Event) -> InstanceResult | None:
         if stopping.is_set():
             return None
-        result = _run_instance(instance, options, policy_for, client, run_id)
+        result, patch = _run_instance(instance, options, policy_for, client, run_id, stopping)
         if stopping.is_set():  # its container was torn down under it: not a real outcome
             return None
         folder = output / "trajectories" / instance.instance_id
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "result.json").write_text(result.model_dump_json(indent=2) + "\n")
         if result.status != "error":
-            patch = (folder / "patch.diff").read_bytes().decode("utf-8", "replace")
             predictions.add(
                 Prediction(
                     instance_id=instance.instance_id,
                     model_name_or_path=options.model,
-                    model_patch=patch,
+                    model_patch=patch.decode("utf-8", "surrogateescape"),
                 )
             )
         return result
@@ -243,8 +207,10 @@ def _run_instance(
     policy_for: Callable[[Instance], PolicyPool],
     client: docker.DockerClient,
     run_id: str,
-) -> InstanceResult:
-    """One instance to its end; every failure becomes an error result, never an exception."""
+    stopping: threading.Event,
+) -> tuple[InstanceResult, bytes]:
+    """One instance to its end and its patch; every failure becomes an error result,
+    never an exception."""
     image = image_for(instance, options.image_template)
     result = InstanceResult(
         instance_id=instance.instance_id,
@@ -260,19 +226,22 @@ def _run_instance(
     folder = options.output / "trajectories" / instance.instance_id
     try:
         solution = solve(
-            policy_for(instance),
             workspace,
             instance.problem_statement.strip(),
-            options,
+            policy_for(instance),
+            options.scaling,
+            options.rollout,
             folder,
             client,
+            cancelled=stopping,
         )
     except PolicyError as exc:
-        return _failed(result, "model", str(exc), started)
+        return _failed(result, "model", str(exc), started), b""
     except ImageNotFoundError as exc:
-        return _failed(result, "image_missing", str(exc), started)
+        return _failed(result, "image_missing", str(exc), started), b""
     except (SandboxError, DockerException, OSError) as exc:
-        return _failed(result, "sandbox", f"{type(exc).__name__}: {first_line(exc)}", started)
+        reason = f"{type(exc).__name__}: {first_line(exc)}"
+        return _failed(result, "sandbox", reason, started), b""
     trajectory = solution.trajectory
     result.start = solution.head
     result.rollout_status = trajectory.status
@@ -283,12 +252,27 @@ def _run_instance(
     result.generation_s = round(trajectory.generation_s, 3)
     result.tools_s = round(trajectory.tools_s, 3)
     result.patch_bytes = len(solution.patch)
-    if trajectory.status == "error":
-        reason = trajectory.reason or ""
-        result.error = "model" if reason.startswith("model:") else "sandbox"
+    failure = _failure(solution)
+    if failure is not None:
+        result.error, result.reason = failure
     else:
         result.status = "submitted" if solution.patch else "empty"
-    return result
+    return result, solution.patch
+
+
+def _failure(solution: Solution) -> tuple[ErrorKind, str | None] | None:
+    """The infrastructure failure that left no outcome (so `--resume` retries it):
+    the rollout's, or with test-time scaling, every candidate's."""
+    report = solution.report
+    if report is None:
+        failed = [(solution.trajectory.status, solution.trajectory.reason)]
+    else:
+        failed = [(c.status, c.reason) for c in report.candidates]
+    if any(status not in ("error", "failed") for status, _ in failed):
+        return None
+    reason = failed[0][1]
+    model = any((r or "").startswith(("model:", "PolicyError")) for _, r in failed)
+    return ("model" if model else "sandbox"), reason
 
 
 def _failed(result: InstanceResult, kind: ErrorKind, reason: str, started: float) -> InstanceResult:
@@ -318,8 +302,7 @@ def _open_record(options: RunOptions) -> RunRecord:
                 f"--resume: {output} was run with --model {record.options.model}, "
                 f"not {options.model}: one predictions file holds one model's patches"
             )
-        record.options = options
-        return record
+        return record  # keeps the first session's options; each session records its own
     output.mkdir(parents=True, exist_ok=True)
     return RunRecord(cwm_agent_version=_version("cwm-agent"), versions=_versions(), options=options)
 

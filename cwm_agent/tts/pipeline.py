@@ -80,13 +80,14 @@ class TTSRun:
         output: Path,
         client: docker.DockerClient,
         progress: Progress | None = None,
+        cancelled: threading.Event | None = None,
     ) -> None:
         self.workspace, self.issue, self.pool = workspace, issue, pool
         self.options, self.rollout = options, rollout
         self.output, self.client = output, client
         self.progress = progress or (lambda _line: None)
         self.slots = threading.BoundedSemaphore(options.jobs)
-        self.cancelled = threading.Event()
+        self.cancelled = cancelled or threading.Event()  # set: start no more work
         self.started = time.monotonic()
         self.phases: dict[str, float] = {}
         self.start: str | None = None

@@ -1,0 +1,90 @@
+"""One task, from its start state to a patch: one rollout, or test-time scaling.
+
+`fix`, SWE-bench runs and the CI bot differ in where the start state comes
+from and what happens to the patch; producing the patch is this one function.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+
+from cwm_agent.agent import Observer, RolloutConfig, Trajectory, run_rollout
+from cwm_agent.model import PolicyPool
+from cwm_agent.sandbox import Sandbox
+from cwm_agent.sandbox.container import require_image
+from cwm_agent.tools import Toolbox
+from cwm_agent.tts import TTSOptions, TTSReport, TTSRun, chosen
+from cwm_agent.tts.pipeline import Progress
+from cwm_agent.workspace import Workspace
+
+_CHECK_PATCH = """set -e
+export GIT_INDEX_FILE="$(mktemp -u)"
+git -c safe.directory='*' read-tree "$1"
+git -c safe.directory='*' apply --cached --check "$2"
+"""
+
+
+@dataclass(frozen=True)
+class Solution:
+    """The patch and where it came from; `output` holds patch.diff and trajectory.json."""
+
+    head: str  # the start commit inside the sandbox
+    trajectory: Trajectory  # the patch's rollout (test-time scaling: the selected, or the first)
+    patch: bytes
+    patch_error: str | None  # why the patch does not apply to the start state
+    report: TTSReport | None  # test-time scaling's, when it ran
+
+    @property
+    def done(self) -> bool:
+        """The run stands behind its patch: a finished rollout's, or the candidate
+        test-time scaling selected (finished or not, it passed the most tests)."""
+        if self.report is not None:
+            return self.report.selected is not None
+        return self.trajectory.status == "finished"
+
+
+def solve(
+    workspace: Workspace,
+    issue: str,
+    pool: PolicyPool,
+    scaling: TTSOptions,
+    rollout: RolloutConfig,
+    output: Path,
+    client: docker.DockerClient,
+    observer: Observer | None = None,
+    progress: Progress | None = None,
+    cancelled: threading.Event | None = None,
+) -> Solution:
+    """Run the task and write `output/patch.diff` and `output/trajectory.json`."""
+    require_image(client, workspace.image)
+    rollout = rollout.model_copy(update={"repo_root": workspace.workdir})
+    report: TTSReport | None = None
+    if scaling.enabled:
+        run = TTSRun(workspace, issue, pool, scaling, rollout, output, client, progress, cancelled)
+        report = run.run()
+        trajectory, patch, patch_error = chosen(report, output)
+        head = report.start or ""
+    else:
+        with workspace.open(client) as opened, pool.rollout("candidate-0") as policy:
+            trajectory = run_rollout(policy, Toolbox(opened.box), issue, rollout, observer)
+            patch = trajectory.submission_bytes or b""
+            patch_error = _check_patch(opened.box, opened.head, patch) if patch else None
+        head = opened.head
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "patch.diff").write_bytes(patch)
+    (output / "trajectory.json").write_text(trajectory.model_dump_json(indent=2))
+    return Solution(head, trajectory, patch, patch_error, report)
+
+
+def _check_patch(box: Sandbox, start: str, patch: bytes) -> str | None:
+    """Whether `patch` applies to the start commit, whatever the rollout left in
+    the tree (a scratch index, so the agent's work is not touched)."""
+    path = f"/tmp/cwm-agent-{uuid.uuid4().hex[:8]}.diff"
+    box.write_file(path, patch, mode=0o644)
+    code, out, err = box.exec(["bash", "-c", _CHECK_PATCH, "bash", start, path])
+    return None if code == 0 else (err or out).decode("utf-8", "replace").strip()
