@@ -249,6 +249,9 @@ def test_guard_rails_refuse_and_say_so(setup: Setup, case: str, code: int, line:
     posts = [r for r in setup.api.requests if r.method != "GET"]
     if case == "secret":
         assert posts == [] and (setup.output / "summary.md").read_text() == ""
+        files = [path for path in setup.output.rglob("*") if path.is_file()]
+        assert not [path for path in files if TOKEN.encode() in path.read_bytes()]
+        assert (setup.output / "result.json") in files  # the record stays
         return
     assert [(r.method, r.path) for r in posts] == [("POST", "/repos/acme/calc/issues/7/comments")]
     comment = posts[0].body["body"]
@@ -261,7 +264,6 @@ def test_guard_rails_refuse_and_say_so(setup: Setup, case: str, code: int, line:
 def test_dry_run_on_the_fixture_event_writes_nothing(setup: Setup) -> None:
     before = refs(setup.remote)
     done = setup.ci(FIX, "--dry-run", env={"GITHUB_TOKEN": TOKEN})
-    print(done.stdout)
     assert done.returncode == 0, done.stderr + done.stdout
     assert {r.method for r in setup.api.requests} == {"GET"}
     assert refs(setup.remote) == before

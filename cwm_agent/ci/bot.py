@@ -24,6 +24,7 @@ from cwm_agent.ci.guards import Limits
 from cwm_agent.ci.outcome import CIError, Code, Stop
 from cwm_agent.ci.push import push_commit
 from cwm_agent.ci.verify import TestEvidence, run_tests
+from cwm_agent.errors import first_line
 from cwm_agent.fix import FixOptions, FixResult, commit_message, final_summary, run_fix
 from cwm_agent.sandbox.image import DEFAULT_IMAGE
 from cwm_agent.tts import TTSOptions
@@ -118,7 +119,6 @@ def run_ci(settings: CISettings, say: Callable[[str], None]) -> CIResult:
             )
 
     say(f"fixing #{number}: {target.issue.title} ({target.why})")
-    start = repo.head.commit.hexsha
     fix = run_fix(
         FixOptions(
             repo=settings.repo,
@@ -134,6 +134,7 @@ def run_ci(settings: CISettings, say: Callable[[str], None]) -> CIResult:
                 samples=settings.samples,
                 test_samples=settings.test_samples,
                 test_cmd=settings.test_cmd,
+                regression_timeout=settings.test_timeout,
             ),
         ),
         progress=say,
@@ -141,8 +142,6 @@ def run_ci(settings: CISettings, say: Callable[[str], None]) -> CIResult:
     output = Path(fix.output_dir)
     trajectory = Trajectory.model_validate_json((output / "trajectory.json").read_text())
     patch = (output / "patch.diff").read_bytes()
-    summary = final_summary(trajectory) if trajectory.status == "finished" else ""
-    link = settings.artifact_url or "`trajectory.json` in the run's outputs"
     result = CIResult(
         outcome=Code.DONE.name.lower(),
         exit_code=Code.DONE,
@@ -152,40 +151,59 @@ def run_ci(settings: CISettings, say: Callable[[str], None]) -> CIResult:
         output_only=settings.output_only,
         fix=fix,
     )
+    summary = final_summary(trajectory) if trajectory.status == "finished" else ""
+    link = settings.artifact_url or "`trajectory.json` in the run's outputs"
     try:
-        result.commit = _judge(settings, repo, fix, trajectory, patch, start, result)
-        if settings.test_cmd:
-            result.tests = run_tests(
-                repo,
-                result.commit,
-                settings.image,
-                settings.workdir,
-                settings.test_cmd,
-                settings.test_timeout,
-            )
-            if not result.tests.passed:
-                raise Stop(
-                    Code.TESTS_FAIL,
-                    f"refused: `{settings.test_cmd}` fails on the patched tree "
-                    f"(exit {result.tests.exit_code})",
+        try:
+            result.commit = _judge(settings, repo, fix, trajectory, patch, result)
+            if settings.test_cmd:
+                result.tests = run_tests(
+                    repo,
+                    result.commit,
+                    settings.image,
+                    settings.workdir,
+                    settings.test_cmd,
+                    settings.test_timeout,
                 )
-        body = report.pull_body(number, target.why, summary, result.tests, fix, link)
-    except Stop as stop:
-        result.stopped(stop)
-        body = report.failure_comment(str(stop), summary, result.tests, fix, link)
-    try:
-        guards.check_no_secret(token, {"patch": patch.decode("utf-8", "replace"), "text": body})
-    except Stop as stop:
-        result.stopped(stop)
-        body = ""
-
-    (output / "summary.md").write_text(body + "\n" if body else "")
-    if result.exit_code == Code.DONE:
-        _publish_pull(settings, gh, target, branch, pull, body, token, result, say)
-    elif body:
-        _publish_comment(settings, gh, number, body, result, say)
-    (output / "result.json").write_text(json.dumps(result.model_dump(), indent=2) + "\n")
+                if not result.tests.passed:
+                    raise Stop(
+                        Code.TESTS_FAIL,
+                        f"refused: `{settings.test_cmd}` fails on the patched tree "
+                        f"(exit {result.tests.exit_code})",
+                    )
+            body = report.pull_body(number, target.why, summary, result.tests, fix, link)
+        except Stop as stop:
+            result.stopped(stop)
+            body = report.failure_comment(str(stop), summary, result.tests, fix, link)
+        try:
+            guards.check_no_secret(token, {"patch": patch.decode("utf-8", "replace"), "text": body})
+        except Stop as stop:
+            result.stopped(stop)
+            body = ""
+            _scrub(output, token)
+        (output / "summary.md").write_text(body + "\n" if body else "")
+        if result.exit_code == Code.DONE:
+            _publish_pull(settings, gh, target, branch, pull, body, token, result, say)
+        elif body:
+            _publish_comment(settings, gh, number, body, result, say)
+    except Exception as exc:  # an API, push or sandbox failure: recorded, then reported
+        result.outcome, result.exit_code = "error", Code.ERROR
+        result.message = f"{type(exc).__name__}: {first_line(exc)}"
+        raise
+    finally:
+        (output / "result.json").write_text(json.dumps(result.model_dump(), indent=2) + "\n")
     return result
+
+
+def _scrub(output: Path, token: str | None) -> None:
+    """Delete every output file that holds the token: the folder is uploaded as an
+    artifact, which must not publish what the comment was refused for."""
+    if not token:
+        return
+    secret = token.encode()
+    for path in output.rglob("*"):
+        if path.is_file() and secret in path.read_bytes():
+            path.unlink()
 
 
 def _target(settings: CISettings) -> _Target:
@@ -233,20 +251,21 @@ def _judge(
     fix: FixResult,
     trajectory: Trajectory,
     patch: bytes,
-    start: str,
     result: CIResult,
 ) -> str:
     """Commit the patch (an object no ref points at) and return its id, or refuse a
     missing or unsafe patch with `Stop`."""
-    if not patch or fix.status != "finished":
-        ended = f"the run ended {fix.status}" + (f" ({fix.reason})" if fix.reason else "")
-        what = f"no patch was submitted; {ended}" if not patch else f"{ended} before its summary"
-        raise Stop(Code.NO_FIX, f"no fix: {what}")
+    start = fix.start_commit
+    ended = f"the run ended {fix.status}" + (f" ({fix.reason})" if fix.reason else "")
+    if not patch:
+        raise Stop(Code.NO_FIX, f"no fix: no patch was submitted; {ended}")
     if not fix.patch_applies:
         raise Stop(
             Code.DOES_NOT_APPLY,
             f"refused: the patch does not apply to {start[:12]}: {fix.patch_error}",
         )
+    if not fix.success:  # the run stands behind no patch (e.g. cut off before its summary)
+        raise Stop(Code.NO_FIX, f"no fix: {ended} before its summary")
     commit = gitrepo.commit_patch(repo, start, patch, commit_message(trajectory))
     found = guards.changes(repo, start, commit)
     result.files = sorted({change.path for change in found})

@@ -36,15 +36,13 @@ class Issue(BaseModel):
     state: str = "open"
     locked: bool = False
     labels: list[Label] = Field(default_factory=list)
-    html_url: str = ""
+    repository_url: str = ""
     pull_request: dict[str, Any] | None = None  # set when the "issue" is a pull request
 
 
 class PullRequest(BaseModel):
     number: int
     html_url: str = ""
-    state: str = "open"
-    draft: bool = False
 
 
 class _Source(BaseModel):
@@ -55,10 +53,13 @@ class _TimelineEvent(BaseModel):
     event: str | None = None
     source: _Source | None = None
 
-    def open_pull(self) -> int | None:
-        """The open pull request this event cross-references the issue from, if any."""
+    def open_pull(self, repository_url: str) -> int | None:
+        """The open pull request of this repository that this event cross-references
+        the issue from, if any (a pull request elsewhere has a number of its own)."""
         issue = self.source.issue if self.source else None
         if self.event != "cross-referenced" or issue is None or issue.pull_request is None:
+            return None
+        if issue.repository_url and issue.repository_url.rstrip("/") != repository_url:
             return None
         return issue.number if issue.state == "open" else None
 
@@ -117,7 +118,8 @@ class GitHub:
     def linked_pulls(self, number: int) -> list[int]:
         """Open pull requests that reference the issue (its timeline's cross-references)."""
         events = self._call("GET", f"/issues/{number}/timeline", params={"per_page": 100})
-        found = (_TimelineEvent.model_validate(raw).open_pull() for raw in events)
+        here = f"{self.base}/repos/{self.slug}"
+        found = (_TimelineEvent.model_validate(raw).open_pull(here) for raw in events)
         return [number for number in found if number is not None]
 
     def create_pull(self, title: str, head: str, base: str, body: str) -> PullRequest:

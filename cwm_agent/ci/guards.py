@@ -29,6 +29,7 @@ CI_CONFIG = (
     ".drone.yml",
     "appveyor.yml",
     ".woodpecker.yml",
+    ".woodpecker.yaml",
     ".woodpecker/",
 )
 

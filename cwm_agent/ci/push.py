@@ -24,10 +24,15 @@ def auth_env(server_url: str, token: str | None) -> dict[str, str]:
     env = {"GIT_TERMINAL_PROMPT": "0"}
     if token:
         basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
+        key = f"http.{server_url.rstrip('/')}/.extraheader"
+        # The empty value first clears a header a checkout may have persisted in
+        # .git/config: two Authorization headers make the server refuse the push.
         env |= {
-            "GIT_CONFIG_COUNT": "1",
-            "GIT_CONFIG_KEY_0": f"http.{server_url.rstrip('/')}/.extraheader",
-            "GIT_CONFIG_VALUE_0": f"AUTHORIZATION: basic {basic}",
+            "GIT_CONFIG_COUNT": "2",
+            "GIT_CONFIG_KEY_0": key,
+            "GIT_CONFIG_VALUE_0": "",
+            "GIT_CONFIG_KEY_1": key,
+            "GIT_CONFIG_VALUE_1": f"AUTHORIZATION: basic {basic}",
         }
     return env
 

@@ -6,13 +6,13 @@ files it did not submit, a doctored test runner) can make the tests pass.
 
 from __future__ import annotations
 
-import io
-
 import git
 from pydantic import BaseModel
 
 from cwm_agent import gitrepo
-from cwm_agent.sandbox import LABEL, Sandbox, SandboxConfig, docker_client
+from cwm_agent.sandbox import LABEL, docker_client
+from cwm_agent.tts.execution import Tree
+from cwm_agent.workspace import Workspace
 
 TAIL_CHARS = 3000
 
@@ -31,18 +31,20 @@ def run_tests(
     repo: git.Repo, commit: str, image: str, workdir: str, command: str, timeout: float
 ) -> TestEvidence:
     """Run `command` in `workdir` holding the files of `commit`; network off, no secrets."""
-    config = SandboxConfig(
-        image=image, workdir=workdir, session_timeout=timeout, labels={f"{LABEL}.job": "ci-test"}
+    workspace = Workspace(
+        image=image,
+        workdir=workdir,
+        snapshot=gitrepo.commit_tar(repo, commit),
+        session_timeout=timeout,
+        labels={f"{LABEL}.job": "ci-test"},
     )
-    with Sandbox(config, docker_client()) as box:
-        box.copy_in(io.BytesIO(gitrepo.commit_tar(repo, commit)), workdir)
-        assert box.session is not None
-        result = box.session.run(command)
-    output = result.output if result.failure is None else f"{result.output}\n[{result.failure}]"
+    with workspace.open(docker_client()) as opened:
+        run = Tree(opened).run(command, timeout)
+    output = run.output + (f"\n[timed out after {timeout:.0f}s]" if run.timed_out else "")
     return TestEvidence(
         command=command,
-        exit_code=result.exit_code,
-        passed=result.exit_code == 0 and result.failure is None,
-        duration_s=round(result.duration_s, 3),
+        exit_code=run.exit_code,
+        passed=run.exit_code == 0,
+        duration_s=run.duration_s,
         output_tail=output[-TAIL_CHARS:],
     )
