@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -190,6 +191,38 @@ def test_custom_rows_use_their_command_and_parser() -> None:
     unknown = instance.model_copy(update={"test_cmd": None, "repo": "team/app"})
     with pytest.raises(SwebenchError, match="no way to run its tests"):
         eval_plan(unknown, HEAD)
+
+
+def test_a_test_patch_that_only_adds_files_is_applied(tmp_path: Path) -> None:
+    """The custom-row script run for real, by bash on a git repository."""
+    repo = tmp_path / "app"
+    repo.mkdir()
+    (repo / "x.py").write_text("def x():\n    return 1\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid", "-C", str(repo)]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "start"]):
+        subprocess.run([*git, *args], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    instance = Instance.model_validate(
+        {
+            "instance_id": "team__app-8",
+            "problem_statement": "x() is wrong",
+            "image": "team/app:8",
+            "test_cmd": "cat test_new.py",
+            "test_patch": "diff --git a/test_new.py b/test_new.py\nnew file mode 100644\n"
+            "--- /dev/null\n+++ b/test_new.py\n@@ -0,0 +1 @@\n+added by the test patch\n",
+            "FAIL_TO_PASS": ["test_new"],
+            "PASS_TO_PASS": [],
+        }
+    )
+    script = eval_plan(instance, head.strip(), str(repo)).script
+    done = subprocess.run(
+        ["bash", "-c", script],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HOME": str(tmp_path)},  # the script sets a global git option
+    )
+    tests = done.stdout.split(">>>>> Start Test Output")[-1]
+    assert "added by the test patch" in tests
 
 
 def test_rows_in_the_5x_format_use_their_script_at_the_start_head(

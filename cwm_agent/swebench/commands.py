@@ -155,9 +155,6 @@ def make_app(guard: Callable[[F], F]) -> typer.Typer:
         output: Annotated[
             Path | None, typer.Option(help="folder for report.json (default: the predictions')")
         ] = None,
-        jobs: Annotated[
-            int, typer.Option(help="test-time scaling: containers at once per instance")
-        ] = 8,
         workers: Annotated[int, typer.Option(help="instances in parallel")] = 1,
         timeout: Annotated[int, typer.Option(help="seconds for one instance's tests")] = 1800,
         image_template: Annotated[

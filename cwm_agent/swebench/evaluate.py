@@ -109,6 +109,9 @@ def evaluate(
     run_id = f"cwm-agent-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
     output.mkdir(parents=True, exist_ok=True)
     reports = {i.instance_id: _empty(i) for i in graded if _patch(predictions, i) is None}
+    for empty in reports.values():
+        if on_done is not None:
+            on_done(empty)
     patched = [i for i in graded if _patch(predictions, i) is not None]
     harness_report = None
     if patched and backend == "local":
@@ -120,6 +123,9 @@ def evaluate(
             patched, predictions_path, output, run_id, workers, timeout
         )
         reports |= found
+        for graded_report in found.values():
+            if on_done is not None:
+                on_done(graded_report)
     counts = Counter(report.status for report in reports.values())
     report = EvalReport(
         backend=backend,
@@ -229,8 +235,8 @@ def evaluate_instance(
             report.reason = "no usable test output in the log"
         if verdict.tests_status is not None:
             report.tests_status = {k: v.model_dump() for k, v in verdict.tests_status.items()}
-    (folder / "report.json").write_text(report.model_dump_json(indent=2) + "\n")
     report.duration_s = round(time.monotonic() - started, 3)
+    (folder / "report.json").write_text(report.model_dump_json(indent=2) + "\n")
     return report
 
 

@@ -129,15 +129,17 @@ def _bare_spec(
 
 def _custom_script(instance: Instance, head: str, workdir: str) -> str:
     """The harness's script shape around the row's own test command."""
+    # Files the test patch changes go back to the start first; files it adds need no reset.
     files = " ".join(shlex.quote(f) for f in get_modified_files(instance.test_patch))
     reset = f"git checkout {head} -- {files}" if files else ":"
+    apply = f"git apply -v - <<'{HEREDOC}'\n{instance.test_patch}\n{HEREDOC}"
     lines = [
         "#!/bin/bash",
         "set -uxo pipefail",
         f"cd {shlex.quote(workdir)}",
         "git config --global --add safe.directory '*'",
         reset,
-        f"git apply -v - <<'{HEREDOC}'\n{instance.test_patch}\n{HEREDOC}" if files else ":",
+        apply if instance.test_patch.strip() else ":",
         f": '{START_TEST_OUTPUT}'",
         instance.test_cmd or ":",
         f": '{END_TEST_OUTPUT}'",

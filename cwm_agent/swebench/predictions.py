@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
+from cwm_agent.errors import first_line
 from cwm_agent.swebench.errors import SwebenchError
 
 
@@ -41,8 +42,7 @@ def read_predictions(path: Path) -> dict[str, Prediction]:
             rows = [json.loads(line) for line in text.splitlines() if line.strip()]
         found = [Prediction.model_validate(row) for row in rows]
     except (json.JSONDecodeError, ValidationError, AttributeError, TypeError) as exc:
-        detail = str(exc).strip().splitlines()[0]
-        raise SwebenchError(f"predictions file {path} is malformed: {detail}") from None
+        raise SwebenchError(f"predictions file {path} is malformed: {first_line(exc)}") from None
     return {prediction.instance_id: prediction for prediction in found}
 
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from cwm_agent.errors import first_line
 from cwm_agent.swebench.errors import SwebenchError
 from cwm_agent.swebench.evaluate import EvalReport
 from cwm_agent.swebench.runner import InstanceResult
@@ -125,7 +126,7 @@ def _results(folder: Path) -> list[InstanceResult]:
         try:
             results.append(InstanceResult.model_validate_json(path.read_text(encoding="utf-8")))
         except (OSError, ValidationError) as exc:
-            raise SwebenchError(f"{path} is unreadable: {str(exc).splitlines()[0]}") from None
+            raise SwebenchError(f"{path} is unreadable: {first_line(exc)}") from None
     if not results:
         raise SwebenchError(f"{folder} holds no finished instances (trajectories/*/result.json)")
     return results
@@ -138,7 +139,7 @@ def _graded(folder: Path) -> EvalReport | None:
     try:
         return EvalReport.model_validate_json(path.read_text(encoding="utf-8"))
     except (OSError, ValidationError) as exc:
-        raise SwebenchError(f"{path} is unreadable: {str(exc).splitlines()[0]}") from None
+        raise SwebenchError(f"{path} is unreadable: {first_line(exc)}") from None
 
 
 def _resolved(report: EvalReport, instance_id: str) -> bool:
