@@ -338,3 +338,45 @@ def test_resume_after_a_kill_loses_and_repeats_nothing(
     assert batch_containers(client, output) == []
     refused = run_cli(*run_args(dataset, replays, output))
     assert refused.returncode == 1 and "add --resume" in refused.stderr
+
+
+def test_samples_pick_a_patch_per_instance_with_test_time_scaling(
+    dataset: Path, calc: dict[str, object], tmp_path: Path, client: docker.DockerClient
+) -> None:
+    """Two candidates (wrong, gold) and one reproduction test: the gold patch is predicted."""
+    gold: dict[str, str] = calc["gold"]  # type: ignore[assignment]
+    repo: Path = calc["repo"]  # type: ignore[assignment]
+    wrong = diff(repo, "calc.py", FIXES["calc__calc-2"][0], WRONG)
+    submit = [call("submit", "/tmp/fix.patch"), "Submitted.\n</think>\n\nDone."]
+    test = (
+        "from calc import clamp\n\n"
+        "print('Issue resolved' if clamp(9, 0, 5) == 5 else 'Issue reproduced')\n"
+    )
+    scripts = {
+        "candidate-0": [write_patch(wrong), *submit],
+        "candidate-1": [write_patch(gold["calc__calc-2"]), *submit],
+        "testgen-0": [
+            call("create", f"test_issue.py\n{test}"),
+            call("submit", "test_issue.py"),
+            "Submitted.\n</think>\n\nThe test checks the upper bound.",
+        ],
+    }
+    folder = tmp_path / "replays" / "calc__calc-2"
+    folder.mkdir(parents=True)
+    for name, replies in scripts.items():
+        (folder / f"{name}.json").write_text(json.dumps(replies))
+    output = tmp_path / "run"
+    args = run_args(dataset, folder.parent, output, "--instances", "calc__calc-2")
+    done = run_cli(*args, "--samples", "2", "--test-samples", "1")
+    assert done.returncode == 0, done.stderr + done.stdout
+
+    [line] = predictions(output)
+    assert line["model_patch"] == gold["calc__calc-2"]
+    instance = output / "trajectories" / "calc__calc-2"
+    report = json.loads((instance / "tts.json").read_text())
+    assert report["selected"] == 1 and report["decision"].startswith("candidate 1: highest score")
+    assert [c["generated"] for c in report["candidates"]] == [{"0": False}, {"0": True}]
+    result = json.loads((instance / "result.json").read_text())
+    assert result["status"] == "submitted" and result["start"] == report["start"]
+    assert result["start"] == git(repo, "rev-parse", "main").strip()
+    assert batch_containers(client, output) == []
