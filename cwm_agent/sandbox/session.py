@@ -51,6 +51,7 @@ done
 
 _STDOUT, _STDERR = 1, 2
 _QUERY_TIMEOUT_S = 30.0
+_POLL_S = 0.5  # longest wait before noticing that another thread closed the session
 
 
 @dataclass(frozen=True)
@@ -73,11 +74,15 @@ class _Stream:
     eof: bool = False
 
     def read_some(self, timeout: float) -> bool:
-        """Wait up to `timeout` for bytes; False on timeout."""
-        ready, _, _ = select.select([self.sock], [], [], max(timeout, 0.0))
-        if not ready:
-            return False
-        chunk = self.sock.recv(1 << 16)
+        """Wait up to `timeout` for bytes; False on timeout. A socket closed under us
+        (another thread ended the session) reads as the end of the stream."""
+        try:
+            ready, _, _ = select.select([self.sock], [], [], max(timeout, 0.0))
+            if not ready:
+                return False
+            chunk = self.sock.recv(1 << 16)
+        except (OSError, ValueError):
+            chunk = b""
         if not chunk:
             self.eof = True
             return True
@@ -240,7 +245,8 @@ class ShellSession:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return ShellResult("", None, time.monotonic() - started, "timeout")
-            stream.read_some(remaining)
+            # In slices: closing the socket from another thread does not wake select.
+            stream.read_some(min(remaining, _POLL_S))
 
 
 def _decode(raw: bytes) -> str:
