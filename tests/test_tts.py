@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -367,4 +368,39 @@ def test_a_candidate_whose_container_dies_fails_alone(
     assert dead["reason"].startswith("sandbox:")
     assert report["selected"] == 0 and report["candidates"][0]["score"] == 2
     assert "candidate-1: error" in stdout
+    assert fix_containers(client) == []
+
+
+@pytest.mark.docker
+def test_sigterm_stops_every_rollout_and_removes_their_containers(
+    clamp_repo: Path, base_image: str, tmp_path: Path, client: docker.DockerClient
+) -> None:
+    replays = tmp_path / "replays"
+    replays.mkdir()
+    slow = [call("bash", "sleep 300", "Wait for something.")] * 3
+    for name in ("candidate-0", "candidate-1", "testgen-0"):
+        (replays / f"{name}.json").write_text(json.dumps(slow))
+    args = fix_args(clamp_repo, base_image, tmp_path / "run", replays)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cwm_agent.cli", *args, "--samples", "2", "--test-samples", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 180
+    sleeping: set[str] = set()
+    while len(sleeping) < 3 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.5)
+        for container in client.containers.list(filters={"label": f"{LABEL}.job=fix"}):
+            try:  # the baseline's container may end between the listing and this look
+                processes = container.top()["Processes"]
+            except docker.errors.APIError:
+                continue
+            if any("sleep 300" in " ".join(p) for p in processes):
+                sleeping.add(container.labels[f"{LABEL}.role"])
+    assert sleeping == {"candidate-0", "candidate-1", "testgen-0"}
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=90)  # well before any `sleep 300` ends
+    assert process.returncode == 130, stderr
+    assert "interrupted: containers removed" in stderr and "Traceback" not in stderr
     assert fix_containers(client) == []

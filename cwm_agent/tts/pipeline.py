@@ -16,17 +16,18 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import docker
 
 from cwm_agent.agent import RolloutConfig, Trajectory, run_rollout
 from cwm_agent.errors import first_line
 from cwm_agent.model import PolicyPool
-from cwm_agent.sandbox import LABEL, SandboxInterrupted, teardown
+from cwm_agent.sandbox import LABEL, Sandbox, SandboxInterrupted, teardown
 from cwm_agent.tools import Toolbox
 from cwm_agent.tts import generated, regression
 from cwm_agent.tts.execution import Tree
@@ -91,25 +92,36 @@ class TTSRun:
         self.started = time.monotonic()
         self.phases: dict[str, float] = {}
         self.start: str | None = None
+        self.live: set[Sandbox] = set()  # containers open now, removed at once on interrupt
 
     def run(self) -> TTSReport:
         k, m = self.options.samples, self.options.test_samples
         teardown.install_signal_handlers()
         with ThreadPoolExecutor(max_workers=2 * k + m + 3) as pool:
+            started: list[Future[Any]] = []
+
+            def start(piece: Callable[..., Any], *args: Any) -> Future[Any]:
+                started.append(pool.submit(piece, *args))
+                return started[-1]
+
             try:
-                baseline = pool.submit(self._baseline)  # first in line for a container
-                candidates = [pool.submit(self._rollout, "candidate", i) for i in range(k)]
-                tests = [pool.submit(self._rollout, "testgen", j) for j in range(m)]
-                plan = pool.submit(self._plan, baseline, candidates)
-                kept = pool.submit(self._check_tests, tests)
+                baseline = start(self._baseline)  # first in line for a container
+                candidates = [start(self._rollout, "candidate", i) for i in range(k)]
+                tests = [start(self._rollout, "testgen", j) for j in range(m)]
+                plan = start(self._plan, baseline, candidates)
+                kept = start(self._check_tests, tests)
                 evaluations = [
-                    pool.submit(self._evaluate, i, candidates[i], plan, kept) for i in range(k)
+                    start(self._evaluate, i, candidates[i], plan, kept) for i in range(k)
                 ]
                 reports = [future.result() for future in evaluations]
             except BaseException:  # Ctrl-C or SIGTERM: stop starting work, remove containers
                 self.cancelled.set()
                 pool.shutdown(wait=False, cancel_futures=True)
-                teardown.close_all()
+                pending = set(started)
+                while pending:  # this run's containers only, also those still being made
+                    for box in list(self.live):
+                        box.close()
+                    pending = wait(pending, timeout=0.5).not_done
                 raise
             return self._decide(reports, kept.result(), plan.result())
 
@@ -122,7 +134,11 @@ class TTSRun:
             if self.cancelled.is_set():
                 raise SandboxInterrupted("test-time scaling was interrupted")
             with self.workspace.open(self.client, {f"{LABEL}.role": name}) as opened:
-                yield Tree(opened)
+                self.live.add(opened.box)
+                try:
+                    yield Tree(opened)
+                finally:
+                    self.live.discard(opened.box)
 
     def _phase(self, name: str) -> None:
         self.phases[name] = round(time.monotonic() - self.started, 3)
