@@ -117,7 +117,10 @@ def run_fix(
         workspace, issue, pool, options.scaling, options.rollout, output, client, observer, progress
     )
     trajectory, patch, report = solution.trajectory, solution.patch, solution.report
-    patch_error = solution.patch_error  # checked against the start commit in the sandbox
+    patch_error = solution.patch_error
+    if patch and snapshot is not None:
+        assert repo is not None
+        patch_error = gitrepo.check_patch(repo, snapshot.commit, patch)
     if snapshot is not None:
         start, start_commit = snapshot.description, snapshot.commit
     else:

@@ -1,7 +1,7 @@
 """The user's repository, read and written only through git's object store.
 
 Nothing here touches the user's working tree, index, stash or current branch:
-snapshots are tar streams of a commit's blobs, patches are committed through
+snapshots are tar streams of a commit's blobs, patches are checked and committed through
 a throw-away index file, and a branch is created by pointing a new ref at a
 commit made with `commit-tree`.
 """
@@ -108,6 +108,17 @@ def _tree_tar(tree: git.Tree) -> bytes:
                     tar.addfile(info, io.BytesIO(data))
             # submodules (commits) are not part of the snapshot
     return buffer.getvalue()
+
+
+def check_patch(repo: git.Repo, start: str, patch: bytes) -> str | None:
+    """None if `patch` applies cleanly to `start`, else git's complaint."""
+    with _scratch_index(repo, start) as (env, patch_file):
+        patch_file.write_bytes(patch)
+        try:
+            repo.git.execute(["git", "apply", "--cached", "--check", str(patch_file)], env=env)
+        except git.GitCommandError as exc:
+            return (exc.stderr or str(exc)).strip().removeprefix("stderr: ").strip("'\n ")
+    return None
 
 
 def commit_on_branch(repo: git.Repo, start: str, patch: bytes, branch: str, message: str) -> str:

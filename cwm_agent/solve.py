@@ -36,7 +36,7 @@ class Solution:
     head: str  # the start commit inside the sandbox
     trajectory: Trajectory  # the patch's rollout (test-time scaling: the selected, or the first)
     patch: bytes
-    patch_error: str | None  # why the patch does not apply to the start state
+    patch_error: str | None  # why it does not apply (for a snapshot, its caller checks)
     report: TTSReport | None  # test-time scaling's, when it ran
 
     @property
@@ -73,7 +73,9 @@ def solve(
         with workspace.open(client) as opened, pool.rollout("candidate-0") as policy:
             trajectory = run_rollout(policy, Toolbox(opened.box), issue, rollout, observer)
             patch = trajectory.submission_bytes or b""
-            patch_error = _check_patch(opened.box, opened.head, patch) if patch else None
+            # A snapshot's caller holds the repository and checks the patch against it.
+            inside = workspace.snapshot is None
+            patch_error = _check_patch(opened.box, opened.head, patch) if patch and inside else None
         head = opened.head
     output.mkdir(parents=True, exist_ok=True)
     (output / "patch.diff").write_bytes(patch)

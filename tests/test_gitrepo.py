@@ -22,6 +22,7 @@ import pytest
 from cwm_agent.gitrepo import (
     AUTHOR,
     RepoError,
+    check_patch,
     commit_on_branch,
     ensure_new_branch,
     open_repo,
@@ -365,7 +366,7 @@ def test_snapshot_ignores_archive_attributes(clean_repo: Path) -> None:
 
 
 def test_nothing_the_user_sees_changes(dirty_repo: Path, scratch: Path) -> None:
-    """Snapshot and commit on a dirty repo leave files, index, HEAD, branch, stash alone."""
+    """Snapshot, check and commit on a dirty repo leave files, index, HEAD, branch, stash alone."""
     branch = "cwm/fix-1"
     before = user_state(dirty_repo)
     before_stash = out(dirty_repo, "rev-parse", "refs/stash")
@@ -375,6 +376,8 @@ def test_nothing_the_user_sees_changes(dirty_repo: Path, scratch: Path) -> None:
     snap = snapshot(repo, include_uncommitted=True)
     refresh_scratch(scratch, dirty_repo)
     patch = make_patch(scratch, snap.commit, rich_edit)
+    assert check_patch(repo, snap.commit, patch) is None
+    assert check_patch(repo, snap.commit, b"garbage, not a patch\n")
     commit = commit_on_branch(repo, snap.commit, patch, branch, "cwm-agent: fix")
     with pytest.raises(RepoError):
         commit_on_branch(repo, snap.commit, patch, branch, "again")
@@ -393,6 +396,60 @@ def test_nothing_the_user_sees_changes(dirty_repo: Path, scratch: Path) -> None:
     assert after.refs == before.refs
     assert out(dirty_repo, "rev-parse", f"refs/heads/{branch}") == commit
     assert not (dirty_repo / ".git" / "MERGE_HEAD").exists()
+
+
+# --- check_patch -------------------------------------------------------------------------------
+
+
+def test_check_patch_accepts_text_new_and_binary_changes(clean_repo: Path, scratch: Path) -> None:
+    """A `git diff --binary` with a new file, a deletion and binary changes applies to start."""
+    head = out(clean_repo, "rev-parse", "HEAD")
+    patch = make_patch(scratch, head, rich_edit)
+    assert b"GIT binary patch" in patch
+    assert b"new file mode" in patch
+    assert check_patch(open_repo(clean_repo), head, patch) is None
+
+
+def test_check_patch_reports_a_patch_that_does_not_apply(clean_repo: Path) -> None:
+    """Wrong context: git's own complaint comes back, cleaned of gitpython's wrapping."""
+    patch = (
+        b"diff --git a/README.md b/README.md\n"
+        b"--- a/README.md\n"
+        b"+++ b/README.md\n"
+        b"@@ -1,3 +1,3 @@\n"
+        b" # Something else\n"
+        b" \n"
+        b"-Other text.\n"
+        b"+New text.\n"
+    )
+    head = out(clean_repo, "rev-parse", "HEAD")
+    message = check_patch(open_repo(clean_repo), head, patch)
+    assert message
+    assert "README.md" in message
+    assert not message.startswith(("stderr", "'", "Cmd("))
+
+
+def test_check_patch_uses_start_not_the_working_tree(dirty_repo: Path, scratch: Path) -> None:
+    """A patch made on the uncommitted snapshot applies there but not to plain HEAD."""
+    repo = open_repo(dirty_repo)
+    head = out(dirty_repo, "rev-parse", "HEAD")
+    snap = snapshot(repo, include_uncommitted=True)
+    refresh_scratch(scratch, dirty_repo)
+
+    def edit(root: Path) -> None:
+        (root / "src" / "app.py").write_text("def answer():\n    return 43  # unstaged fix\n")
+
+    patch = make_patch(scratch, snap.commit, edit)
+    assert check_patch(repo, snap.commit, patch) is None
+    message = check_patch(repo, head, patch)
+    assert message
+    assert "src/app.py" in message
+
+
+@pytest.mark.parametrize("patch", [b"", b"this is not a diff\n"], ids=["empty", "garbage"])
+def test_check_patch_rejects_non_patches(clean_repo: Path, patch: bytes) -> None:
+    """Input that is no patch at all is refused with a message, not None."""
+    assert check_patch(open_repo(clean_repo), "HEAD", patch)
 
 
 # --- commit_on_branch --------------------------------------------------------------------------
