@@ -19,6 +19,7 @@ from pathlib import Path
 
 import docker
 import pytest
+from docker.models.containers import Container
 
 from cwm_agent.model import PolicyError, PolicyPool
 from cwm_agent.model.batching import BatchingPolicy, RolloutPolicy
@@ -334,6 +335,34 @@ def test_selects_the_right_candidate_and_explains_every_decision(
     assert fix_containers(client) == []
 
 
+def start_fix(args: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "cwm_agent.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_calls(
+    client: docker.DockerClient, process: subprocess.Popen[str], command: str, roles: set[str]
+) -> dict[str, Container]:
+    """The containers of these rollouts, once each is running `command`."""
+    found: dict[str, Container] = {}
+    deadline = time.monotonic() + 180
+    while set(found) != roles and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.5)
+        for container in client.containers.list(filters={"label": f"{LABEL}.job=fix"}):
+            try:  # a container may end between the listing and this look
+                processes = container.top()["Processes"]
+            except docker.errors.APIError:
+                continue
+            if any(command in " ".join(p) for p in processes):
+                found[container.labels[f"{LABEL}.role"]] = container
+    assert set(found) == roles, "the rollouts never reached their slow call"
+    return found
+
+
 @pytest.mark.docker
 def test_a_candidate_whose_container_dies_fails_alone(
     clamp_repo: Path, base_image: str, tmp_path: Path, client: docker.DockerClient
@@ -344,23 +373,10 @@ def test_a_candidate_whose_container_dies_fails_alone(
     slow = [call("bash", "sleep 120", "Wait for something.")] * 3
     (replays / "candidate-1.json").write_text(json.dumps(slow))
     out = tmp_path / "run"
-    args = fix_args(clamp_repo, base_image, out, replays, "--samples", "2")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cwm_agent.cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    killed = False
-    deadline = time.monotonic() + 120
-    while not killed and time.monotonic() < deadline and process.poll() is None:
-        for container in client.containers.list(filters={"label": f"{LABEL}.role=candidate-1"}):
-            if any("sleep 120" in " ".join(p) for p in container.top()["Processes"]):
-                container.kill()
-                killed = True
-        time.sleep(0.5)
+    process = start_fix(fix_args(clamp_repo, base_image, out, replays, "--samples", "2"))
+    sleeping = wait_for_calls(client, process, "sleep 120", {"candidate-1"})
+    sleeping["candidate-1"].kill()
     stdout, stderr = process.communicate(timeout=180)
-    assert killed
     assert process.returncode == 0, stderr
     report = json.loads((out / "tts.json").read_text())
     dead = report["candidates"][1]
@@ -381,24 +397,8 @@ def test_sigterm_stops_every_rollout_and_removes_their_containers(
     for name in ("candidate-0", "candidate-1", "testgen-0"):
         (replays / f"{name}.json").write_text(json.dumps(slow))
     args = fix_args(clamp_repo, base_image, tmp_path / "run", replays)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cwm_agent.cli", *args, "--samples", "2", "--test-samples", "1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 180
-    sleeping: set[str] = set()
-    while len(sleeping) < 3 and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.5)
-        for container in client.containers.list(filters={"label": f"{LABEL}.job=fix"}):
-            try:  # the baseline's container may end between the listing and this look
-                processes = container.top()["Processes"]
-            except docker.errors.APIError:
-                continue
-            if any("sleep 300" in " ".join(p) for p in processes):
-                sleeping.add(container.labels[f"{LABEL}.role"])
-    assert sleeping == {"candidate-0", "candidate-1", "testgen-0"}
+    process = start_fix([*args, "--samples", "2", "--test-samples", "1"])
+    wait_for_calls(client, process, "sleep 300", {"candidate-0", "candidate-1", "testgen-0"})
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=90)  # well before any `sleep 300` ends
     assert process.returncode == 130, stderr
