@@ -115,6 +115,12 @@ def fix(
     offline: Annotated[
         bool, typer.Option("--offline", help="local model: never download from the Hub")
     ] = False,
+    compile: Annotated[
+        bool | None,
+        typer.Option(
+            "--compile/--no-compile", help="local model: compiled decoding (default: on a GPU)"
+        ),
+    ] = None,
     greedy: Annotated[bool, typer.Option("--greedy", help="greedy decoding, not sampling")] = False,
     seed: Annotated[int | None, typer.Option(help="sampling seed")] = None,
     samples: Annotated[int, typer.Option(help="test-time scaling: candidate rollouts (K)")] = 1,
@@ -157,6 +163,7 @@ def fix(
             device_map=device_map,
             attn_implementation=attn_implementation,
             offline=offline,
+            compile=compile,
             greedy=greedy,
             seed=seed,
         ),
@@ -363,12 +370,16 @@ def serve(
     dtype: Annotated[str, typer.Option(help="auto, bfloat16 or float32")] = "auto",
     quantization: Annotated[str | None, typer.Option(help="fp8, int8 or int4")] = None,
     offline: Annotated[bool, typer.Option("--offline", help="never download")] = False,
+    compile: Annotated[
+        bool | None,
+        typer.Option("--compile/--no-compile", help="compiled decoding (default: on a GPU)"),
+    ] = None,
 ) -> None:
     """Serve a local CWM over an OpenAI-compatible /v1/completions (for --model openai:URL)."""
     from cwm_agent.model.hf import TransformersPolicy
     from cwm_agent.model.server import CompletionServer
 
-    options = ModelOptions(dtype=dtype, quantization=quantization, offline=offline)
+    options = ModelOptions(dtype=dtype, quantization=quantization, offline=offline, compile=compile)
     policy = load_policy(model, options)
     if not isinstance(policy, TransformersPolicy):
         raise PolicyError(f"serve needs a local model (a Hub id or a directory), not {model}")

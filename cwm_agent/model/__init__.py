@@ -27,6 +27,7 @@ class ModelOptions(BaseModel):
     quantization: Literal["fp8", "int8", "int4"] | None = None
     attn_implementation: str | None = None
     offline: bool = False
+    compile: bool | None = None  # compiled decoding; None: on a GPU only
     temperature: float = Field(1.0, ge=0)
     top_p: float = Field(0.95, gt=0, le=1)
     greedy: bool = False
@@ -61,6 +62,7 @@ def load_policy(spec: str, options: ModelOptions | None = None) -> Policy:
         quantization=options.quantization,
         attn_implementation=options.attn_implementation,
         offline=options.offline,
+        compile=options.compile,
         sampling=SamplingParams(
             temperature=options.temperature,
             top_p=options.top_p,

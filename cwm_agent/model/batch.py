@@ -41,7 +41,6 @@ def decode(
     its `cache` ends holding every token but the last generated one, as after
     `generate()`, so the next turn can extend it.
     """
-    stop = torch.tensor(list(stop_ids), device=model.device)
     lengths = [row.cache.get_seq_length() for row in rows]
     batch, longest = _merge([row.cache for row in rows], lengths)
     running = list(range(len(rows)))
@@ -61,13 +60,10 @@ def decode(
             ).logits[:, -1, :]
             chosen = sample(logits)
             keep = []
-            for slot, row_index in enumerate(running):
+            for slot, (row_index, token) in enumerate(zip(running, chosen.tolist(), strict=True)):
                 lengths[row_index] += 1
-                token = int(chosen[slot])
-                row = rows[row_index]
-                row.generated.append(token)
-                if bool((stop == token).any()) or len(row.generated) >= row.max_new_tokens:
-                    row.cache = _row(batch, slot, lengths[row_index])
+                if advance(rows[row_index], token, stop_ids):
+                    rows[row_index].cache = _row(batch, slot, lengths[row_index])
                 else:
                     keep.append(slot)
             if len(keep) < len(running):
@@ -79,6 +75,12 @@ def decode(
                 running = [running[slot] for slot in keep]
             mask = torch.cat([mask, mask.new_ones(len(running), 1)], dim=1)
             tokens = chosen.view(-1, 1)
+
+
+def advance(row: Row, token: int, stop_ids: Sequence[int]) -> bool:
+    """Record `row`'s new token; True when the row is done (a stop id or its limit)."""
+    row.generated.append(token)
+    return token in stop_ids or len(row.generated) >= row.max_new_tokens
 
 
 def _merge(caches: Sequence[DynamicCache], lengths: Sequence[int]) -> tuple[DynamicCache, int]:

@@ -50,6 +50,7 @@ from transformers import (
 )
 
 from cwm_agent.errors import first_line
+from cwm_agent.model import compiled
 from cwm_agent.model.batch import Row, Sampler, decode
 from cwm_agent.model.policy import (
     Completion,
@@ -184,7 +185,10 @@ class TransformersPolicy:
 
     `model` is a Hub id (e.g. ``facebook/cwm``) or a local directory. `cache_entries`
     bounds the KV caches kept for reuse; each can be as large as one conversation's
-    KV cache, on the model's device.
+    KV cache, on the model's device. `compile` decodes with a compiled step over
+    fixed-shape buffers (`compiled.py`); by default it is on for a model on a GPU,
+    where eager decoding is bound by kernel launches, and off on a CPU, where the
+    first step of each new shape would cost tens of seconds of compilation.
     """
 
     def __init__(
@@ -198,6 +202,7 @@ class TransformersPolicy:
         offline: bool = False,
         sampling: SamplingParams = SamplingParams(),
         cache_entries: int = 16,
+        compile: bool | None = None,
     ) -> None:
         if dtype not in DTYPES:
             raise PolicyError(f"dtype {dtype!r} is not supported: use one of {', '.join(DTYPES)}")
@@ -225,6 +230,9 @@ class TransformersPolicy:
         )
         # Sampling comes from SamplingParams only, never from the checkpoint's defaults.
         self.model.generation_config = GenerationConfig()
+        if compile is None:
+            compile = self.model.device.type == "cuda"
+        self.decoder = compiled.CompiledDecoder(self.model) if compile else None
 
     def complete(
         self, conversations: Sequence[Sequence[Message]], max_new_tokens: TokenLimit
@@ -240,8 +248,9 @@ class TransformersPolicy:
     ) -> list[Generated]:
         """Continue each prompt until a stop token or `max_new_tokens`.
 
-        One prompt runs through `generate()`; several are decoded as one batch, each
-        from its own cache and leaving the batch when it stops (`batch.py`). Calls
+        Eagerly, one prompt runs through `generate()`; several are decoded as one batch,
+        each from its own cache and leaving the batch when it stops (`batch.py`).
+        Compiled, every call decodes through an arena (`compiled.py`). Calls
         from several threads are serialised: they share one model and one set of caches.
         """
         limits = per_conversation(max_new_tokens, len(prompts))
@@ -251,7 +260,7 @@ class TransformersPolicy:
         with self._lock:
             if sampling.seed is not None:
                 torch.manual_seed(sampling.seed)
-            if len(prompts) > 1:
+            if len(prompts) > 1 or self.decoder is not None:
                 return self._generate_batch([tuple(p) for p in prompts], limits, sampling)
             return [
                 self._generate_one(tuple(prompt), self._generation_config(limit, sampling))
@@ -271,7 +280,10 @@ class TransformersPolicy:
                 self._prefill(cache, prompt[cache.get_seq_length() : -1])
             rows.append(Row(cache, prompt[-1], limit, []))
             reused.append(held)
-        decode(self.model, rows, self._stop_ids, _sampler(sampling))
+        if self.decoder is not None:
+            compiled.decode(self.decoder, rows, self._stop_ids, _sampler(sampling))
+        else:
+            decode(self.model, rows, self._stop_ids, _sampler(sampling))
         duration = time.monotonic() - started
         results = []
         for prompt, row, held in zip(prompts, rows, reused, strict=True):

@@ -1,0 +1,238 @@
+"""Decode steps of one fixed shape, so that torch.compile (and CUDA graphs) can run them.
+
+Eager decoding launches about a thousand small kernels per token from Python: on an
+H100 that held the 32B model to 25% of its memory-bandwidth limit (benchmarks/RESULTS.md).
+A compiled step needs inputs whose shapes and addresses stay the same from one token to
+the next, which `DynamicCache`'s growing tensors are not. So for decoding, the rows'
+caches are copied into an `Arena` of preallocated buffers, and copied back out when a
+row stops (prefill stays eager: it is one large call, bound by compute, not launches):
+
+- a full-attention layer holds `capacity` slots; padded index i sits in slot i;
+- a sliding-window layer holds a ring of `window` slots; index i sits in slot
+  i % window, so a step writes one slot instead of shifting the whole window, as
+  transformers' `StaticCache` does every token.
+
+Rows are left-padded to one shared index, as in `batch.py`, and keep their own RoPE
+positions. The step builds its masks from two tensors, the index being written and each
+row's first real index, so one graph serves every step. Attention does not depend on
+the order of its slots, and RoPE is applied before caching, so the ring needs no
+reordering. Rows that stop stay in the arena as dead rows (their tokens are ignored):
+the batch keeps its shape, and on a GPU a few more rows cost next to nothing in a
+decode step bound by reading the weights.
+
+Arenas are kept per shape (rows and capacity rounded up to powers of two) and reused,
+so the turns of a conversation replay one compiled step; a reply that outgrows the
+capacity moves to an arena twice as large.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+from cwm_agent.model.batch import Row, Sampler, advance
+
+# One compiled graph per arena shape; the default limit (8) would fall back to eager.
+RECOMPILE_LIMIT = 64
+
+
+def _bucket(n: int, least: int = 1) -> int:
+    """The smallest power of two >= max(n, least)."""
+    return 1 << (max(n, least) - 1).bit_length()
+
+
+class Arena:
+    """Fixed-shape KV buffers for `rows` conversations of up to `capacity` tokens."""
+
+    def __init__(self, model: Any, rows: int, capacity: int) -> None:
+        self.config = config = model.config
+        self.rows, self.capacity = rows, capacity
+        self.window = config.sliding_window
+        self.sliding = [kind == "sliding_attention" for kind in config.layer_types]
+        dtype, device = model.dtype, model.device
+        heads = config.num_key_value_heads
+        head_dim = config.head_dim
+
+        def buffer(sliding: bool) -> torch.Tensor:
+            slots = self.window if sliding else capacity
+            return torch.zeros(rows, heads, slots, head_dim, dtype=dtype, device=device)
+
+        self.keys = [buffer(sliding) for sliding in self.sliding]
+        self.values = [buffer(sliding) for sliding in self.sliding]
+        self.index = torch.zeros((), dtype=torch.long, device=device)  # the slot being written
+        self.start = torch.zeros(rows, dtype=torch.long, device=device)  # first real index
+        self.tokens = torch.zeros(rows, 1, dtype=torch.long, device=device)
+        self.full_slots = torch.arange(capacity, device=device)
+        self.ring_slots = torch.arange(self.window, device=device)
+        for tensor in [*self.keys, *self.values, self.index, self.start, self.tokens]:
+            torch._dynamo.mark_static_address(tensor)
+
+    def load(self, caches: Sequence[DynamicCache | None], longest: int) -> None:
+        """Copy each row's cache in, left-padded to `longest` tokens; None is an empty
+        row (padding up to a batch size)."""
+        for keys, values in zip(self.keys, self.values, strict=True):
+            keys.zero_()
+            values.zero_()
+        starts = []
+        for row, cache in enumerate(caches):
+            length = cache.get_seq_length() if cache is not None else 0
+            starts.append(longest - length)
+            if cache is None:
+                continue
+            for layer, held in enumerate(cache.layers):
+                count = held.keys.shape[-2]  # a sliding layer holds only its last tokens
+                slots = torch.arange(longest - count, longest, device=self.index.device)
+                if self.sliding[layer]:
+                    slots = slots % self.window
+                self.keys[layer][row].index_copy_(1, slots, held.keys[0].to(self.keys[layer]))
+                self.values[layer][row].index_copy_(1, slots, held.values[0].to(self.keys[layer]))
+        self.start.copy_(torch.tensor(starts + [longest] * (self.rows - len(starts))))
+        self.index.fill_(longest)
+
+    def cut(self, row: int, end: int) -> DynamicCache:
+        """Row `row`'s indices before `end` as a cache of its own, as the eager path
+        leaves it (a sliding layer keeps its last window - 1 tokens)."""
+        start = int(self.start[row])
+        cache = DynamicCache(config=self.config)
+        for layer, (own, sliding) in enumerate(zip(cache.layers, self.sliding, strict=True)):
+            kept = min(end - start, self.window - 1) if sliding else end - start
+            slots = torch.arange(end - kept, end, device=self.index.device)
+            if sliding:
+                slots = slots % self.window
+            keys, values = self.keys[layer], self.values[layer]
+            own.update(keys[row, None, :, slots], values[row, None, :, slots])
+            if sliding:
+                own.cumulative_length = end - start
+        return cache
+
+    def grown(self, model: Any) -> Arena:
+        """An arena of twice the capacity holding the same rows, index and next tokens."""
+        bigger = Arena(model, self.rows, self.capacity * 2)
+        pairs = zip([*self.keys, *self.values], [*bigger.keys, *bigger.values], strict=True)
+        for mine, theirs in pairs:
+            theirs[:, :, : mine.shape[2]] = mine  # a ring keeps its slots; full layers extend
+        bigger.start.copy_(self.start)
+        bigger.index.copy_(self.index)
+        bigger.tokens.copy_(self.tokens)
+        return bigger
+
+    def masks(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Which slots each row's next token may attend to: [rows, 1, 1, slots] each."""
+        start = self.start.view(-1, 1)
+        full = (self.full_slots >= start) & (self.full_slots <= self.index)
+        # The index a ring slot holds: the latest one <= index that maps to it.
+        held = self.index - torch.remainder(self.index - self.ring_slots, self.window)
+        ring = held >= start
+        return full[:, None, None, :], ring[:, None, None, :]
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *_: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cache interface the attention layers call: store one token, see all slots."""
+        slot = torch.remainder(self.index, self.window) if self.sliding[layer_idx] else self.index
+        self.keys[layer_idx].index_copy_(2, slot.view(1), key_states)
+        self.values[layer_idx].index_copy_(2, slot.view(1), value_states)
+        return self.keys[layer_idx], self.values[layer_idx]
+
+
+def forward(model: Any, arena: Arena, float_mask: bool) -> torch.Tensor:
+    """One decode step of every row in the arena: the logits of the next tokens."""
+    full, ring = arena.masks()
+    if float_mask:  # eager attention adds its mask to the scores
+        full, ring = (
+            torch.zeros(m.shape, dtype=model.dtype, device=m.device).masked_fill(
+                ~m, torch.finfo(model.dtype).min
+            )
+            for m in (full, ring)
+        )
+    output = model(
+        input_ids=arena.tokens,
+        attention_mask={"full_attention": full, "sliding_attention": ring},
+        position_ids=(arena.index - arena.start).view(-1, 1),
+        past_key_values=arena,
+        use_cache=True,
+    )
+    return output.logits[:, -1, :]
+
+
+class CompiledDecoder:
+    """Runs decode steps through arenas, compiled once per arena shape.
+
+    `compile=False` runs the same arenas eagerly: it checks the arena logic without
+    paying for compilation, and is what tests compare against the dynamic path. An
+    arena's capacity is the longest row plus `headroom` (or its longest reply, if
+    less), rounded up to a power of two of at least `min_capacity`.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        compile: bool = True,
+        arenas: int = 2,
+        headroom: int = 512,
+        min_capacity: int = 256,
+    ) -> None:
+        self.model = model
+        self.arenas: OrderedDict[tuple[int, int], Arena] = OrderedDict()
+        self.keep = arenas  # arenas kept for reuse; each holds its rows' whole KV cache
+        self.headroom = headroom  # room for new tokens when an arena is picked
+        self.min_capacity = min_capacity
+        self.float_mask = model.config._attn_implementation == "eager"
+        self.step: Callable[..., torch.Tensor] = forward
+        if compile:
+            torch._dynamo.config.recompile_limit = max(
+                torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT
+            )
+            mode = "reduce-overhead" if model.device.type == "cuda" else "default"
+            self.step = torch.compile(forward, fullgraph=True, dynamic=False, mode=mode)
+
+    def arena(self, rows: int, tokens: int) -> Arena:
+        """An arena for `rows` rows of up to `tokens` tokens; one of that shape is reused."""
+        shape = (_bucket(rows), _bucket(tokens, self.min_capacity))
+        arena = self.arenas.pop(shape, None) or Arena(self.model, *shape)
+        self.arenas[shape] = arena
+        while len(self.arenas) > self.keep:
+            self.arenas.popitem(last=False)
+        return arena
+
+    def grow(self, arena: Arena) -> Arena:
+        bigger = arena.grown(self.model)
+        self.arenas.pop((arena.rows, arena.capacity), None)
+        self.arenas[(bigger.rows, bigger.capacity)] = bigger
+        return bigger
+
+
+def decode(
+    decoder: CompiledDecoder, rows: Sequence[Row], stop_ids: Sequence[int], sample: Sampler
+) -> None:
+    """`batch.decode` through an arena: the same contract, one compiled step per token."""
+    device = decoder.model.device
+    longest = max(row.cache.get_seq_length() for row in rows)
+    headroom = min(max(row.max_new_tokens for row in rows), decoder.headroom)
+    arena = decoder.arena(len(rows), longest + headroom)
+    arena.load([row.cache for row in rows], longest)
+    arena.tokens.zero_()
+    arena.tokens[: len(rows), 0] = torch.tensor([row.pending for row in rows], device=device)
+    index, live = longest, list(range(len(rows)))
+    with torch.no_grad():
+        while live:
+            if index == arena.capacity:
+                arena = decoder.grow(arena)
+            logits = decoder.step(decoder.model, arena, decoder.float_mask)
+            index += 1
+            arena.index.fill_(index)
+            slots = torch.tensor(live, device=device)
+            chosen = sample(logits[slots])
+            still = []
+            for slot, token in zip(live, chosen.tolist(), strict=True):
+                if advance(rows[slot], token, stop_ids):
+                    rows[slot].cache = arena.cut(slot, index)
+                else:
+                    still.append(slot)
+            arena.tokens[slots, 0] = chosen
+            live = still

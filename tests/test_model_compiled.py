@@ -1,0 +1,134 @@
+"""Compiled decoding (cwm_agent/model/compiled.py) on the tiny random CWM: the arena
+path must generate exactly what the eager dynamic-cache path generates, across turns,
+rollouts of different lengths, rows that stop early, the sliding window and growth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from test_model_hf import GREEDY, task, tool_result
+from transformers import DynamicCache
+
+from cwm_agent.model.batch import Row, decode
+from cwm_agent.model.compiled import CompiledDecoder
+from cwm_agent.model.compiled import decode as decode_compiled
+from cwm_agent.model.hf import Generated, TransformersPolicy
+from cwm_agent.protocol.chat import Message, render_ids
+
+NAMES = ("a", "bbbb", "cccccccc")
+LIMITS = [16, 5, 11]  # rows leave the batch at different steps
+
+
+def rollouts(policy: TransformersPolicy, turns: int) -> list[list[Generated]]:
+    """Three rollouts of one task stepped together, diverging by their tool results."""
+    conversations = {name: task() for name in NAMES}
+    played = []
+    for turn in range(turns):
+        prompts = [render_ids(conversations[name], policy.tokenizer) for name in NAMES]
+        results = policy.generate_ids(prompts, LIMITS)
+        played.append(results)
+        for name, generated in zip(NAMES, results, strict=True):
+            conversations[name] += [
+                Message.assistant(generated.text, generated.stop, generated.token_ids),
+                tool_result(name * (turn + 1), turn),
+            ]
+    return played
+
+
+def policy(
+    tiny_cwm_dir: Path, decoder: dict[str, int | bool] | None, attention: str = "sdpa"
+) -> TransformersPolicy:
+    loaded = TransformersPolicy(
+        str(tiny_cwm_dir),
+        offline=True,
+        sampling=GREEDY,
+        compile=False,
+        attn_implementation=attention,
+    )
+    if decoder is not None:
+        loaded.decoder = CompiledDecoder(loaded.model, **decoder)  # type: ignore[arg-type]
+    return loaded
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])  # boolean and additive masks
+def test_arena_decoding_generates_what_eager_decoding_generates(
+    tiny_cwm_dir: Path, attention: str
+) -> None:
+    """Uncompiled arenas against the dynamic cache: the same tokens and the same
+    prefill counts (each turn extends the cache cut out of the arena last turn)."""
+    eager = rollouts(policy(tiny_cwm_dir, None, attention), 4)
+    arena_policy = policy(tiny_cwm_dir, {"compile": False}, attention)
+    arenas = rollouts(arena_policy, 4)
+    assert [[g.token_ids for g in turn] for turn in arenas] == [
+        [g.token_ids for g in turn] for turn in eager
+    ]
+    assert [[g.prefilled_tokens for g in turn] for turn in arenas] == [
+        [g.prefilled_tokens for g in turn] for turn in eager
+    ]
+    assert min(g.prompt_tokens for g in arenas[-1]) > 300  # the sliding window is 16
+    assert [len(g.token_ids) for g in arenas[0]] == LIMITS  # random weights never stop
+    assert {rows for rows, _ in arena_policy.decoder.arenas} == {4}  # 3 rows rounded up
+
+
+def test_an_arena_grows_when_replies_outgrow_it(tiny_cwm_dir: Path) -> None:
+    """Two rows of 14 and 9 cached tokens in an arena of 16 slots: it moves to 32, then
+    64; the short row stops after 20 tokens, the other after 40, each with the tokens
+    and the cache of the dynamic path."""
+    loaded = policy(tiny_cwm_dir, None)
+    prompt = render_ids(task(), loaded.tokenizer)
+
+    def rows() -> list[Row]:
+        made = []
+        for length, limit in [(15, 40), (10, 20)]:
+            cache = DynamicCache(config=loaded.model.config)
+            loaded.model(input_ids=torch.tensor([prompt[: length - 1]]), past_key_values=cache)
+            made.append(Row(cache, prompt[length - 1], limit, []))
+        return made
+
+    def greedy(logits: torch.Tensor) -> torch.Tensor:
+        return logits.argmax(dim=-1)
+
+    expected, grown = rows(), rows()
+    with torch.no_grad():
+        decode(loaded.model, expected, [], greedy)
+    decoder = CompiledDecoder(loaded.model, compile=False, headroom=1, min_capacity=16)
+    decode_compiled(decoder, grown, [], greedy)
+    assert list(decoder.arenas) == [(2, 64)]
+    for ours, theirs in zip(grown, expected, strict=True):
+        assert ours.generated == theirs.generated
+        assert ours.cache.get_seq_length() == theirs.cache.get_seq_length()
+        for mine, reference in zip(ours.cache.layers, theirs.cache.layers, strict=True):
+            torch.testing.assert_close(mine.keys, reference.keys)
+            torch.testing.assert_close(mine.values, reference.values)
+    assert [len(row.generated) for row in grown] == [40, 20]
+    assert [row.cache.get_seq_length() for row in grown] == [14 + 40, 9 + 20]
+
+
+def test_compiled_decoding_matches_and_compiles_once_per_arena_shape(tiny_cwm_dir: Path) -> None:
+    """torch.compile on the CPU: the same tokens as eager decoding, and one compiled
+    graph per arena shape however many turns replay it."""
+    torch._dynamo.reset()
+    eager = rollouts(policy(tiny_cwm_dir, None), 3)
+    compiled_policy = TransformersPolicy(
+        str(tiny_cwm_dir), offline=True, sampling=GREEDY, compile=True
+    )
+    shapes = set()
+    played = []
+    for turns in (1, 2, 3):  # replay from the start: later turns reuse the arena
+        played = rollouts(compiled_policy, turns)
+        shapes |= set(compiled_policy.decoder.arenas)
+    assert [[g.token_ids for g in turn] for turn in played] == [
+        [g.token_ids for g in turn] for turn in eager
+    ]
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert graphs == len(shapes), (graphs, shapes)
+
+
+@pytest.mark.parametrize("compile", [True, False])
+def test_compile_option_picks_the_decoder(tiny_cwm_dir: Path, compile: bool) -> None:
+    loaded = TransformersPolicy(str(tiny_cwm_dir), offline=True, compile=compile)
+    assert (loaded.decoder is not None) == compile
+    default = TransformersPolicy(str(tiny_cwm_dir), offline=True)
+    assert default.decoder is None  # the CPU: compiling would cost more than it saves
