@@ -12,7 +12,8 @@ scratch (a cache of capacity 0); the replies must be identical. Each turn's late
 is the fastest of --repeats runs (the machine may be shared). Prints a markdown
 table (paste it into benchmarks/RESULTS.md with the machine it ran on) and the last
 turn's latency ratio; then aggregate tokens/s of k rollouts decoded as one batch
-against the same k generated one after another (--batch-sizes).
+against the same k generated one after another (--batch-sizes); then decode tokens/s
+of eager against compiled decoding (--decode-sizes).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from cwm_agent.model.compiled import CompiledDecoder
 from cwm_agent.model.hf import PrefixCache, SamplingParams, TransformersPolicy
 from cwm_agent.protocol import prompts
 from cwm_agent.protocol.chat import Message, message_token_counter, render_ids
@@ -148,6 +150,36 @@ def batch_throughput(policy: TransformersPolicy, ks: list[int], new_tokens: int)
     return "\n".join(rows)
 
 
+def decode_rates(policy: TransformersPolicy, ks: list[int], new_tokens: int) -> str:
+    """Decode tokens/s of k rollouts past the sliding window, eager (dynamic caches)
+    against compiled (arenas): (time for `new_tokens` - time for 1) / (new_tokens - 1),
+    so prefill and the cut-out of the caches are left out."""
+    rows = ["| k | eager tokens/s | compiled tokens/s | compiled / eager | same tokens |"]
+    rows.append("|---:|---:|---:|---:|---|")
+    prompt = render_ids(opening(policy), policy.tokenizer)
+    decoders = {"eager": None, "compiled": CompiledDecoder(policy.model)}
+    for k in ks:
+        rates, outputs = {}, {}
+        for mode, decoder in decoders.items():
+            policy.decoder = decoder
+            policy.kv_cache = PrefixCache(16)
+            policy.generate_ids([prompt] * k, 4)  # caches the prompt; compiles this shape
+            seconds = []
+            for tokens in (1, new_tokens):
+                started = time.perf_counter()
+                results = policy.generate_ids([prompt] * k, tokens)
+                seconds.append(time.perf_counter() - started)
+            rates[mode] = k * (new_tokens - 1) / (seconds[1] - seconds[0])
+            outputs[mode] = [r.token_ids for r in results]
+        same = "yes" if outputs["eager"] == outputs["compiled"] else "NO"
+        rows.append(
+            f"| {k} | {rates['eager']:.1f} | {rates['compiled']:.1f} "
+            f"| {rates['compiled'] / rates['eager']:.2f} | {same} |"
+        )
+    policy.decoder = None
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="a CWM directory or Hub id (default: small random CWM)")
@@ -160,6 +192,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="report each turn's fastest")
     parser.add_argument("--batch-sizes", type=int, nargs="*", default=[1, 4, 8])
     parser.add_argument("--batch-new-tokens", type=int, default=64)
+    parser.add_argument(
+        "--decode-sizes", type=int, nargs="*", default=[1, 8], help="k for eager vs compiled"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as root:
@@ -170,10 +205,12 @@ def main() -> None:
             quantization=args.quantization,
             offline=args.model is None,
             sampling=SamplingParams(greedy=True),
+            compile=False,
         )
         policy.generate_ids([[0, 1, 2, 3]], 2)  # warm-up, out of the figures
         runs = [run(policy, args) for _ in range(args.repeats)]
         batches = batch_throughput(policy, args.batch_sizes, args.batch_new_tokens)
+        decoding = decode_rates(policy, args.decode_sizes, args.batch_new_tokens)
     reused = fastest([r["reuse"] for r in runs])
     scratch = fastest([r["scratch"] for r in runs])
 
@@ -190,6 +227,8 @@ def main() -> None:
         f"{scratch[-1].seconds / reused[-1].seconds:.2f}\n"
     )
     print(batches)
+    print()
+    print(decoding)
 
 
 if __name__ == "__main__":

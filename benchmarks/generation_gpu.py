@@ -1,23 +1,29 @@
 """Decode speed of the real CWM 32B architecture (random weights) on one GPU.
 
-    python benchmarks/generation_gpu.py --dtype bf16 --batch 1 8
+    python benchmarks/generation_gpu.py --dtype bf16 --batch 1 8 [--decode arena]
     python benchmarks/generation_gpu.py --dtype fp8 --batch 1 8
 
 Random weights need no download and cost the same per token as the real ones.
 Reports decode tokens/s per sequence and in aggregate, and the fraction of the
 memory-bandwidth limit: weight bytes read per decode step x steps/s ÷ peak.
-Greedy decoding is forced to a fixed length (`min_new_tokens`) so random
-weights cannot stop early.
+Greedy decoding is forced to a fixed length (`min_new_tokens`; no stop ids for the
+arena) so random weights cannot stop early. `--decode` picks the path: transformers'
+`generate()` with a dynamic cache (eager) or a static cache (compiled), or `arena`,
+the compiled decoding `TransformersPolicy` runs on a GPU (cwm_agent/model/compiled.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 
 import torch
 from transformers import CwmConfig, CwmForCausalLM, DynamicCache
+
+from cwm_agent.model.batch import Row
+from cwm_agent.model.compiled import CompiledDecoder, decode
 
 PEAK_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12}  # bytes/s, SXM HBM3 / HBM3e datasheets
 
@@ -88,13 +94,36 @@ def decode_rate(model: CwmForCausalLM, batch: int, prompt: int, new: int, static
     return (new - 1) / (many - one)
 
 
+def arena_rate(model: CwmForCausalLM, batch: int, prompt: int, new: int) -> float:
+    """Decode steps per second of the production path: rows prefilled into dynamic
+    caches, decoded through a compiled arena (copy-in and cut-out cancel out)."""
+    decoder = CompiledDecoder(model)
+    ids = torch.randint(0, 100_000, (prompt,), device="cuda")
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(input_ids=ids[None, :-1], past_key_values=cache, use_cache=True, logits_to_keep=1)
+
+    def run(tokens: int) -> float:
+        rows = [Row(copy.deepcopy(cache), int(ids[-1]), tokens, []) for _ in range(batch)]
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        decode(decoder, rows, [], lambda logits: logits.argmax(dim=-1))
+        torch.cuda.synchronize()
+        return time.perf_counter() - started
+
+    run(4)  # compile and capture this arena's shape
+    run(new)
+    one, many = run(1), run(new)
+    return (new - 1) / (many - one)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtype", choices=["bf16", "fp8"], default="bf16")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--prompt", type=int, default=512)
     parser.add_argument("--new", type=int, default=129)
-    parser.add_argument("--static", action="store_true", help="static cache + compiled decode")
+    parser.add_argument("--decode", choices=["dynamic", "static", "arena"], default="dynamic")
     args = parser.parse_args()
 
     name = torch.cuda.get_device_name()
@@ -108,12 +137,15 @@ def main() -> None:
     )
     rows = []
     for batch in args.batch:
-        steps = decode_rate(model, batch, args.prompt, args.new, args.static)
+        if args.decode == "arena":
+            steps = arena_rate(model, batch, args.prompt, args.new)
+        else:
+            steps = decode_rate(model, batch, args.prompt, args.new, args.decode == "static")
         fraction = size * steps / peak if peak else None
         rows.append(
             {
                 "dtype": args.dtype,
-                "cache": "static+compile" if args.static else "dynamic",
+                "cache": args.decode,
                 "batch": batch,
                 "steps_per_s": steps,
                 "aggregate_tokens_per_s": steps * batch,
