@@ -39,7 +39,7 @@ fi
 stamp=.venv/.cwm-agent-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   log "installing cwm-agent with its dev and swebench extras"
-  .venv/bin/pip install -q -e '.[dev,swebench]'
+  .venv/bin/pip install -q -e '.[dev,swebench,quant]'
   touch "$stamp"
 fi
 log "ready: .venv/bin/cwm-agent"

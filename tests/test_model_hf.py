@@ -3,7 +3,6 @@ sampling, and KV-cache reuse that must never change what the model generates."""
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -110,12 +109,6 @@ def test_bad_options_are_policy_errors(tiny_cwm_dir: Path) -> None:
         TransformersPolicy(str(tiny_cwm_dir), dtype="float8")
     with pytest.raises(PolicyError, match="quantization 'int3'"):
         TransformersPolicy(str(tiny_cwm_dir), quantization="int3")  # type: ignore[arg-type]
-
-
-@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is not None, reason="installed")
-def test_int4_without_bitsandbytes_says_what_to_install(tiny_cwm_dir: Path) -> None:
-    with pytest.raises(PolicyError, match="pip install bitsandbytes"):
-        TransformersPolicy(str(tiny_cwm_dir), quantization="int4", offline=True)
 
 
 def test_reuse_generates_what_a_full_prefill_generates(make_policy: PolicyFactory) -> None:

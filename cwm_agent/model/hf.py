@@ -26,7 +26,6 @@ differ by rounding (one bf16 ulp measured on an H100), which can flip near-ties.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import itertools
 import logging
 import os
@@ -206,7 +205,7 @@ class TransformersPolicy:
     ) -> None:
         if dtype not in DTYPES:
             raise PolicyError(f"dtype {dtype!r} is not supported: use one of {', '.join(DTYPES)}")
-        quantization_config = _quantization_config(quantization)
+        quantization_config = _quantization_config(quantization, device_map)
         self.name = model
         self.sampling = sampling
         self.kv_cache = PrefixCache(cache_entries)
@@ -471,8 +470,16 @@ def _load_model(model: str, config: PreTrainedConfig, offline: bool, **kwargs: A
         raise PolicyError(f"cannot load the weights of {model}: {first_line(exc)}") from exc
 
 
-def _quantization_config(quantization: Quantization | None) -> Any:
-    """transformers' config for on-the-fly quantization at load time; imported lazily."""
+def _quantization_config(quantization: Quantization | None, device_map: str | None = None) -> Any:
+    """transformers' config for on-the-fly quantization at load time; imported lazily.
+
+    fp8 uses torchao rather than transformers' FineGrainedFP8Config, which needs a GPU
+    and fetches its kernels from the Hub at run time (so fails offline). On a CUDA GPU
+    with fp8 tensor cores (compute capability >= 8.9: Ada, Hopper) weights and
+    activations are fp8 (per-row scales, torch._scaled_mm); elsewhere only the weights
+    are stored in fp8 and matmuls run in the activation dtype. int8 and int4 (nf4,
+    bf16 compute) use bitsandbytes. Each needs `pip install 'cwm-agent[quant]'`.
+    """
     if quantization is None:
         return None
     if quantization not in QUANTIZATIONS:
@@ -480,16 +487,43 @@ def _quantization_config(quantization: Quantization | None) -> Any:
             f"quantization {quantization!r} is not supported: use one of {', '.join(QUANTIZATIONS)}"
         )
     if quantization == "fp8":
-        from transformers import FineGrainedFP8Config
+        try:
+            import torchao  # noqa: F401
+            from torchao.quantization import (
+                Float8DynamicActivationFloat8WeightConfig,
+                Float8WeightOnlyConfig,
+                PerRow,
+            )
+        except ImportError as exc:
+            raise PolicyError(
+                f"fp8 quantization needs torchao ({first_line(exc)}): "
+                "pip install 'cwm-agent[quant]'"
+            ) from exc
+        from transformers import TorchAoConfig
 
-        return FineGrainedFP8Config()
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise PolicyError(
-            f"{quantization} quantization needs bitsandbytes: pip install bitsandbytes"
+        fp8_tensor_cores = (
+            device_map not in (None, "cpu")
+            and torch.cuda.is_available()
+            and all(
+                torch.cuda.get_device_capability(i) >= (8, 9)
+                for i in range(torch.cuda.device_count())
+            )
         )
+        if fp8_tensor_cores:
+            return TorchAoConfig(Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+        return TorchAoConfig(Float8WeightOnlyConfig())
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as exc:
+        raise PolicyError(
+            f"{quantization} quantization needs bitsandbytes ({first_line(exc)}): "
+            "pip install 'cwm-agent[quant]'"
+        ) from exc
     from transformers import BitsAndBytesConfig
 
     if quantization == "int8":
+        # LLM.int8 casts bf16 inputs to fp16; bitsandbytes logs that on every matmul.
+        logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
