@@ -107,7 +107,7 @@ def fix(
         str | None, typer.Option(help="local model: fp8 (Hopper), int8 or int4 (bitsandbytes)")
     ] = None,
     device_map: Annotated[
-        str | None, typer.Option(help='local model: e.g. "auto" to spread over GPUs')
+        str | None, typer.Option(help='local model: default "auto" (the GPUs) when there are GPUs')
     ] = None,
     attn_implementation: Annotated[
         str | None, typer.Option(help="local model: sdpa, eager, flash_attention_2, ...")

@@ -184,10 +184,12 @@ class TransformersPolicy:
 
     `model` is a Hub id (e.g. ``facebook/cwm``) or a local directory. `cache_entries`
     bounds the KV caches kept for reuse; each can be as large as one conversation's
-    KV cache, on the model's device. `compile` decodes with a compiled step over
-    fixed-shape buffers (`compiled.py`); by default it is on for a model on a GPU,
-    where eager decoding is bound by kernel launches, and off on a CPU, where the
-    first step of each new shape would cost tens of seconds of compilation.
+    KV cache, on the model's device. Without `device_map` the model goes to the GPUs
+    when there are any (accelerate's "auto"), else to the CPU. `compile` decodes with
+    a compiled step over fixed-shape buffers (`compiled.py`); by default it is on for
+    a model on a GPU, where eager decoding is bound by kernel launches, unless
+    bitsandbytes quantized it (not compileable), and off on a CPU, where the first
+    step of each new shape would cost tens of seconds of compilation.
     """
 
     def __init__(
@@ -205,6 +207,8 @@ class TransformersPolicy:
     ) -> None:
         if dtype not in DTYPES:
             raise PolicyError(f"dtype {dtype!r} is not supported: use one of {', '.join(DTYPES)}")
+        if device_map is None and torch.cuda.is_available():
+            device_map = "auto"  # a GPU machine means the GPU, not the CPU
         quantization_config = _quantization_config(quantization, device_map)
         self.name = model
         self.sampling = sampling
@@ -230,7 +234,10 @@ class TransformersPolicy:
         # Sampling comes from SamplingParams only, never from the checkpoint's defaults.
         self.model.generation_config = GenerationConfig()
         if compile is None:
-            compile = self.model.device.type == "cuda"
+            quantizer = getattr(self.model, "hf_quantizer", None)
+            compile = self.model.device.type == "cuda" and (
+                quantizer is None or quantizer.is_compileable  # bitsandbytes is not
+            )
         self.decoder = compiled.CompiledDecoder(self.model) if compile else None
 
     def complete(
