@@ -12,7 +12,7 @@ from test_model_hf import GREEDY, task, tool_result
 from transformers import DynamicCache
 
 from cwm_agent.model.batch import Row, decode
-from cwm_agent.model.compiled import CompiledDecoder
+from cwm_agent.model.compiled import CompiledDecoder, packed_sdpa
 from cwm_agent.model.compiled import decode as decode_compiled
 from cwm_agent.model.hf import Generated, TransformersPolicy
 from cwm_agent.protocol.chat import Message, render_ids
@@ -132,3 +132,22 @@ def test_compile_option_picks_the_decoder(tiny_cwm_dir: Path, compile: bool) -> 
     assert (loaded.decoder is not None) == compile
     default = TransformersPolicy(str(tiny_cwm_dir), offline=True)
     assert default.decoder is None  # the CPU: compiling would cost more than it saves
+
+
+def test_packed_attention_equals_attention_over_repeated_heads(tiny_cwm_dir: Path) -> None:
+    """One query token per row, 2 query heads per KV head, a padding mask: the grouped
+    computation equals attention over keys and values repeated for every query head."""
+    attention = policy(tiny_cwm_dir, None).model.model.layers[0].self_attn
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(3, 4, 1, 16, generator=generator)
+    key, value = (torch.randn(3, 2, 10, 16, generator=generator) for _ in range(2))
+    mask = torch.arange(10) >= torch.tensor([0, 3, 9]).view(3, 1, 1, 1)
+    output, _ = packed_sdpa(attention, query, key, value, mask, scaling=attention.scaling)
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        query,
+        key.repeat_interleave(2, dim=1),
+        value.repeat_interleave(2, dim=1),
+        attn_mask=mask,
+        scale=attention.scaling,
+    )
+    torch.testing.assert_close(output, expected.transpose(1, 2))

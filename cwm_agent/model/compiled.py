@@ -32,12 +32,52 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from transformers import DynamicCache
+from transformers import AttentionInterface, DynamicCache
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from cwm_agent.model.batch import Row, Sampler, advance
 
 # One compiled graph per arena shape; the default limit (8) would fall back to eager.
 RECOMPILE_LIMIT = 64
+
+
+# transformers' sdpa attention with grouped queries even when compiled (see below).
+PACKED_SDPA = "cwm_packed_sdpa"
+
+
+def packed_sdpa(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Attention of one new token per row without copying the KV cache.
+
+    CWM has 6 query heads per KV head. For one query token, transformers' sdpa views
+    the query heads as [kv heads, 6] rows against the cache as it is, but not under
+    torch.compile, where it repeats every key and value 6 times instead: a copy of
+    the whole arena per layer and step. This does the grouping in either case, and
+    leaves every other call (prefill, masks per head) to transformers' sdpa.
+    """
+    groups = getattr(module, "num_key_value_groups", 1)
+    batch, heads, length, dim = query.shape
+    if length != 1 or groups == 1 or (attention_mask is not None and attention_mask.shape[1] != 1):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    output = torch.nn.functional.scaled_dot_product_attention(
+        query.view(batch, heads // groups, groups, dim),
+        key,
+        value,
+        attn_mask=attention_mask,
+        scale=kwargs.get("scaling"),
+    )
+    return output.reshape(batch, 1, heads, dim), None
+
+
+AttentionInterface.register(PACKED_SDPA, packed_sdpa)
+AttentionMaskInterface.register(PACKED_SDPA, sdpa_mask)
 
 
 def _bucket(n: int, least: int = 1) -> int:
@@ -183,6 +223,8 @@ class CompiledDecoder:
         self.headroom = headroom  # room for new tokens when an arena is picked
         self.min_capacity = min_capacity
         self.float_mask = model.config._attn_implementation == "eager"
+        if model.config._attn_implementation == "sdpa":
+            model.set_attn_implementation(PACKED_SDPA)
         self.step: Callable[..., torch.Tensor] = forward
         if compile:
             torch._dynamo.config.recompile_limit = max(
