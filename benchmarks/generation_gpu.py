@@ -29,38 +29,48 @@ PEAK_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12}  # bytes/s, SXM HBM3 / HBM3e 
 
 
 def build(dtype: str) -> CwmForCausalLM:
-    """The default CwmConfig (64 layers, 6144 hidden, GQA 48/8, window 8192), on the GPU."""
+    """The default CwmConfig (64 layers, 6144 hidden, GQA 48/8, window 8192), on the GPU.
+
+    fp8 is what `--quantization fp8` loads on Hopper: torchao's fp8 weights and
+    activations with per-row scales, applied to the decoder layers' linear layers one
+    layer at a time (the bf16 weights of one layer at most beside the fp8 model).
+    """
     config = CwmConfig()
     torch.set_default_dtype(torch.bfloat16)
     with torch.device("meta"):
         model = CwmForCausalLM(config)
-    if dtype == "fp8":
-        from transformers import FineGrainedFP8Config
-        from transformers.integrations.finegrained_fp8 import replace_with_fp8_linear
-
-        model = replace_with_fp8_linear(model, quantization_config=FineGrainedFP8Config())
     model = model.to_empty(device="cuda")
     generator = torch.Generator(device="cuda").manual_seed(0)
     with torch.no_grad():
-        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-            if tensor.dtype == torch.float8_e4m3fn:
-                noise = torch.randn(tensor.shape, device="cuda", generator=generator) * 0.5
-                tensor.copy_(noise.to(torch.float8_e4m3fn))
-            elif "scale" in name:
-                tensor.fill_(0.02)
-            elif tensor.is_floating_point():
-                tensor.copy_(
-                    (torch.randn(tensor.shape, device="cuda", generator=generator) * 0.02).to(
-                        tensor.dtype
-                    )
-                )
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.is_floating_point():
+                noise = torch.randn(tensor.shape, device="cuda", generator=generator) * 0.02
+                tensor.copy_(noise.to(tensor.dtype))
     rotary = model.model.rotary_emb  # its buffers are not parameters: `to_empty` left garbage
-    model.model.rotary_emb = type(rotary)(config=config, device="cuda")
+    model.model.rotary_emb = type(rotary)(config=config).to("cuda")
+    if dtype == "fp8":
+        from torchao.quantization import (
+            Float8DynamicActivationFloat8WeightConfig,
+            PerRow,
+            quantize_,
+        )
+
+        for layer in model.model.layers:
+            quantize_(layer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
     return model.eval()
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in model.parameters())
+    """Bytes the weights hold; a torchao tensor reports its logical dtype (bf16), so
+    its inner tensors (fp8 data and scales) are counted instead."""
+
+    def stored(tensor: torch.Tensor) -> int:
+        if hasattr(tensor, "__tensor_flatten__"):
+            names, _ = tensor.__tensor_flatten__()
+            return sum(stored(getattr(tensor, name)) for name in names)
+        return tensor.numel() * tensor.element_size()
+
+    return sum(stored(t) for t in model.parameters())
 
 
 def decode_rate(model: CwmForCausalLM, batch: int, prompt: int, new: int, static: bool) -> float:
