@@ -8,33 +8,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_model_hf import GREEDY, task, tool_result
+from test_model_hf import GREEDY, step_together, task
 from transformers import DynamicCache
 
 from cwm_agent.model.batch import Row, decode
 from cwm_agent.model.compiled import CompiledDecoder, packed_sdpa
 from cwm_agent.model.compiled import decode as decode_compiled
 from cwm_agent.model.hf import Generated, TransformersPolicy
-from cwm_agent.protocol.chat import Message, render_ids
+from cwm_agent.protocol.chat import render_ids
 
-NAMES = ("a", "bbbb", "cccccccc")
 LIMITS = [16, 5, 11]  # rows leave the batch at different steps
 
 
 def rollouts(policy: TransformersPolicy, turns: int) -> list[list[Generated]]:
-    """Three rollouts of one task stepped together, diverging by their tool results."""
-    conversations = {name: task() for name in NAMES}
-    played = []
-    for turn in range(turns):
-        prompts = [render_ids(conversations[name], policy.tokenizer) for name in NAMES]
-        results = policy.generate_ids(prompts, LIMITS)
-        played.append(results)
-        for name, generated in zip(NAMES, results, strict=True):
-            conversations[name] += [
-                Message.assistant(generated.text, generated.stop, generated.token_ids),
-                tool_result(name * (turn + 1), turn),
-            ]
-    return played
+    return step_together(policy, turns, LIMITS)[0]
 
 
 def policy(

@@ -13,7 +13,7 @@ from transformers import CwmForCausalLM, DynamicCache, LlamaConfig
 
 from cwm_agent.model.batch import Row, decode
 from cwm_agent.model.hf import Generated, PrefixCache, SamplingParams, TransformersPolicy
-from cwm_agent.model.policy import PolicyError
+from cwm_agent.model.policy import PolicyError, TokenLimit
 from cwm_agent.protocol.chat import (
     EOM,
     EOT,
@@ -25,6 +25,7 @@ from cwm_agent.protocol.chat import (
 
 GREEDY = SamplingParams(greedy=True)
 NEW_TOKENS = 16
+ROLLOUTS = ("a", "bbbb", "cccccccc")  # names whose tool results differ in length
 TOOL_OUTPUT = """def fibonacci(n: int) -> int:
     a, b = 0, 1
     for _ in range(n):
@@ -257,22 +258,33 @@ def test_prefix_cache_moves_tips_copies_snapshots_and_evicts() -> None:
     assert PrefixCache(0).take((1,)) is None
 
 
-def test_k_rollouts_decode_as_one_batch_and_match_each_alone(make_policy: PolicyFactory) -> None:
-    """Three rollouts of one task, diverging (tool results of different lengths),
-    stepped together through batched decoding, well past the sliding window."""
-    names = ["a", "bbbb", "cccccccc"]
-    policy = make_policy()
-    conversations = {name: task() for name in names}
-    batched: list[list[Generated]] = []
-    for turn in range(4):
-        prompts = [render_ids(conversations[name], policy.tokenizer) for name in names]
-        results = policy.generate_ids(prompts, NEW_TOKENS)
-        batched.append(results)
-        for name, generated in zip(names, results, strict=True):
-            conversations[name] += [
+def step_together(
+    policy: TransformersPolicy, turns: int, limits: TokenLimit = NEW_TOKENS
+) -> tuple[list[list[Generated]], list[list[Message]]]:
+    """Three rollouts of one task, one `generate_ids` call per turn for all three,
+    diverging by their tool results (of different lengths). Returns each turn's
+    results and the conversations."""
+    conversations = [task() for _ in ROLLOUTS]
+    played = []
+    for turn in range(turns):
+        prompts = [render_ids(conversation, policy.tokenizer) for conversation in conversations]
+        results = policy.generate_ids(prompts, limits)
+        played.append(results)
+        for name, conversation, generated in zip(ROLLOUTS, conversations, results, strict=True):
+            conversation += [
                 Message.assistant(generated.text, generated.stop, generated.token_ids),
                 tool_result(name * (turn + 1), turn),
             ]
+    return played, conversations
+
+
+def test_k_rollouts_decode_as_one_batch_and_match_each_alone(make_policy: PolicyFactory) -> None:
+    """Three rollouts of one task, diverging (tool results of different lengths),
+    stepped together through batched decoding, well past the sliding window."""
+    names = ROLLOUTS
+    policy = make_policy()
+    batched, stepped = step_together(policy, 4)
+    conversations = dict(zip(names, stepped, strict=True))
     assert len({len(render_ids(c, policy.tokenizer)) for c in conversations.values()}) == 3
     assert min(len(render_ids(c, policy.tokenizer)) for c in conversations.values()) > 300
     for index, name in enumerate(names):
