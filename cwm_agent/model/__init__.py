@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,7 +53,11 @@ def load_policy(spec: str, options: ModelOptions | None = None) -> Policy:
     if not spec.strip():
         raise PolicyError("--model is empty: give replay:PATH, openai:URL or a model id/directory")
     # Imported here: torch and transformers take seconds to import, and replay or
-    # server users never need them.
+    # server users never need them. transformers imports torchao when installed; on a
+    # CPU build of torch, torchao logs that its CUDA kernels do not load, and torch that
+    # torchao uses a deprecated registration: nothing the user can act on.
+    for noisy in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     from cwm_agent.model.hf import SamplingParams, TransformersPolicy
 
     return TransformersPolicy(

@@ -108,7 +108,8 @@ class Arena:
         self.tokens = torch.zeros(rows, 1, dtype=torch.long, device=device)
         self.full_slots = torch.arange(capacity, device=device)
         self.ring_slots = torch.arange(self.window, device=device)
-        for tensor in [*self.keys, *self.values, self.index, self.start, self.tokens]:
+        static = [self.index, self.start, self.tokens, self.full_slots, self.ring_slots]
+        for tensor in [*self.keys, *self.values, *static]:
             torch._dynamo.mark_static_address(tensor)
 
     def load(self, caches: Sequence[DynamicCache | None], longest: int) -> None:

@@ -187,9 +187,10 @@ class TransformersPolicy:
     KV cache, on the model's device. Without `device_map` the model goes to the GPUs
     when there are any (accelerate's "auto"), else to the CPU. `compile` decodes with
     a compiled step over fixed-shape buffers (`compiled.py`); by default it is on for
-    a model on a GPU, where eager decoding is bound by kernel launches, unless
-    bitsandbytes quantized it (not compileable), and off on a CPU, where the first
-    step of each new shape would cost tens of seconds of compilation.
+    a model on one GPU, where eager decoding is bound by kernel launches, unless
+    bitsandbytes quantized it (not compileable); off on a CPU, where the first step
+    of each new shape would cost tens of seconds of compilation, and unavailable for
+    a model spread over several devices (the arena holds every layer on one).
     """
 
     def __init__(
@@ -233,10 +234,18 @@ class TransformersPolicy:
         )
         # Sampling comes from SamplingParams only, never from the checkpoint's defaults.
         self.model.generation_config = GenerationConfig()
+        devices = set(getattr(self.model, "hf_device_map", {"": self.model.device}).values())
+        if compile and len(devices) > 1:
+            raise PolicyError(
+                f"compiled decoding needs the model on one device, not {len(devices)} "
+                "(--device-map): drop --compile, or quantize it to fit one GPU"
+            )
         if compile is None:
             quantizer = getattr(self.model, "hf_quantizer", None)
-            compile = self.model.device.type == "cuda" and (
-                quantizer is None or quantizer.is_compileable  # bitsandbytes is not
+            compile = (
+                self.model.device.type == "cuda"
+                and len(devices) == 1
+                and (quantizer is None or quantizer.is_compileable)  # bitsandbytes is not
             )
         self.decoder = compiled.CompiledDecoder(self.model) if compile else None
 
