@@ -112,18 +112,15 @@ class Arena:
         for tensor in [*self.keys, *self.values, *static]:
             torch._dynamo.mark_static_address(tensor)
 
-    def load(self, caches: Sequence[DynamicCache | None], longest: int) -> None:
-        """Copy each row's cache in, left-padded to `longest` tokens; None is an empty
-        row (padding up to a batch size)."""
+    def load(self, caches: Sequence[DynamicCache], longest: int) -> None:
+        """Copy each row's cache in, left-padded to `longest` tokens. Rows past the
+        caches (rounding up the batch) hold nothing: they see only their own token."""
         for keys, values in zip(self.keys, self.values, strict=True):
-            keys.zero_()
+            keys.zero_()  # stale values stay finite anyway; zeros make that plain
             values.zero_()
         starts = []
         for row, cache in enumerate(caches):
-            length = cache.get_seq_length() if cache is not None else 0
-            starts.append(longest - length)
-            if cache is None:
-                continue
+            starts.append(longest - cache.get_seq_length())
             for layer, held in enumerate(cache.layers):
                 count = held.keys.shape[-2]  # a sliding layer holds only its last tokens
                 slots = torch.arange(longest - count, longest, device=self.index.device)
@@ -150,16 +147,14 @@ class Arena:
                 own.cumulative_length = end - start
         return cache
 
-    def grown(self, model: Any) -> Arena:
-        """An arena of twice the capacity holding the same rows, index and next tokens."""
-        bigger = Arena(model, self.rows, self.capacity * 2)
+    def copy_to(self, bigger: Arena) -> None:
+        """Move these rows, their index and next tokens into an arena of more capacity."""
         pairs = zip([*self.keys, *self.values], [*bigger.keys, *bigger.values], strict=True)
         for mine, theirs in pairs:
             theirs[:, :, : mine.shape[2]] = mine  # a ring keeps its slots; full layers extend
         bigger.start.copy_(self.start)
         bigger.index.copy_(self.index)
         bigger.tokens.copy_(self.tokens)
-        return bigger
 
     def masks(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Which slots each row's next token may attend to: [rows, 1, 1, slots] each."""
@@ -226,16 +221,25 @@ class CompiledDecoder:
         self.float_mask = model.config._attn_implementation == "eager"
         if model.config._attn_implementation == "sdpa":
             model.set_attn_implementation(PACKED_SDPA)
-        self.step: Callable[..., torch.Tensor] = forward
+        self.graphs = compile and model.device.type == "cuda"  # CUDA graphs
+        self._forward: Callable[..., torch.Tensor] = forward
         if compile:
             torch._dynamo.config.recompile_limit = max(
                 torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT
             )
-            mode = "reduce-overhead" if model.device.type == "cuda" else "default"
-            self.step = torch.compile(forward, fullgraph=True, dynamic=False, mode=mode)
+            mode = "reduce-overhead" if self.graphs else "default"
+            self._forward = torch.compile(forward, fullgraph=True, dynamic=False, mode=mode)
+
+    def step(self, arena: Arena) -> torch.Tensor:
+        """The next-token logits of every row of `arena`. With CUDA graphs, each step is
+        marked as new: the last step's outputs are consumed and their memory reusable."""
+        if self.graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        return self._forward(self.model, arena, self.float_mask)
 
     def arena(self, rows: int, tokens: int) -> Arena:
-        """An arena for `rows` rows of up to `tokens` tokens; one of that shape is reused."""
+        """An arena for `rows` rows of up to `tokens` tokens; one of that shape is reused
+        (a new one would be compiled anew). The least recently used past `keep` go."""
         shape = (_bucket(rows), _bucket(tokens, self.min_capacity))
         arena = self.arenas.pop(shape, None) or Arena(self.model, *shape)
         self.arenas[shape] = arena
@@ -244,9 +248,9 @@ class CompiledDecoder:
         return arena
 
     def grow(self, arena: Arena) -> Arena:
-        bigger = arena.grown(self.model)
-        self.arenas.pop((arena.rows, arena.capacity), None)
-        self.arenas[(bigger.rows, bigger.capacity)] = bigger
+        """The rows of a full `arena` in one of twice its capacity."""
+        bigger = self.arena(arena.rows, arena.capacity * 2)
+        arena.copy_to(bigger)
         return bigger
 
 
@@ -266,7 +270,7 @@ def decode(
         while live:
             if index == arena.capacity:
                 arena = decoder.grow(arena)
-            logits = decoder.step(decoder.model, arena, decoder.float_mask)
+            logits = decoder.step(arena)
             index += 1
             arena.index.fill_(index)
             slots = torch.tensor(live, device=device)
