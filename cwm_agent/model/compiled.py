@@ -16,9 +16,10 @@ Rows are left-padded to one shared index, as in `batch.py`, and keep their own R
 positions. The step builds its masks from two tensors, the index being written and each
 row's first real index, so one graph serves every step. Attention does not depend on
 the order of its slots, and RoPE is applied before caching, so the ring needs no
-reordering. Rows that stop stay in the arena as dead rows (their tokens are ignored):
-the batch keeps its shape, and on a GPU a few more rows cost next to nothing in a
-decode step bound by reading the weights.
+reordering. A row that stops stays in the arena (its tokens are ignored) until the
+rows still going fit one of half as many rows, where they move: on a GPU a few more
+rows cost little in a step bound by reading the weights, but each still reads its
+cache, which at long contexts is gigabytes.
 
 Arenas are kept per shape (rows and capacity rounded up to powers of two) and reused,
 so the turns of a conversation replay one compiled step; a reply that outgrows the
@@ -147,14 +148,19 @@ class Arena:
                 own.cumulative_length = end - start
         return cache
 
-    def copy_to(self, bigger: Arena) -> None:
-        """Move these rows, their index and next tokens into an arena of more capacity."""
-        pairs = zip([*self.keys, *self.values], [*bigger.keys, *bigger.values], strict=True)
+    def copy_to(self, other: Arena, slots: Sequence[int]) -> None:
+        """Move rows `slots`, in that order, with the index and next tokens, into an
+        arena of at least this capacity; its other rows hold nothing."""
+        picked = torch.tensor(list(slots), device=self.index.device)
+        count = len(picked)
+        pairs = zip([*self.keys, *self.values], [*other.keys, *other.values], strict=True)
         for mine, theirs in pairs:
-            theirs[:, :, : mine.shape[2]] = mine  # a ring keeps its slots; full layers extend
-        bigger.start.copy_(self.start)
-        bigger.index.copy_(self.index)
-        bigger.tokens.copy_(self.tokens)
+            theirs[:count, :, : mine.shape[2]] = mine[picked]  # a ring keeps its slots
+        other.index.copy_(self.index)
+        other.start.copy_(self.index.expand(other.rows))  # an empty row sees its own token
+        other.start[:count] = self.start[picked]
+        other.tokens.zero_()
+        other.tokens[:count] = self.tokens[picked]
 
     def masks(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Which slots each row's next token may attend to: [rows, 1, 1, slots] each."""
@@ -250,8 +256,15 @@ class CompiledDecoder:
     def grow(self, arena: Arena) -> Arena:
         """The rows of a full `arena` in one of twice its capacity."""
         bigger = self.arena(arena.rows, arena.capacity * 2)
-        arena.copy_to(bigger)
+        arena.copy_to(bigger, range(arena.rows))
         return bigger
+
+    def shrink(self, arena: Arena, slots: Sequence[int]) -> Arena:
+        """Rows `slots` of `arena` in one of fewer rows: rows that stopped would
+        otherwise still read their whole cache at every step."""
+        smaller = self.arena(len(slots), arena.capacity)
+        arena.copy_to(smaller, slots)
+        return smaller
 
 
 def decode(
@@ -265,7 +278,8 @@ def decode(
     arena.load([row.cache for row in rows], longest)
     arena.tokens.zero_()
     arena.tokens[: len(rows), 0] = torch.tensor([row.pending for row in rows], device=device)
-    index, live = longest, list(range(len(rows)))
+    index = longest
+    live = list(enumerate(range(len(rows))))  # (arena slot, row) of the rows still going
     with torch.no_grad():
         while live:
             if index == arena.capacity:
@@ -273,13 +287,16 @@ def decode(
             logits = decoder.step(arena)
             index += 1
             arena.index.fill_(index)
-            slots = torch.tensor(live, device=device)
+            slots = torch.tensor([slot for slot, _ in live], device=device)
             chosen = sample(logits[slots])
-            still = []
-            for slot, token in zip(live, chosen.tolist(), strict=True):
-                if advance(rows[slot], token, stop_ids):
-                    rows[slot].cache = arena.cut(slot, index)
-                else:
-                    still.append(slot)
             arena.tokens[slots, 0] = chosen
+            still = []
+            for (slot, row), token in zip(live, chosen.tolist(), strict=True):
+                if advance(rows[row], token, stop_ids):
+                    rows[row].cache = arena.cut(slot, index)
+                else:
+                    still.append((slot, row))
             live = still
+            if live and _bucket(len(live)) < arena.rows:
+                arena = decoder.shrink(arena, [slot for slot, _ in live])
+                live = [(slot, row) for slot, (_, row) in enumerate(live)]
