@@ -107,7 +107,8 @@ def decode_rate(model: CwmForCausalLM, batch: int, prompt: int, new: int, static
 def arena_rate(model: CwmForCausalLM, batch: int, prompt: int, new: int) -> float:
     """Decode steps per second of the production path: rows prefilled into dynamic
     caches, decoded through a compiled arena (copy-in and cut-out cancel out)."""
-    decoder = CompiledDecoder(model)
+    # One capacity for every run, so that no run compiles a shape of its own.
+    decoder = CompiledDecoder(model, min_capacity=prompt + new)
     ids = torch.randint(0, 100_000, (prompt,), device="cuda")
     cache = DynamicCache(config=model.config)
     with torch.no_grad():

@@ -15,6 +15,7 @@ from cwm_agent.model.batch import Row, decode
 from cwm_agent.model.compiled import CompiledDecoder, packed_sdpa
 from cwm_agent.model.compiled import decode as decode_compiled
 from cwm_agent.model.hf import Generated, TransformersPolicy
+from cwm_agent.model.policy import PolicyError
 from cwm_agent.protocol.chat import render_ids
 
 LIMITS = [16, 5, 11]  # rows leave the batch at different steps
@@ -56,8 +57,10 @@ def test_arena_decoding_generates_what_eager_decoding_generates(
     ]
     assert min(g.prompt_tokens for g in arenas[-1]) > 300  # the sliding window is 16
     assert [len(g.token_ids) for g in arenas[0]] == LIMITS  # random weights never stop
-    # 3 rows rounded up to 4; the first to stop leaves 2 rows, then 1
-    assert [rows for rows, _ in arena_policy.decoder.arenas] == [2, 1]
+    # 3 rows rounded up to 4; the first to stop leaves 2 rows, then 1: views of the 4
+    assert arena_policy.decoder is not None
+    last = list(arena_policy.decoder.arenas.values())[-1]
+    assert sorted(last.views) == [1, 2, 4]
 
 
 def test_an_arena_grows_when_replies_outgrow_it(tiny_cwm_dir: Path) -> None:
@@ -83,8 +86,9 @@ def test_an_arena_grows_when_replies_outgrow_it(tiny_cwm_dir: Path) -> None:
         decode(loaded.model, expected, [], greedy)
     decoder = CompiledDecoder(loaded.model, compile=False, headroom=1, min_capacity=16)
     decode_compiled(decoder, grown, [], greedy)
-    # 16 slots, then 32, then 64; the long row alone after 20 tokens; the last two kept
-    assert list(decoder.arenas) == [(2, 64), (1, 64)]
+    # 16 slots, then 32, then 64 (the last two kept); the long row alone after 20 tokens
+    assert list(decoder.arenas) == [32, 64]
+    assert sorted(decoder.arenas[64].views) == [1, 2]
     for ours, theirs in zip(grown, expected, strict=True):
         assert ours.generated == theirs.generated
         assert ours.cache.get_seq_length() == theirs.cache.get_seq_length()
@@ -111,10 +115,20 @@ def test_compiled_decoding_matches_and_compiles_once_per_arena_shape(tiny_cwm_di
     assert [[g.token_ids for g in turn] for turn in played] == [
         [g.token_ids for g in turn] for turn in eager
     ]
-    shapes = set(compiled_policy.decoder.arenas)
+    shapes = {
+        (rows, capacity)
+        for capacity, arena in compiled_policy.decoder.arenas.items()
+        for rows in arena.views
+    }
     assert {rows for rows, _ in shapes} == {4, 2, 1}  # rows that stop leave
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     assert graphs == len(shapes), (graphs, shapes)
+
+
+def test_a_one_token_prompt_decodes_from_an_empty_cache(tiny_cwm_dir: Path) -> None:
+    eager, arena = policy(tiny_cwm_dir, None), policy(tiny_cwm_dir, {"compile": False})
+    (expected,), (got,) = (p.generate_ids([[7]], 6) for p in (eager, arena))
+    assert got.token_ids == expected.token_ids and len(got.token_ids) == 6
 
 
 @pytest.mark.parametrize("compile", [True, False])
@@ -142,3 +156,10 @@ def test_packed_attention_equals_attention_over_repeated_heads(tiny_cwm_dir: Pat
         scale=attention.scaling,
     )
     torch.testing.assert_close(output, expected.transpose(1, 2))
+
+
+def test_compiled_decoding_refuses_attention_it_cannot_mask(tiny_cwm_dir: Path) -> None:
+    with pytest.raises(PolicyError, match="sdpa or eager attention, not flex_attention"):
+        TransformersPolicy(
+            str(tiny_cwm_dir), offline=True, compile=True, attn_implementation="flex_attention"
+        )

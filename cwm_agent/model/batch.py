@@ -26,7 +26,7 @@ Sampler = Callable[[torch.Tensor], torch.Tensor]
 class Row:
     """One conversation: its cache holds all its tokens but `pending`, the last one."""
 
-    cache: DynamicCache
+    cache: DynamicCache | None  # None while its tokens are held in a compiled arena
     pending: int
     max_new_tokens: int
     generated: list[int]

@@ -21,13 +21,15 @@ rows still going fit one of half as many rows, where they move: on a GPU a few m
 rows cost little in a step bound by reading the weights, but each still reads its
 cache, which at long contexts is gigabytes.
 
-Arenas are kept per shape (rows and capacity rounded up to powers of two) and reused,
-so the turns of a conversation replay one compiled step; a reply that outgrows the
-capacity moves to an arena twice as large.
+Rows and capacity are rounded up to powers of two. Arenas are kept per capacity and
+reused, fewer rows as views of the same memory, so the turns of a conversation replay
+the same compiled steps; a reply that outgrows the capacity moves to an arena twice
+as large.
 """
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -45,6 +47,9 @@ RECOMPILE_LIMIT = 64
 
 # transformers' sdpa attention with grouped queries even when compiled (see below).
 PACKED_SDPA = "cwm_packed_sdpa"
+# Attention implementations that take the arena's masks: a boolean or additive mask
+# per slot. Flash and flex attention bring masks and windows of their own.
+ATTENTION = ("sdpa", "eager", PACKED_SDPA)
 
 
 def packed_sdpa(
@@ -109,9 +114,26 @@ class Arena:
         self.tokens = torch.zeros(rows, 1, dtype=torch.long, device=device)
         self.full_slots = torch.arange(capacity, device=device)
         self.ring_slots = torch.arange(self.window, device=device)
-        static = [self.index, self.start, self.tokens, self.full_slots, self.ring_slots]
-        for tensor in [*self.keys, *self.values, *static]:
+        for tensor in [self.index, self.full_slots, self.ring_slots, *self._per_row()]:
             torch._dynamo.mark_static_address(tensor)
+        self.views: dict[int, Arena] = {rows: self}
+
+    def _per_row(self) -> list[torch.Tensor]:
+        return [*self.keys, *self.values, self.start, self.tokens]
+
+    def view(self, rows: int) -> Arena:
+        """Its first `rows` rows as an arena of their own, in the same memory. Views are
+        kept, so a compiled step finds the same addresses again (CUDA graphs replay)."""
+        if rows not in self.views:
+            view = copy.copy(self)
+            view.rows = rows
+            view.keys = [keys[:rows] for keys in self.keys]
+            view.values = [values[:rows] for values in self.values]
+            view.start, view.tokens = self.start[:rows], self.tokens[:rows]
+            for tensor in view._per_row():
+                torch._dynamo.mark_static_address(tensor)
+            self.views[rows] = view
+        return self.views[rows]
 
     def load(self, caches: Sequence[DynamicCache], longest: int) -> None:
         """Copy each row's cache in, left-padded to `longest` tokens. Rows past the
@@ -123,6 +145,8 @@ class Arena:
         for row, cache in enumerate(caches):
             starts.append(longest - cache.get_seq_length())
             for layer, held in enumerate(cache.layers):
+                if not held.is_initialized:  # a one-token prompt: nothing cached yet
+                    continue
                 count = held.keys.shape[-2]  # a sliding layer holds only its last tokens
                 slots = torch.arange(longest - count, longest, device=self.index.device)
                 if self.sliding[layer]:
@@ -150,17 +174,19 @@ class Arena:
 
     def copy_to(self, other: Arena, slots: Sequence[int]) -> None:
         """Move rows `slots`, in that order, with the index and next tokens, into an
-        arena of at least this capacity; its other rows hold nothing."""
+        arena of at least this capacity, which may share this one's memory (a view of
+        fewer rows); its other rows hold nothing."""
         picked = torch.tensor(list(slots), device=self.index.device)
         count = len(picked)
+        starts, tokens = self.start[picked], self.tokens[picked]  # copies, taken first
         pairs = zip([*self.keys, *self.values], [*other.keys, *other.values], strict=True)
         for mine, theirs in pairs:
             theirs[:count, :, : mine.shape[2]] = mine[picked]  # a ring keeps its slots
         other.index.copy_(self.index)
         other.start.copy_(self.index.expand(other.rows))  # an empty row sees its own token
-        other.start[:count] = self.start[picked]
+        other.start[:count] = starts
         other.tokens.zero_()
-        other.tokens[:count] = self.tokens[picked]
+        other.tokens[:count] = tokens
 
     def masks(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Which slots each row's next token may attend to: [rows, 1, 1, slots] each."""
@@ -220,7 +246,7 @@ class CompiledDecoder:
         min_capacity: int = 256,
     ) -> None:
         self.model = model
-        self.arenas: OrderedDict[tuple[int, int], Arena] = OrderedDict()
+        self.arenas: OrderedDict[int, Arena] = OrderedDict()  # by capacity
         self.keep = arenas  # arenas kept for reuse; each holds its rows' whole KV cache
         self.headroom = headroom  # room for new tokens when an arena is picked
         self.min_capacity = min_capacity
@@ -244,14 +270,18 @@ class CompiledDecoder:
         return self._forward(self.model, arena, self.float_mask)
 
     def arena(self, rows: int, tokens: int) -> Arena:
-        """An arena for `rows` rows of up to `tokens` tokens; one of that shape is reused
-        (a new one would be compiled anew). The least recently used past `keep` go."""
-        shape = (_bucket(rows), _bucket(tokens, self.min_capacity))
-        arena = self.arenas.pop(shape, None) or Arena(self.model, *shape)
-        self.arenas[shape] = arena
+        """An arena for `rows` rows of up to `tokens` tokens. Arenas are kept per
+        capacity (a new one would be captured anew) with as many rows as ever asked of
+        that capacity; fewer rows are a view. The least recently used past `keep` go."""
+        capacity = _bucket(tokens, self.min_capacity)
+        rows = _bucket(rows)
+        owner = self.arenas.pop(capacity, None)
+        if owner is None or owner.rows < rows:
+            owner = Arena(self.model, rows, capacity)
+        self.arenas[capacity] = owner
         while len(self.arenas) > self.keep:
             self.arenas.popitem(last=False)
-        return arena
+        return owner.view(rows)
 
     def grow(self, arena: Arena) -> Arena:
         """The rows of a full `arena` in one of twice its capacity."""
@@ -260,9 +290,9 @@ class CompiledDecoder:
         return bigger
 
     def shrink(self, arena: Arena, slots: Sequence[int]) -> Arena:
-        """Rows `slots` of `arena` in one of fewer rows: rows that stopped would
-        otherwise still read their whole cache at every step."""
-        smaller = self.arena(len(slots), arena.capacity)
+        """Rows `slots` of `arena` moved to the front of a view of fewer rows: rows that
+        stopped would otherwise still read their whole cache at every step."""
+        smaller = arena.view(_bucket(len(slots)))
         arena.copy_to(smaller, slots)
         return smaller
 
@@ -276,10 +306,13 @@ def decode(
     headroom = min(max(row.max_new_tokens for row in rows), decoder.headroom)
     arena = decoder.arena(len(rows), longest + headroom)
     arena.load([row.cache for row in rows], longest)
+    for row in rows:
+        row.cache = None  # its copy in the arena is enough; a cut-out replaces it
     arena.tokens.zero_()
     arena.tokens[: len(rows), 0] = torch.tensor([row.pending for row in rows], device=device)
     index = longest
     live = list(enumerate(range(len(rows))))  # (arena slot, row) of the rows still going
+    slots = torch.arange(len(rows), device=device)
     with torch.no_grad():
         while live:
             if index == arena.capacity:
@@ -287,7 +320,6 @@ def decode(
             logits = decoder.step(arena)
             index += 1
             arena.index.fill_(index)
-            slots = torch.tensor([slot for slot, _ in live], device=device)
             chosen = sample(logits[slots])
             arena.tokens[slots, 0] = chosen
             still = []
@@ -296,7 +328,9 @@ def decode(
                     rows[row].cache = arena.cut(slot, index)
                 else:
                     still.append((slot, row))
+            if len(still) < len(live) and still and _bucket(len(still)) < arena.rows:
+                arena = decoder.shrink(arena, [slot for slot, _ in still])
+                still = [(slot, row) for slot, (_, row) in enumerate(still)]
+            if len(still) < len(live):  # built only when rows leave: it costs a sync
+                slots = torch.tensor([slot for slot, _ in still], device=device)
             live = still
-            if live and _bucket(len(live)) < arena.rows:
-                arena = decoder.shrink(arena, [slot for slot, _ in live])
-                live = [(slot, row) for slot, (_, row) in enumerate(live)]

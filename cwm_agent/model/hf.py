@@ -189,8 +189,8 @@ class TransformersPolicy:
     a compiled step over fixed-shape buffers (`compiled.py`); by default it is on for
     a model on one GPU, where eager decoding is bound by kernel launches, unless
     bitsandbytes quantized it (not compileable); off on a CPU, where the first step
-    of each new shape would cost tens of seconds of compilation, and unavailable for
-    a model spread over several devices (the arena holds every layer on one).
+    of each new shape would cost tens of seconds of compilation. It needs sdpa or eager
+    attention and the model on one device (the arena holds every layer on one).
     """
 
     def __init__(
@@ -235,16 +235,23 @@ class TransformersPolicy:
         # Sampling comes from SamplingParams only, never from the checkpoint's defaults.
         self.model.generation_config = GenerationConfig()
         devices = set(getattr(self.model, "hf_device_map", {"": self.model.device}).values())
+        attention = self.model.config._attn_implementation
         if compile and len(devices) > 1:
             raise PolicyError(
                 f"compiled decoding needs the model on one device, not {len(devices)} "
                 "(--device-map): drop --compile, or quantize it to fit one GPU"
+            )
+        if compile and attention not in compiled.ATTENTION:
+            raise PolicyError(
+                f"compiled decoding works with sdpa or eager attention, not {attention}: "
+                "drop --compile or --attn-implementation"
             )
         if compile is None:
             quantizer = getattr(self.model, "hf_quantizer", None)
             compile = (
                 self.model.device.type == "cuda"
                 and len(devices) == 1
+                and attention in compiled.ATTENTION
                 and (quantizer is None or quantizer.is_compileable)  # bitsandbytes is not
             )
         self.decoder = compiled.CompiledDecoder(self.model) if compile else None
@@ -290,10 +297,8 @@ class TransformersPolicy:
         started = time.monotonic()
         rows, reused = [], []
         for prompt, limit in zip(prompts, limits, strict=True):
-            cache, held = self._cache_for(prompt)
-            if cache.get_seq_length() < len(prompt) - 1:
-                self._prefill(cache, prompt[cache.get_seq_length() : -1])
-            rows.append(Row(cache, prompt[-1], limit, []))
+            row, held = self._row(prompt, limit)
+            rows.append(row)
             reused.append(held)
         if self.decoder is not None:
             compiled.decode(self.decoder, rows, self._stop_ids, _sampler(sampling))
@@ -305,6 +310,14 @@ class TransformersPolicy:
             self.kv_cache.put(prompt + tuple(row.generated[:-1]), row.cache, shared=False)
             results.append(self._generated(prompt, row.generated, held, duration))
         return results
+
+    def _row(self, prompt: tuple[int, ...], limit: int) -> tuple[Row, int]:
+        """`prompt` as a row to decode: its cache, prefilled up to its last token, and
+        how many of its tokens were found cached."""
+        cache, held = self._cache_for(prompt)
+        if cache.get_seq_length() < len(prompt) - 1:
+            self._prefill(cache, prompt[cache.get_seq_length() : -1])
+        return Row(cache, prompt[-1], limit, []), held
 
     def _generation_config(self, max_new_tokens: int, sampling: SamplingParams) -> GenerationConfig:
         common: dict[str, Any] = {
