@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything cwm-agent and its tests need, idempotently:
 # a Docker engine that answers, the offline base image, and .venv with the
-# project and its dev and swebench extras. Quick when all of it is already in place.
+# project and its dev, swebench and quant extras. Quick when all of it is in place.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,7 +38,7 @@ if ! .venv/bin/python -c 'import torch' 2>/dev/null; then
 fi
 stamp=.venv/.cwm-agent-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  log "installing cwm-agent with its dev and swebench extras"
+  log "installing cwm-agent with its dev, swebench and quant extras"
   .venv/bin/pip install -q -e '.[dev,swebench,quant]'
   touch "$stamp"
 fi
