@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from cwm_agent import flags
 from cwm_agent.agent import MessageRecord, RolloutConfig
 from cwm_agent.ci import CIError, CISettings, Stop, run_ci
 from cwm_agent.ci.event import TriggerRules
@@ -102,27 +103,14 @@ def fix(
             "--include-uncommitted", help="start from the working tree's tracked changes, not HEAD"
         ),
     ] = False,
-    dtype: Annotated[str, typer.Option(help="local model: auto, bfloat16 or float32")] = "auto",
-    quantization: Annotated[
-        str | None, typer.Option(help="local model: fp8 (Hopper), int8 or int4 (bitsandbytes)")
-    ] = None,
-    device_map: Annotated[
-        str | None, typer.Option(help='local model: default "auto" (the GPUs) when there are GPUs')
-    ] = None,
-    attn_implementation: Annotated[
-        str | None, typer.Option(help="local model: sdpa, eager, flash_attention_2, ...")
-    ] = None,
-    offline: Annotated[
-        bool, typer.Option("--offline", help="local model: never download from the Hub")
-    ] = False,
-    compile: Annotated[
-        bool | None,
-        typer.Option(
-            "--compile/--no-compile", help="local model: compiled decoding (default: on a GPU)"
-        ),
-    ] = None,
-    greedy: Annotated[bool, typer.Option("--greedy", help="greedy decoding, not sampling")] = False,
-    seed: Annotated[int | None, typer.Option(help="sampling seed")] = None,
+    dtype: flags.Dtype = "auto",
+    quantization: flags.Quantization = None,
+    device_map: flags.DeviceMap = None,
+    attn_implementation: flags.AttnImplementation = None,
+    offline: flags.Offline = False,
+    compile: flags.Compile = None,
+    greedy: flags.Greedy = False,
+    seed: flags.Seed = None,
     samples: Annotated[int, typer.Option(help="test-time scaling: candidate rollouts (K)")] = 1,
     test_samples: Annotated[
         int, typer.Option(help="test-time scaling: test-generation rollouts (M)")
@@ -367,19 +355,25 @@ def serve(
         "127.0.0.1"
     ),
     port: Annotated[int, typer.Option(help="port")] = 8000,
-    dtype: Annotated[str, typer.Option(help="auto, bfloat16 or float32")] = "auto",
-    quantization: Annotated[str | None, typer.Option(help="fp8, int8 or int4")] = None,
-    offline: Annotated[bool, typer.Option("--offline", help="never download")] = False,
-    compile: Annotated[
-        bool | None,
-        typer.Option("--compile/--no-compile", help="compiled decoding (default: on a GPU)"),
-    ] = None,
+    dtype: flags.Dtype = "auto",
+    quantization: flags.Quantization = None,
+    device_map: flags.DeviceMap = None,
+    attn_implementation: flags.AttnImplementation = None,
+    offline: flags.Offline = False,
+    compile: flags.Compile = None,
 ) -> None:
     """Serve a local CWM over an OpenAI-compatible /v1/completions (for --model openai:URL)."""
     from cwm_agent.model.hf import TransformersPolicy
     from cwm_agent.model.server import CompletionServer
 
-    options = ModelOptions(dtype=dtype, quantization=quantization, offline=offline, compile=compile)
+    options = ModelOptions(
+        dtype=dtype,
+        quantization=quantization,
+        device_map=device_map,
+        attn_implementation=attn_implementation,
+        offline=offline,
+        compile=compile,
+    )
     policy = load_policy(model, options)
     if not isinstance(policy, TransformersPolicy):
         raise PolicyError(f"serve needs a local model (a Hub id or a directory), not {model}")

@@ -21,6 +21,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from cwm_agent import flags
 from cwm_agent.agent import RolloutConfig
 from cwm_agent.model import ModelOptions
 from cwm_agent.swebench.dataset import load_instances, read_ids
@@ -77,12 +78,14 @@ def make_app(guard: Callable[[F], F]) -> typer.Typer:
         context_size: Annotated[int, typer.Option(help="context budget in tokens")] = 131_072,
         max_reply_tokens: Annotated[int, typer.Option(help="tokens one reply may have")] = 65_536,
         session_timeout: Annotated[float, typer.Option(help="seconds per bash call")] = 120.0,
-        dtype: Annotated[str, typer.Option(help="local model: auto, bfloat16, float32")] = "auto",
-        quantization: Annotated[str | None, typer.Option(help="local model: fp8/int8/int4")] = None,
-        device_map: Annotated[str | None, typer.Option(help="local model: e.g. auto")] = None,
-        offline: Annotated[bool, typer.Option("--offline", help="never download")] = False,
-        greedy: Annotated[bool, typer.Option("--greedy", help="greedy decoding")] = False,
-        seed: Annotated[int | None, typer.Option(help="sampling seed")] = None,
+        dtype: flags.Dtype = "auto",
+        quantization: flags.Quantization = None,
+        device_map: flags.DeviceMap = None,
+        attn_implementation: flags.AttnImplementation = None,
+        offline: flags.Offline = False,
+        compile: flags.Compile = None,
+        greedy: flags.Greedy = False,
+        seed: flags.Seed = None,
         quiet: Annotated[bool, typer.Option("--quiet", help="no progress display")] = False,
     ) -> None:
         """Run the agent on each instance in its own container; write predictions.jsonl."""
@@ -101,7 +104,9 @@ def make_app(guard: Callable[[F], F]) -> typer.Typer:
                 dtype=dtype,
                 quantization=quantization,
                 device_map=device_map,
+                attn_implementation=attn_implementation,
                 offline=offline,
+                compile=compile,
                 greedy=greedy,
                 seed=seed,
             ),
