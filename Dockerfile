@@ -4,7 +4,8 @@
 #   docker build --build-arg BASE_IMAGE=cwm-base:bookworm -t cwm-agent .   (offline)
 ARG BASE_IMAGE=debian:bookworm-slim
 FROM ${BASE_IMAGE}
-# The CPU wheel by default; pass e.g. TORCH_SPEC="torch==2.13.0 --index-url ..." for CUDA.
+# Installed from the lock (constraints.txt). The CPU wheel by default; pass e.g.
+# TORCH_SPEC="torch==2.13.0 --extra-index-url ..." for another build of the locked version.
 ARG TORCH_SPEC="torch==2.13.0"
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
@@ -13,9 +14,10 @@ RUN apt-get update \
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /opt/cwm-agent
-RUN pip install --no-cache-dir $TORCH_SPEC
+COPY constraints.txt ./
+RUN pip install --no-cache-dir -c constraints.txt $TORCH_SPEC
 COPY pyproject.toml README.md ./
 COPY cwm_agent ./cwm_agent
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir -c constraints.txt .
 ENTRYPOINT ["cwm-agent"]
 CMD ["--help"]

@@ -23,6 +23,7 @@ import torch
 from transformers import CwmConfig, CwmForCausalLM, DynamicCache
 
 from cwm_agent.model.batch import Row
+from cwm_agent.model.cache import cache_kwarg
 from cwm_agent.model.compiled import CompiledDecoder, decode
 
 PEAK_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12}  # bytes/s, SXM HBM3 / HBM3e datasheets
@@ -80,15 +81,15 @@ def decode_rate(model: CwmForCausalLM, batch: int, prompt: int, new: int, static
     (torch.compile, CUDA graphs) instead of launching ~1,000 kernels from Python.
     """
     ids = torch.randint(0, 100_000, (batch, prompt), device="cuda")
-    cache = {"cache_implementation": "static", "max_cache_len": prompt + new + 8} if static else {}
+    static_cache = {"cache_implementation": "static", "max_cache_len": prompt + new + 8}
 
     def run(tokens: int) -> float:
+        cache = static_cache if static else {cache_kwarg(model): DynamicCache(config=model.config)}
         torch.cuda.synchronize()
         started = time.perf_counter()
         model.generate(
             ids,
             attention_mask=torch.ones_like(ids),
-            past_key_values=None if static else DynamicCache(config=model.config),
             max_new_tokens=tokens,
             min_new_tokens=tokens,
             do_sample=False,
@@ -112,7 +113,12 @@ def arena_rate(model: CwmForCausalLM, batch: int, prompt: int, new: int) -> floa
     ids = torch.randint(0, 100_000, (prompt,), device="cuda")
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
-        model(input_ids=ids[None, :-1], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        model(
+            input_ids=ids[None, :-1],
+            logits_to_keep=1,
+            use_cache=True,
+            **{cache_kwarg(model): cache},
+        )
 
     def run(tokens: int) -> float:
         rows = [Row(copy.deepcopy(cache), int(ids[-1]), tokens, []) for _ in range(batch)]

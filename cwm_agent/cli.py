@@ -34,7 +34,13 @@ from cwm_agent.errors import first_line
 from cwm_agent.fix import FixError, FixOptions, FixResult, run_fix
 from cwm_agent.gitrepo import RepoError
 from cwm_agent.model import ModelOptions, PolicyError, load_policy
-from cwm_agent.sandbox import SandboxError, SandboxInterrupted, docker_client, remove_leftovers
+from cwm_agent.sandbox import (
+    LABEL,
+    SandboxError,
+    SandboxInterrupted,
+    docker_client,
+    remove_leftovers,
+)
 from cwm_agent.sandbox.image import DEFAULT_IMAGE
 from cwm_agent.swebench.commands import make_app as make_swebench_app
 from cwm_agent.swebench.errors import SwebenchError
@@ -451,9 +457,13 @@ def cleanup(
     all_: Annotated[
         bool, typer.Option("--all", help="also containers of live or other hosts' runs")
     ] = False,
+    run: Annotated[
+        str | None, typer.Option("--run", help="only the containers of this run id")
+    ] = None,
 ) -> None:
     """Remove sandbox containers left behind by runs that are gone."""
-    removed = remove_leftovers(docker_client(), everything=all_)
+    scope = {"label": f"{LABEL}.run={run}"} if run else {}
+    removed = remove_leftovers(docker_client(), everything=all_, **scope)
     console.print(
         f"removed {len(removed)} container(s)" + (f": {' '.join(removed)}" if removed else "")
     )

@@ -7,6 +7,24 @@ cd "$(dirname "$0")/.."
 
 log() { printf 'setup: %s\n' "$*"; }
 
+dockerd_log=/var/log/cwm-agent-dockerd.log
+# Start dockerd with storage driver $1; succeed once it answers with that driver.
+start_dockerd() {
+  nohup dockerd --storage-driver="$1" >"$dockerd_log" 2>&1 &
+  local pid=$!
+  for _ in $(seq 60); do
+    if docker info >/dev/null 2>&1; then
+      [ "$(docker info --format '{{.Driver}}')" = "$1" ] && return 0
+      break
+    fi
+    kill -0 "$pid" 2>/dev/null || return 1
+    sleep 1
+  done
+  kill "$pid" 2>/dev/null
+  wait "$pid" 2>/dev/null || true
+  return 1
+}
+
 # 1. A Docker engine.
 if ! docker info >/dev/null 2>&1; then
   if [ "$(id -u)" != 0 ]; then
@@ -18,28 +36,40 @@ if ! docker info >/dev/null 2>&1; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io >/dev/null
   fi
-  log "starting dockerd (vfs storage driver)"
-  nohup dockerd --storage-driver=vfs >/var/log/cwm-agent-dockerd.log 2>&1 &
-  for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
-  docker info >/dev/null 2>&1 || { log "dockerd did not answer: see /var/log/cwm-agent-dockerd.log" >&2; exit 1; }
+  # overlay2 explicitly: left to choose, dockerd keeps whichever driver it finds
+  # data of, so a machine that once ran vfs would stay on it. vfs copies every
+  # image layer for each container (seconds per start): only a fallback.
+  start_dockerd overlay2 || {
+    log "overlay2 storage driver did not start (see $dockerd_log); falling back to vfs"
+    start_dockerd vfs
+  } || { log "dockerd did not answer: see $dockerd_log" >&2; exit 1; }
 fi
-log "docker $(docker version --format '{{.Server.Version}}')"
+log "docker $(docker version --format '{{.Server.Version}}'), storage driver $(docker info --format '{{.Driver}}')"
 
 # 2. The base image (made offline with debootstrap when absent).
 ./scripts/base-image.sh cwm-base:bookworm
 
-# 3. The virtual environment. torch is pinned to the CPU wheel first: an
-# unpinned torch would pull a multi-GB CUDA build.
+# 3. The virtual environment, installed from the lock (constraints.txt, made by
+# scripts/update-lock.sh), so what gets installed does not depend on what the
+# registry serves that day. CWM_AGENT_UNLOCKED=1 takes pyproject.toml's ranges
+# instead. torch comes first, pinned: an unpinned torch would pull a multi-GB CUDA
+# build. TORCH_SPEC (default torch==2.13.0, the CPU wheel here) may carry pip
+# options, e.g. "torch==2.13.0 --index-url URL" for a CUDA build.
 python=${PYTHON:-python3}
+lock=(-c constraints.txt)
+[ "${CWM_AGENT_UNLOCKED:-0}" = 1 ] && lock=()
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 if ! .venv/bin/python -c 'import torch' 2>/dev/null; then
   log "installing ${TORCH_SPEC:=torch==2.13.0}"
-  .venv/bin/pip install -q "$TORCH_SPEC"
+  # shellcheck disable=SC2086  # TORCH_SPEC is words: a requirement and pip options
+  .venv/bin/pip install -q "${lock[@]}" $TORCH_SPEC
 fi
 stamp=.venv/.cwm-agent-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  log "installing cwm-agent with its dev, swebench and quant extras"
-  .venv/bin/pip install -q -e '.[dev,swebench,quant]'
-  touch "$stamp"
+want="lock=${#lock[@]}"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt "$stamp" ] \
+  || [ "$(cat "$stamp")" != "$want" ]; then
+  log "installing cwm-agent with its dev, swebench and quant extras$([ ${#lock[@]} = 0 ] && echo ' (unlocked)')"
+  .venv/bin/pip install -q "${lock[@]}" -e '.[dev,swebench,quant]'
+  echo "$want" >"$stamp"
 fi
 log "ready: .venv/bin/cwm-agent"

@@ -49,7 +49,8 @@ def test_cleanup_removes_only_orphans(client: docker.DockerClient, base_image: s
         assert done.returncode == 0 and "removed 1 container(s)" in done.stdout
         remaining = {c.id for c in client.containers.list(all=True, filters={"label": LABEL})}
         assert made["orphan"] not in remaining and made["live"] in remaining
-        assert cli("cleanup", "--all").returncode == 0
+        # --all, scoped to this test's run: other runs on this daemon are not ours
+        assert cli("cleanup", "--all", "--run", "cleanup-test-live").returncode == 0
         remaining = {c.id for c in client.containers.list(all=True, filters={"label": LABEL})}
         assert made["live"] not in remaining
     finally:

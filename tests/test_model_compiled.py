@@ -12,6 +12,7 @@ from test_model_hf import GREEDY, step_together, task
 from transformers import DynamicCache
 
 from cwm_agent.model.batch import Row, decode
+from cwm_agent.model.cache import cache_kwarg
 from cwm_agent.model.compiled import CompiledDecoder, packed_sdpa
 from cwm_agent.model.compiled import decode as decode_compiled
 from cwm_agent.model.hf import Generated, TransformersPolicy
@@ -74,7 +75,8 @@ def test_an_arena_grows_when_replies_outgrow_it(tiny_cwm_dir: Path) -> None:
         made = []
         for length, limit in [(15, 40), (10, 20)]:
             cache = DynamicCache(config=loaded.model.config)
-            loaded.model(input_ids=torch.tensor([prompt[: length - 1]]), past_key_values=cache)
+            ids = torch.tensor([prompt[: length - 1]])
+            loaded.model(input_ids=ids, **{cache_kwarg(loaded.model): cache})
             made.append(Row(cache, prompt[length - 1], limit, []))
         return made
 

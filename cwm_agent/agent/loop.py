@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Literal
 
 from docker.errors import DockerException
@@ -93,7 +93,7 @@ def run_rollout(
         model=policy.name,
         config=config.model_dump(),
         issue=issue,
-        started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        started_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
 
     def record(message: MessageRecord) -> None:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from cwm_agent.model.cache import cache_kwarg
+
 # Given the logits of the rows still running ([rows, vocab]), the next token of each.
 Sampler = Callable[[torch.Tensor], torch.Tensor]
 
@@ -48,6 +50,7 @@ def decode(
     for index, length in enumerate(lengths):
         mask[index, longest - length :] = 1
     tokens = torch.tensor([[row.pending] for row in rows], device=model.device)
+    cache = cache_kwarg(model)
     with torch.no_grad():
         while running:
             positions = torch.tensor([[lengths[i]] for i in running], device=model.device)
@@ -55,8 +58,8 @@ def decode(
                 input_ids=tokens,
                 attention_mask=mask,
                 position_ids=positions,
-                past_key_values=batch,
                 use_cache=True,
+                **{cache: batch},
             ).logits[:, -1, :]
             chosen = sample(logits)
             keep = []

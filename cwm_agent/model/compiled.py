@@ -40,6 +40,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from cwm_agent.model.batch import Row, Sampler, advance
+from cwm_agent.model.cache import cache_kwarg
 
 # One compiled graph per arena shape; the default limit (8) would fall back to eager.
 RECOMPILE_LIMIT = 64
@@ -198,7 +199,12 @@ class Arena:
         return full[:, None, None, :], ring[:, None, None, :]
 
     def update(
-        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *_: Any
+        self,
+        key_states: torch.Tensor,
+        value_states: torch.Tensor,
+        layer_idx: int,
+        *_: Any,
+        **__: Any,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The cache interface the attention layers call: store one token, see all slots."""
         slot = torch.remainder(self.index, self.window) if self.sliding[layer_idx] else self.index
@@ -207,7 +213,7 @@ class Arena:
         return self.keys[layer_idx], self.values[layer_idx]
 
 
-def forward(model: Any, arena: Arena, float_mask: bool) -> torch.Tensor:
+def forward(model: Any, arena: Arena, float_mask: bool, cache_name: str) -> torch.Tensor:
     """One decode step of every row in the arena: the logits of the next tokens."""
     full, ring = arena.masks()
     if float_mask:  # eager attention adds its mask to the scores
@@ -221,8 +227,8 @@ def forward(model: Any, arena: Arena, float_mask: bool) -> torch.Tensor:
         input_ids=arena.tokens,
         attention_mask={"full_attention": full, "sliding_attention": ring},
         position_ids=(arena.index - arena.start).view(-1, 1),
-        past_key_values=arena,
         use_cache=True,
+        **{cache_name: arena},
     )
     return output.logits[:, -1, :]
 
@@ -251,6 +257,7 @@ class CompiledDecoder:
         self.headroom = headroom  # room for new tokens when an arena is picked
         self.min_capacity = min_capacity
         self.float_mask = model.config._attn_implementation == "eager"
+        self.cache_kwarg = cache_kwarg(model)
         if model.config._attn_implementation == "sdpa":
             model.set_attn_implementation(PACKED_SDPA)
         self.graphs = compile and model.device.type == "cuda"  # CUDA graphs
@@ -267,7 +274,7 @@ class CompiledDecoder:
         marked as new: the last step's outputs are consumed and their memory reusable."""
         if self.graphs:
             torch.compiler.cudagraph_mark_step_begin()
-        return self._forward(self.model, arena, self.float_mask)
+        return self._forward(self.model, arena, self.float_mask, self.cache_kwarg)
 
     def arena(self, rows: int, tokens: int) -> Arena:
         """An arena for `rows` rows of up to `tokens` tokens. Arenas are kept per

@@ -51,6 +51,7 @@ from transformers import (
 from cwm_agent.errors import first_line
 from cwm_agent.model import compiled
 from cwm_agent.model.batch import Row, Sampler, decode
+from cwm_agent.model.cache import cache_kwarg
 from cwm_agent.model.policy import (
     Completion,
     FinishReason,
@@ -346,8 +347,8 @@ class TransformersPolicy:
             output = self.model.generate(
                 ids,
                 attention_mask=torch.ones_like(ids),
-                past_key_values=cache,
                 generation_config=config,
+                **{cache_kwarg(self.model): cache},
             )[0].tolist()
         # The cache lacks the last sampled token: it was never fed back.
         self.kv_cache.put(tuple(output[: cache.get_seq_length()]), cache, shared=False)
@@ -376,9 +377,9 @@ class TransformersPolicy:
         with torch.no_grad():
             self.model(
                 input_ids=torch.tensor([ids], device=self.model.device),
-                past_key_values=cache,
                 use_cache=True,
                 logits_to_keep=1,
+                **{cache_kwarg(self.model): cache},
             )
 
     def _generated(

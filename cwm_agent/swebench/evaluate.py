@@ -18,7 +18,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -132,7 +132,7 @@ def evaluate(
         run_id=run_id,
         dataset=dataset,
         predictions=str(predictions_path),
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         total=len(reports),
         resolved=counts["resolved"],
         resolved_rate=round(counts["resolved"] / len(reports), 4),
