@@ -24,13 +24,12 @@ from pathlib import Path
 from typing import Literal
 
 import docker
-from docker.errors import DockerException
 from pydantic import BaseModel, Field, ValidationError
 
 from cwm_agent.agent import RolloutConfig
 from cwm_agent.errors import first_line
 from cwm_agent.model import ModelOptions, PolicyError, PolicyPool
-from cwm_agent.sandbox import ImageNotFoundError, SandboxError, docker_client, remove_leftovers
+from cwm_agent.sandbox import ImageNotFoundError, docker_client, remove_leftovers
 from cwm_agent.solve import Solution, solve
 from cwm_agent.swebench.dataset import Instance, load_instances, select
 from cwm_agent.swebench.errors import SwebenchError
@@ -239,7 +238,7 @@ def _run_instance(
         return _failed(result, "model", str(exc), started), b""
     except ImageNotFoundError as exc:
         return _failed(result, "image_missing", str(exc), started), b""
-    except (SandboxError, DockerException, OSError) as exc:
+    except Exception as exc:  # whatever one instance meets, the batch goes on
         reason = f"{type(exc).__name__}: {first_line(exc)}"
         return _failed(result, "sandbox", reason, started), b""
     trajectory = solution.trajectory
