@@ -533,3 +533,53 @@ def test_fix_sweeps_containers_of_dead_runs(
     done = cli(*fix_args(calc_repo, base_image, tmp_path / "out", replay(tmp_path, [])))
     assert done.returncode == 1 and "ran out after 0 replies" in done.stdout, done.stderr
     assert client.api.containers(all=True, filters={"id": orphan}) == []
+
+
+def test_links_above_the_root_are_carried_and_submodules_named(
+    calc_repo: Path, base_image: str, tmp_path: Path, client: docker.DockerClient
+) -> None:
+    """Issues 13.6 and 13.15: a monorepo-style relative link that leaves the repository
+    is carried as it is (Docker refused it); a submodule is named, not dropped silently."""
+    (calc_repo / "docs").mkdir()
+    (calc_repo / "docs" / "shared").symlink_to("../../common/guide.md")
+    library = tmp_path / "library"
+    library.mkdir()
+    git(library, "init", "-q", "-b", "main")
+    (library / "lib.py").write_text("X = 1\n")
+    git(library, "add", "-A")
+    git(library, "commit", "-qm", "lib")
+    git(
+        calc_repo,
+        "-c",
+        "protocol.file.allow=always",
+        "submodule",
+        "add",
+        "-q",
+        str(library),
+        "vendor/lib",
+    )
+    git(calc_repo, "add", "-A")
+    git(calc_repo, "commit", "-qm", "link and submodule")
+    model = replay(
+        tmp_path, [call("bash", "readlink docs/shared; test -e vendor/lib || echo absent")]
+    )
+    done = cli(*fix_args(calc_repo, base_image, tmp_path / "out", model))
+    assert done.returncode == 1 and "ran out after 1 replies" in done.stdout, done.stderr
+    assert done.stderr == ("warning: 1 submodule(s) are not carried into the sandbox: vendor/lib\n")
+    trajectory = json.loads((tmp_path / "out" / "trajectory.json").read_text())
+    outputs = [m["tool_result"]["output"] for m in trajectory["messages"] if m["tool_result"]]
+    assert outputs == ["../../common/guide.md\nabsent\n"]
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["submodules_omitted"] == ["vendor/lib"]
+
+
+def test_escape_sequences_from_the_model_do_not_reach_the_terminal(
+    calc_repo: Path, base_image: str, tmp_path: Path
+) -> None:
+    """Issue 13.14: the live view prints parts of tool calls and their output."""
+    hostile = "printf '\x1b]0;owned\x07\x1b[2J'; ls /nowhere-\x1b[31m"
+    model = replay(tmp_path, [call("bash", hostile), "\x1b[2Jno tool call"])
+    done = cli(*fix_args(calc_repo, base_image, tmp_path / "out", model))
+    assert done.returncode == 1
+    assert "turn   1 bash printf ']0;owned[2J'" in done.stdout, done.stdout
+    assert "\x1b" not in done.stdout + done.stderr and "\x07" not in done.stdout
