@@ -148,6 +148,8 @@ def _read_local(path: Path) -> list[Any]:
         if path.suffix == ".jsonl":
             return _jsonl_rows(path, text)
         data = json.loads(text)
+    except SwebenchError:
+        raise
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SwebenchError(f"cannot read dataset {path}: {first_line(exc)}") from None
     except ImportError:
