@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -426,30 +427,35 @@ def test_a_file_changing_under_edit_does_not_end_the_batch(
 def test_interrupt_while_containers_are_created_stops_every_instance(
     dataset: Path, tmp_path: Path, client: docker.DockerClient, sig: int
 ) -> None:
-    """Issue 13.4: the signal lands as the first sandbox comes up and the others are still
-    being created; their rollouts (a minute each) must not run on after it."""
+    """Issue 13.4: the signal lands while the workers' sandboxes are being created; their
+    rollouts (a minute each) must not run on after it."""
     folder = tmp_path / "replays"
     folder.mkdir()
     for n in (1, 2, 3):
         (folder / f"calc__calc-{n}.json").write_text(json.dumps([call("bash", "sleep 20")] * 3))
-    output = tmp_path / "run"
-    args = run_args(
-        dataset, folder, output, "--instances", "calc__calc-1,calc__calc-2,calc__calc-3"
-    )
-    process = start_cli(*args, "--workers", "3", "--session-timeout", "60")
-    deadline = time.monotonic() + 120
-    while not batch_containers(client, output):
-        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-        time.sleep(0.02)
-    process.send_signal(sig)
-    _, err = process.communicate(timeout=30)  # not after the rollouts' minute
-    assert process.returncode == 130, err
-    assert "Traceback" not in err
-    time.sleep(3)
-    assert batch_containers(client, output) == []
-    assert not (output / "predictions.jsonl").exists()
-    record = json.loads((output / "run.json").read_text())
-    assert record["sessions"][0]["interrupted"] is True
+    for delay in (0.0, 0.05, 0.15, 0.3):
+        output = tmp_path / f"run-{uuid.uuid4().hex[:8]}"  # its name labels the batch
+        ids = "calc__calc-1,calc__calc-2,calc__calc-3"
+        args = run_args(dataset, folder, output, "--instances", ids)
+        process = start_cli(*args, "--workers", "3", "--session-timeout", "60")
+        deadline = time.monotonic() + 120
+        while not (output / "run.json").exists():  # written just before the workers start
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.01)
+        time.sleep(delay)
+        process.send_signal(sig)
+        try:
+            _, err = process.communicate(timeout=30)  # not after the rollouts' minute
+        except subprocess.TimeoutExpired:
+            process.kill()  # its containers go with it (the keep-alive guard)
+            pytest.fail(f"{sig} {delay}s after the workers started did not stop the run")
+        assert process.returncode == 130, err
+        assert "Traceback" not in err
+        time.sleep(3)
+        assert batch_containers(client, output) == []
+        assert not (output / "predictions.jsonl").exists()
+        record = json.loads((output / "run.json").read_text())
+        assert record["sessions"][0]["interrupted"] is True
 
 
 def test_resume_refuses_another_dataset_or_a_changed_row(
