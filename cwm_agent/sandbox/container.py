@@ -409,7 +409,9 @@ def _settle(future: Future[dict[str, str]], call: Callable[[], dict[str, str]]) 
 def owned_containers(client: docker.DockerClient) -> list[str]:
     """Our containers that this process made and that still exist."""
     labels = [f"{LABEL}.pid={os.getpid()}", f"{LABEL}.host={socket.gethostname()}"]
-    return [c.short_id for c in client.containers.list(all=True, filters={"label": labels})]
+    return [
+        found["Id"][:12] for found in client.api.containers(all=True, filters={"label": labels})
+    ]
 
 
 def remove_leftovers(
@@ -422,20 +424,22 @@ def remove_leftovers(
     is left alone unless `everything` is set.
     """
     removed = []
-    for container in client.containers.list(all=True, filters={"label": [LABEL, label]}):
-        labels = container.labels
+    # The plain listing: the daemon is shared, and containers others remove while
+    # we look must not fail the sweep (docker-py's list inspects each one).
+    for container in client.api.containers(all=True, filters={"label": [LABEL, label]}):
+        labels = container.get("Labels") or {}
         same_host = labels.get(f"{LABEL}.host") == socket.gethostname()
         pid = labels.get(f"{LABEL}.pid", "")
         if everything or (same_host and not _alive(int(pid) if pid.isdigit() else 0)):
             try:
-                container.remove(force=True)
+                client.api.remove_container(container["Id"], force=True)
             except NotFound:
                 continue
             except APIError as exc:  # already being removed (auto-remove)
                 if exc.status_code != 409:
                     raise
                 continue
-            removed.append(container.short_id)
+            removed.append(container["Id"][:12])
     return removed
 
 
