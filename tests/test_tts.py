@@ -29,7 +29,7 @@ from cwm_agent.sandbox import LABEL
 from cwm_agent.tts import generated, regression
 from cwm_agent.tts.execution import CommandRun
 from cwm_agent.tts.selection import Entry, normalized_key, select
-from tests.conftest import run_cli
+from tests.conftest import run_cli, start_cli, started_containers
 from tests.test_fix import call, committed_copy, git
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "clamp"
@@ -272,8 +272,7 @@ def fix_args(repo: Path, image: str, output: Path, replays: Path, *extra: str) -
 
 
 def fix_containers(client: docker.DockerClient) -> list[str]:
-    found = client.containers.list(all=True, filters={"label": f"{LABEL}.job=fix"})
-    return [c.id for c in found]
+    return started_containers(client, f"{LABEL}.job=fix")  # the daemon is shared
 
 
 @pytest.mark.docker
@@ -336,12 +335,7 @@ def test_selects_the_right_candidate_and_explains_every_decision(
 
 
 def start_fix(args: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "cwm_agent.cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return start_cli(*args)
 
 
 def wait_for_calls(
@@ -352,7 +346,8 @@ def wait_for_calls(
     deadline = time.monotonic() + 180
     while set(found) != roles and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.5)
-        for container in client.containers.list(filters={"label": f"{LABEL}.job=fix"}):
+        mine = [f"{LABEL}.job=fix", f"{LABEL}.pid={process.pid}"]  # not others' runs
+        for container in client.containers.list(filters={"label": mine}):
             try:  # a container may end between the listing and this look
                 processes = container.top()["Processes"]
             except docker.errors.APIError:
