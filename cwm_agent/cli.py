@@ -21,7 +21,6 @@ from docker.errors import DockerException
 from git import GitCommandError
 from pydantic import ValidationError
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from cwm_agent import flags
@@ -40,10 +39,13 @@ from cwm_agent.sandbox import (
     SandboxInterrupted,
     docker_client,
     remove_leftovers,
+    teardown,
 )
+from cwm_agent.sandbox.container import owned_containers
 from cwm_agent.sandbox.image import DEFAULT_IMAGE
 from cwm_agent.swebench.commands import make_app as make_swebench_app
 from cwm_agent.swebench.errors import SwebenchError
+from cwm_agent.terminal import shown
 from cwm_agent.tts import TTSOptions, TTSReport
 from cwm_agent.tts import table as candidates_table
 
@@ -78,10 +80,22 @@ def user_errors(command: F) -> F:
             typer.echo(f"error: {type(exc).__name__}: {first_line(exc)}", err=True)
             raise typer.Exit(1) from None
         except (KeyboardInterrupt, SandboxInterrupted):
-            typer.echo("interrupted: containers removed", err=True)
+            typer.echo(f"interrupted: {_leftovers()}", err=True)
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _leftovers() -> str:
+    """What became of this process's containers, checked with the daemon."""
+    teardown.close_all()
+    try:
+        left = owned_containers(docker_client())
+    except (SandboxError, DockerException):
+        return "could not ask Docker whether containers are left: run `cwm-agent cleanup`"
+    if left:
+        return f"{len(left)} container(s) not removed ({' '.join(left)}): run `cwm-agent cleanup`"
+    return "containers removed"
 
 
 @app.command()
@@ -197,10 +211,13 @@ def fix(
         def report(line: str) -> None:
             if scaled:  # many rollouts at once: their milestones, not every turn
                 elapsed = time.monotonic() - started
-                view.print(f"[dim]{elapsed:6.1f}s[/] {escape(line)}", highlight=False)
-            status.update(escape(line))
+                view.print(f"[dim]{elapsed:6.1f}s[/] {shown(line)}", highlight=False)
+            status.update(shown(line))
 
-        result = run_fix(options, observer=observe, progress=report)
+        def warn(line: str) -> None:
+            typer.echo(f"warning: {line}", err=True)
+
+        result = run_fix(options, observer=observe, progress=report, warn=warn)
     if scaled:
         tts = TTSReport.model_validate_json(Path(result.output_dir, "tts.json").read_text())
         view.print(candidates_table(tts))
@@ -219,9 +236,9 @@ def _describe(message: MessageRecord, elapsed: float) -> str | None:
         head = f"{clock} turn {message.turn:3d}"
         if message.tool_call is not None:
             first = message.tool_call.argument.strip().splitlines()[0]
-            return f"{head} [bold]{message.tool_call.name}[/] {escape(_clip(first, 70))}"
+            return f"{head} [bold]{message.tool_call.name}[/] {shown(_clip(first, 70))}"
         if message.format_error is not None:
-            return f"{head} [yellow]{escape(_clip(message.format_error, 80))}[/]"
+            return f"{head} [yellow]{shown(_clip(message.format_error, 80))}[/]"
         return f"{head} [bold]final response[/]"
     if message.tool_result is not None:
         result = message.tool_result
@@ -230,7 +247,7 @@ def _describe(message: MessageRecord, elapsed: float) -> str | None:
             code = "" if result.exit_code in (None, 0) else f" exit {result.exit_code}"
             return f"{clock}          [green]ok[/]{code} {took}"
         first = result.output.strip().splitlines()[0] if result.output.strip() else ""
-        return f"{clock}          [red]failed[/] {took} {escape(_clip(first, 70))}"
+        return f"{clock}          [red]failed[/] {took} {shown(_clip(first, 70))}"
     return None
 
 
@@ -246,10 +263,10 @@ def _outcome(result: FixResult) -> str:
             f"in {result.turns} turns, {result.duration_s:.1f}s"
         )
     elif result.patch_submitted and result.patch_applies is False:
-        error = escape(result.patch_error or "")
+        error = shown(result.patch_error or "")
         line = f"[red]the patch does not apply[/] to {result.start}: {error}"
     else:
-        reason = f" ({escape(result.reason)})" if result.reason else ""
+        reason = f" ({shown(result.reason)})" if result.reason else ""
         line = f"[red]no fix[/]: {result.status}{reason}"
     branch = (
         f"; branch {result.branch} at {result.branch_commit[:12]}" if result.branch_commit else ""

@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
+from docker.errors import APIError
 
-def first_line(exc: BaseException, limit: int = 200) -> str:
-    """The first line of the exception's message, or its type when it has none."""
-    lines = str(exc).strip().splitlines()
-    return lines[0][:limit] if lines else type(exc).__name__
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of the exception's message, or its type when it has none.
+
+    Docker's errors put the daemon's explanation (the cause) after a long URL,
+    so that is what is shown; a line over `limit` loses its middle, never its end.
+    """
+    text = exc.explanation if isinstance(exc, APIError) and exc.explanation else str(exc)
+    lines = str(text).strip().splitlines()
+    if not lines:
+        return type(exc).__name__
+    line = lines[0]
+    if len(line) <= limit:
+        return line
+    keep = limit - 3
+    return f"{line[: keep // 3]} … {line[-(keep - keep // 3) :]}"

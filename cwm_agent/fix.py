@@ -7,21 +7,30 @@ through git's object store; its working tree, index and stash stay untouched.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import tempfile
 import uuid
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
+import git
 from pydantic import BaseModel, Field
 
 from cwm_agent import gitrepo
 from cwm_agent.agent import Observer, RolloutConfig, Trajectory
 from cwm_agent.model import ModelOptions, PolicyPool
-from cwm_agent.sandbox import LABEL, docker_client
+from cwm_agent.sandbox import (
+    LABEL,
+    SandboxInterrupted,
+    docker_client,
+    remove_leftovers,
+    teardown,
+)
 from cwm_agent.sandbox.image import DEFAULT_IMAGE, ensure_image
-from cwm_agent.solve import solve
+from cwm_agent.solve import solve, write_atomically
 from cwm_agent.tts import TTSOptions
 from cwm_agent.workspace import Workspace
 
@@ -77,6 +86,9 @@ class FixResult(BaseModel):
     branch: str | None = None
     branch_commit: str | None = None
     output_dir: str
+    submodules_omitted: list[str] = Field(
+        default_factory=list, description="submodule paths the sandbox did not get"
+    )
     selected: int | None = Field(None, description="test-time scaling: the chosen candidate")
     decision: str | None = Field(None, description="test-time scaling: why it was chosen")
 
@@ -85,8 +97,12 @@ def run_fix(
     options: FixOptions,
     observer: Observer | None = None,
     progress: Callable[[str], None] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> FixResult:
-    """Validate, run one rollout in a fresh sandbox, write the outputs, check the patch."""
+    """Validate, run one rollout in a fresh sandbox, write the outputs, check the patch.
+
+    An interrupt (Ctrl-C, SIGTERM) still leaves `result.json`, saying `interrupted`,
+    beside the trajectory so far."""
     issue = options.issue.strip()
     if not issue:
         raise FixError("the issue is empty: pass --issue TEXT or --issue-file FILE with text")
@@ -101,11 +117,35 @@ def run_fix(
         if repo is None:
             raise FixError("--branch needs --repo: the branch is made in your repository")
         gitrepo.ensure_new_branch(repo, options.branch)
-    output = _output_dir(options.output)  # checked now, made once there is something to write
-    client = docker_client()
-    ensure_image(client, options.image, progress)
+    output = _output_dir(options.output)
+    teardown.install_signal_handlers()  # SIGTERM unwinds like Ctrl-C from here on
+    try:
+        return _fix(options, pool, repo, output, observer, progress, warn)
+    except (KeyboardInterrupt, SandboxInterrupted) as exc:
+        _write_result(output, _interrupted(options, pool.name, output, exc))
+        raise
 
+
+def _fix(
+    options: FixOptions,
+    pool: PolicyPool,
+    repo: git.Repo | None,
+    output: Path,
+    observer: Observer | None,
+    progress: Callable[[str], None] | None,
+    warn: Callable[[str], None] | None,
+) -> FixResult:
+    client = docker_client()
+    remove_leftovers(client, label=f"{LABEL}.job=fix")  # of runs killed while creating one
+    ensure_image(client, options.image, progress)
     snapshot = gitrepo.snapshot(repo, options.include_uncommitted) if repo is not None else None
+    omitted = snapshot.submodules if snapshot is not None else []
+    if omitted and warn is not None:
+        warn(
+            f"{len(omitted)} submodule(s) are not carried into the sandbox: "
+            f"{', '.join(omitted[:5])}{' …' if len(omitted) > 5 else ''}"
+        )
+    issue = options.issue.strip()
     workspace = Workspace(
         image=options.image,
         workdir=options.workdir,
@@ -155,11 +195,45 @@ def run_fix(
         branch=options.branch if branch_commit else None,
         branch_commit=branch_commit,
         output_dir=str(output),
+        submodules_omitted=omitted,
         selected=None if report is None else report.selected,
         decision=None if report is None else report.decision,
     )
-    (output / "result.json").write_text(json.dumps(result.model_dump(), indent=2) + "\n")
+    _write_result(output, result)
     return result
+
+
+def _interrupted(options: FixOptions, model: str, output: Path, exc: BaseException) -> FixResult:
+    """What an interrupted run had done, from the trajectory it checkpointed."""
+    try:
+        trajectory: Trajectory | None = Trajectory.model_validate_json(
+            (output / "trajectory.json").read_text()
+        )
+    except (OSError, ValueError):
+        trajectory = None
+    return FixResult(
+        status="interrupted",
+        reason=f"interrupted ({exc or 'Ctrl-C'}): nothing was committed",
+        success=False,
+        turns=trajectory.turns if trajectory else 0,
+        tokens_used=trajectory.tokens_used if trajectory else 0,
+        duration_s=round(trajectory.duration_s, 3) if trajectory else 0.0,
+        generation_s=round(trajectory.generation_s, 3) if trajectory else 0.0,
+        tools_s=round(trajectory.tools_s, 3) if trajectory else 0.0,
+        model=model,
+        image=options.image,
+        start="",
+        start_commit="",
+        patch_submitted=bool(trajectory and trajectory.submission),
+        patch_applies=None,
+        patch_stats=PatchStats(),
+        output_dir=str(output),
+    )
+
+
+def _write_result(output: Path, result: FixResult) -> None:
+    output.mkdir(parents=True, exist_ok=True)
+    write_atomically(output / "result.json", json.dumps(result.model_dump(), indent=2) + "\n")
 
 
 def patch_stats(patch: str) -> PatchStats:
@@ -181,12 +255,27 @@ def patch_stats(patch: str) -> PatchStats:
 
 
 def _output_dir(requested: Path | None) -> Path:
-    """A folder that is new or empty: a run never overwrites what an earlier one wrote."""
+    """A folder that is new or empty and that can be written: a run never overwrites
+    what an earlier one wrote, nor finds out at its end that it cannot save its work.
+    Folders made for the check are removed again, so bad input leaves nothing."""
     if requested is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         requested = Path("cwm-agent-runs") / f"{stamp}-{uuid.uuid4().hex[:6]}"
     if requested.exists() and (not requested.is_dir() or any(requested.iterdir())):
         raise FixError(f"--output {requested} exists and is not empty: choose a new folder")
+    made = [folder for folder in (requested, *requested.parents) if not folder.exists()]
+    try:
+        requested.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=requested).close()
+    except OSError as exc:
+        raise FixError(
+            f"--output {requested} cannot be written ({exc.strerror or exc}): "
+            "choose a folder you can write to"
+        ) from None
+    finally:
+        for folder in made:  # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
     return requested
 
 

@@ -35,6 +35,7 @@ class Snapshot:
     commit: str
     description: str
     tar: bytes
+    submodules: list[str]  # their paths: a submodule's files are not in the tar
 
 
 def open_repo(path: Path) -> git.Repo:
@@ -69,7 +70,9 @@ def snapshot(repo: git.Repo, include_uncommitted: bool = False) -> Snapshot:
                 env=_identity_env(repo),
             )
             description = f"HEAD ({head[:12]}) + uncommitted changes ({commit[:12]})"
-    return Snapshot(commit, description, _tree_tar(repo.commit(commit).tree))
+    tree = repo.commit(commit).tree
+    submodules = [item.path for item in tree.traverse() if item.type == "submodule"]
+    return Snapshot(commit, description, _tree_tar(tree), submodules)
 
 
 def _working_tree(repo: git.Repo) -> str:
@@ -148,9 +151,13 @@ def commit_tar(repo: git.Repo, commit: str) -> bytes:
 
 def ensure_new_branch(repo: git.Repo, branch: str) -> None:
     """Refuse names git rejects and branches that exist (never overwrite one)."""
-    valid = not branch.startswith("-")
-    try:  # without --branch, so shorthands such as @{-1} are rejected, not expanded
+    # `git branch` refuses HEAD and expands @ and @{-N} (`--branch` below would print
+    # the expansion); the full-ref form checks everything else git checks.
+    valid = not branch.startswith("-") and branch not in ("HEAD", "@") and "@{" not in branch
+    try:
         repo.git.execute(["git", "check-ref-format", f"refs/heads/{branch}"])
+        expanded = repo.git.execute(["git", "check-ref-format", "--branch", branch])
+        valid = valid and expanded == branch
     except git.GitCommandError:
         valid = False
     if not valid:

@@ -70,8 +70,14 @@ def solve(
         trajectory, patch, patch_error = chosen(report, output)
         head = report.start or ""
     else:
+
+        def checkpoint(partial: Trajectory) -> None:
+            output.mkdir(parents=True, exist_ok=True)  # once the sandbox is up
+            write_atomically(output / "trajectory.json", partial.model_dump_json(indent=2))
+
         with workspace.open(client) as opened, pool.rollout("candidate-0") as policy:
-            trajectory = run_rollout(policy, Toolbox(opened.box), issue, rollout, observer)
+            toolbox = Toolbox(opened.box)
+            trajectory = run_rollout(policy, toolbox, issue, rollout, observer, checkpoint)
             patch = trajectory.submission_bytes or b""
             # A snapshot's caller holds the repository and checks the patch against it.
             inside = workspace.snapshot is None
@@ -79,8 +85,15 @@ def solve(
         head = opened.head
     output.mkdir(parents=True, exist_ok=True)
     (output / "patch.diff").write_bytes(patch)
-    (output / "trajectory.json").write_text(trajectory.model_dump_json(indent=2))
+    write_atomically(output / "trajectory.json", trajectory.model_dump_json(indent=2))
     return Solution(head, trajectory, patch, patch_error, report)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace `path` whole: an interrupt leaves the old file or the new one."""
+    partial = path.with_name(path.name + ".tmp")
+    partial.write_text(text)
+    partial.replace(path)
 
 
 def _check_patch(box: Sandbox, start: str, patch: bytes) -> str | None:

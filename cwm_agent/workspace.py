@@ -9,9 +9,13 @@ only in how that state is made, so both are a `Workspace`.
 from __future__ import annotations
 
 import io
+import posixpath
+import tarfile
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import IO
 
 import docker
 
@@ -66,7 +70,8 @@ class Workspace:
         """A started sandbox with the start state at `workdir` as a git repository's HEAD."""
         with Sandbox(self.config(labels), client) as box:
             if self.snapshot is not None:
-                box.copy_in(io.BytesIO(self.snapshot), self.workdir)
+                with _under(self.snapshot, self.workdir) as tar:
+                    box.copy_in(tar, "/")
                 self._run(box, _INIT_REPO, "the sandbox image needs git")
             if self.prepare is not None:
                 self._run(box, self.prepare, "preparing the repository failed")
@@ -80,3 +85,24 @@ class Workspace:
         if code != 0:
             detail = (err or out).decode("utf-8", "replace").strip()[-200:]
             raise WorkspaceError(f"cannot set up {self.image!r}: {hint} ({detail})")
+
+
+def _under(snapshot: bytes, folder: str) -> IO[bytes]:
+    """The snapshot with every entry moved under `folder`, to unpack at `/`.
+
+    Docker refuses a relative symlink that leads out of the folder it unpacks
+    into, and links above a repository's root are common in monorepos; unpacked
+    at `/`, such a link is kept exactly and points where it would from `folder`.
+    """
+    moved = tempfile.TemporaryFile()  # noqa: SIM115 (the caller closes it)
+    prefix = folder.strip("/")
+    with (
+        tarfile.open(fileobj=io.BytesIO(snapshot)) as source,
+        tarfile.open(fileobj=moved, mode="w") as tar,
+    ):
+        for member in source:
+            data = source.extractfile(member) if member.isfile() else None
+            member.name = posixpath.join(prefix, member.name)
+            tar.addfile(member, data)
+    moved.seek(0)
+    return moved

@@ -101,39 +101,54 @@ def run_label() -> str:
     return f"test-{uuid.uuid4().hex[:10]}"
 
 
+STARTED: set[int] = set()  # pids of the cwm-agent processes this test session started
+
+
+def start_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.Popen[str]:
+    """`cwm-agent ARGS` in a session of its own, so signals sent to it reach only it."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cwm_agent.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+        cwd=cwd,
+        start_new_session=True,
+    )
+    STARTED.add(process.pid)
+    return process
+
+
 def run_cli(
     *args: str, env: dict[str, str] | None = None, timeout: float = 300, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     """`cwm-agent ARGS` as a user runs it: a new process, its exit code and output."""
-    return subprocess.run(
-        [sys.executable, "-m", "cwm_agent.cli", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COLUMNS": "200", **(env or {})},
-        timeout=timeout,
-        cwd=cwd,
-    )
+    process = start_cli(*args, env=env, cwd=cwd)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def started_containers(client: docker.DockerClient, label: str = LABEL) -> list[str]:
+    """Containers carrying `label` made by a process this test session started (the
+    daemon is shared: other people's runs carry the same labels)."""
+    found = client.api.containers(all=True, filters={"label": label})
+    return [
+        c["Id"]
+        for c in found
+        if c["Labels"].get(f"{LABEL}.pid", "").isdigit()
+        and int(c["Labels"][f"{LABEL}.pid"]) in STARTED
+    ]
 
 
 def containers_of(client: docker.DockerClient, run: str) -> list[str]:
     found = client.containers.list(all=True, filters={"label": f"{LABEL}.run={run}"})
     return [container.id for container in found]
-
-
-def leftover_containers(client: docker.DockerClient, job: str) -> list[str]:
-    """Containers of `job` whose owning process has ended: what a finished run left behind.
-    Runs still going (other test sessions on the same daemon) are not ours to judge."""
-    found = client.containers.list(all=True, filters={"label": f"{LABEL}.job={job}"})
-    return [c.id for c in found if not _alive(c.labels.get(f"{LABEL}.pid", ""))]
-
-
-def _alive(pid: str) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
     return True
 
 

@@ -10,7 +10,10 @@ import uuid
 
 import docker
 import pytest
+import requests
+from docker.errors import APIError
 
+from cwm_agent.errors import first_line
 from cwm_agent.sandbox import LABEL
 from tests.conftest import run_cli as cli
 
@@ -58,3 +61,15 @@ def test_cleanup_removes_only_orphans(client: docker.DockerClient, base_image: s
         for container_id in made.values():
             with contextlib.suppress(docker.errors.NotFound):
                 client.containers.get(container_id).remove(force=True)
+
+
+def test_docker_errors_keep_their_cause_when_shortened() -> None:
+    """Issue 13.6: Docker's cause comes after a long URL; cutting at 200 characters lost it."""
+    url = "http+docker://localhost/v1.41/containers/" + "0" * 64 + "/archive?path=%2Ftestbed"
+    cause = 'invalid symlink "/testbed/docs/shared" -> "../../common/guide.md"'
+    response = requests.Response()
+    response.status_code = 500
+    error = APIError(f"500 Server Error for {url}", response, explanation=cause)
+    assert first_line(error) == cause
+    shortened = first_line(RuntimeError("x" * 400 + " because the disk is full"))
+    assert shortened.endswith("because the disk is full") and len(shortened) <= 300

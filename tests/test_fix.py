@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import docker
@@ -16,8 +20,8 @@ import pytest
 
 from cwm_agent.fix import patch_stats
 from cwm_agent.sandbox import LABEL
-from tests.conftest import leftover_containers, test_image
 from tests.conftest import run_cli as cli
+from tests.conftest import start_cli, started_containers, test_image
 
 pytestmark = pytest.mark.docker
 
@@ -72,6 +76,10 @@ def fix_args(repo: Path, base_image: str, output: Path, model: str) -> list[str]
     ]
 
 
+def our_containers(client: docker.DockerClient) -> list[str]:
+    return started_containers(client, f"{LABEL}.job=fix")
+
+
 def tree_state(repo: Path) -> dict[str, object]:
     """Everything of the user's that `fix` must leave alone."""
     files = {
@@ -108,7 +116,7 @@ def test_example_fix_end_to_end_with_branch(
     assert "fixed: 1 file(s), +1 -1 in 9 turns" in done.stdout
     assert "turn   4 edit calc.py" in done.stdout
     assert tree_state(calc_repo) == before, "the user's tree, index, branch and stash"
-    assert leftover_containers(client, "fix") == []
+    assert our_containers(client) == []
 
     result = json.loads((output / "result.json").read_text())
     assert result["status"] == "finished" and result["success"] is True
@@ -252,6 +260,11 @@ def test_patch_that_does_not_apply_is_reported(
         ("docker unreachable", "cannot reach the Docker daemon"),
         ("branch exists", "already exists"),
         ("output not empty", "exists and is not empty"),
+        ("output under a file", "cannot be written (Not a directory)"),
+        ("output read-only", "cannot be written (Operation not permitted)"),
+        ("branch HEAD", "--branch 'HEAD' is not a valid branch name"),
+        ("branch @", "--branch '@' is not a valid branch name"),
+        ("replay lone surrogate", "reply 2 is not text (a lone surrogate"),
     ],
 )
 def test_bad_input_is_one_clear_line(
@@ -303,6 +316,19 @@ def test_bad_input_is_one_clear_line(
         (tmp_path / "out").mkdir()
         (tmp_path / "out" / "keep.txt").write_text("mine")
         extra = ["--output", str(tmp_path / "out")]
+    elif case == "output under a file":  # issue 13.5: found out up front, not at the end
+        (tmp_path / "a-file").write_text("mine")
+        extra = ["--output", str(tmp_path / "a-file" / "out")]
+    elif case == "output read-only":
+        (tmp_path / "out").mkdir()
+        subprocess.run(["chattr", "+i", str(tmp_path / "out")], check=True)  # even for root
+        request.addfinalizer(lambda: subprocess.run(["chattr", "-i", str(tmp_path / "out")]))
+        extra = ["--output", str(tmp_path / "out")]
+    elif case.startswith("branch "):  # issue 13.11: names git's own `git branch` refuses
+        extra = ["--branch", case.removeprefix("branch ")]
+    elif case == "replay lone surrogate":  # issue 13.12: valid JSON, not text
+        (tmp_path / "lone.json").write_text('["Fine.", "\\ud800"]')
+        model = f"replay:{tmp_path / 'lone.json'}"
     before = tree_state(calc_repo)
     args = ["fix", "--repo", str(repo), *issue, "--model", model, "--image", image, *extra]
     if "--output" not in extra:
@@ -316,9 +342,13 @@ def test_bad_input_is_one_clear_line(
         assert done.stderr.count("\n") == 1, done.stderr
     assert "Traceback" not in done.stderr + done.stdout
     assert tree_state(calc_repo) == before
-    assert leftover_containers(client, "fix") == []
+    assert our_containers(client) == []
+    if case != "branch exists":
+        assert git(calc_repo, "branch", "--list") == "* main\n"
     if case == "output not empty":
         assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+    elif case == "output under a file":
+        assert (tmp_path / "a-file").read_text() == "mine"
     elif case != "replay exhausted":
         assert not (tmp_path / "run").exists(), "bad input leaves no output folder behind"
 
@@ -409,3 +439,147 @@ def test_tiny_local_model_runs_to_a_clean_end(
     assert [m["content"] for m in trajectory["messages"] if m["role"] == "user"][1].startswith(
         "FormatError: "
     )
+
+
+def containers_of_process(client: docker.DockerClient, pid: int) -> list[str]:
+    return [
+        c["Id"] for c in client.api.containers(all=True, filters={"label": f"{LABEL}.pid={pid}"})
+    ]
+
+
+def wait_for(
+    check: Callable[[], object], process: subprocess.Popen[str], limit: float = 120
+) -> None:
+    deadline = time.monotonic() + limit
+    while not check():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.02)
+
+
+def tool_results(path: Path) -> int:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return 0
+    return sum(m.get("tool_result") is not None for m in data["messages"])
+
+
+def assert_interrupted_cleanly(
+    client: docker.DockerClient, process: subprocess.Popen[str], output: Path
+) -> dict[str, object]:
+    """Exit 130, a message that tells the truth, no container then or seconds later, and a
+    result.json that says `interrupted`."""
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    assert err.endswith("interrupted: containers removed\n"), err
+    time.sleep(3)  # a create the daemon finishes late shows up by now
+    assert containers_of_process(client, process.pid) == []
+    result = json.loads((output / "result.json").read_text())
+    assert result["status"] == "interrupted" and result["success"] is False
+    return result
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_fix_keeps_its_trajectory_and_says_so(
+    calc_repo: Path, base_image: str, tmp_path: Path, client: docker.DockerClient, sig: int
+) -> None:
+    """Issue 13.10: the trajectory is written turn by turn, result.json says interrupted."""
+    model = replay(tmp_path, [call("bash", "echo step")] * 2 + [call("bash", "sleep 60")] * 2)
+    output = tmp_path / "out"
+    before = tree_state(calc_repo)
+    process = start_cli(*fix_args(calc_repo, base_image, output, model))
+    wait_for(lambda: tool_results(output / "trajectory.json") >= 2, process)
+    time.sleep(0.5)  # inside the third call
+    process.send_signal(sig)
+    result = assert_interrupted_cleanly(client, process, output)
+    assert result["turns"] == 3
+    trajectory = json.loads((output / "trajectory.json").read_text())
+    assert trajectory["status"] == "interrupted" and trajectory["turns"] == 3
+    assert [m["tool_result"]["output"] for m in trajectory["messages"] if m["tool_result"]] == [
+        "step\n",
+        "step\n",
+    ]
+    assert tree_state(calc_repo) == before
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_as_the_container_appears_leaves_none(
+    calc_repo: Path, base_image: str, tmp_path: Path, client: docker.DockerClient, sig: int
+) -> None:
+    """Issue 13.3: the signal lands while the sandbox is being made."""
+    model = replay(tmp_path, [call("bash", "sleep 60")])
+    output = tmp_path / "out"
+    process = start_cli(*fix_args(calc_repo, base_image, output, model))
+    wait_for(lambda: containers_of_process(client, process.pid), process)
+    process.send_signal(sig)
+    assert_interrupted_cleanly(client, process, output)
+
+
+def test_fix_sweeps_containers_of_dead_runs(
+    calc_repo: Path, base_image: str, tmp_path: Path, client: docker.DockerClient
+) -> None:
+    """Issue 13.3: a container a killed run left (state Created) is removed by the next."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    labels = {
+        LABEL: "1",
+        f"{LABEL}.job": "fix",
+        f"{LABEL}.pid": str(dead.pid),
+        f"{LABEL}.host": socket.gethostname(),
+    }
+    orphan = client.api.create_container(base_image, command=["true"], labels=labels)["Id"]
+    done = cli(*fix_args(calc_repo, base_image, tmp_path / "out", replay(tmp_path, [])))
+    assert done.returncode == 1 and "ran out after 0 replies" in done.stdout, done.stderr
+    assert client.api.containers(all=True, filters={"id": orphan}) == []
+
+
+def test_links_above_the_root_are_carried_and_submodules_named(
+    calc_repo: Path, base_image: str, tmp_path: Path, client: docker.DockerClient
+) -> None:
+    """Issues 13.6 and 13.15: a monorepo-style relative link that leaves the repository
+    is carried as it is (Docker refused it); a submodule is named, not dropped silently."""
+    (calc_repo / "docs").mkdir()
+    (calc_repo / "docs" / "shared").symlink_to("../../common/guide.md")
+    library = tmp_path / "library"
+    library.mkdir()
+    git(library, "init", "-q", "-b", "main")
+    (library / "lib.py").write_text("X = 1\n")
+    git(library, "add", "-A")
+    git(library, "commit", "-qm", "lib")
+    git(
+        calc_repo,
+        "-c",
+        "protocol.file.allow=always",
+        "submodule",
+        "add",
+        "-q",
+        str(library),
+        "vendor/lib",
+    )
+    git(calc_repo, "add", "-A")
+    git(calc_repo, "commit", "-qm", "link and submodule")
+    model = replay(
+        tmp_path, [call("bash", "readlink docs/shared; test -e vendor/lib || echo absent")]
+    )
+    done = cli(*fix_args(calc_repo, base_image, tmp_path / "out", model))
+    assert done.returncode == 1 and "ran out after 1 replies" in done.stdout, done.stderr
+    assert done.stderr == ("warning: 1 submodule(s) are not carried into the sandbox: vendor/lib\n")
+    trajectory = json.loads((tmp_path / "out" / "trajectory.json").read_text())
+    outputs = [m["tool_result"]["output"] for m in trajectory["messages"] if m["tool_result"]]
+    assert outputs == ["../../common/guide.md\nabsent\n"]
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["submodules_omitted"] == ["vendor/lib"]
+
+
+def test_escape_sequences_from_the_model_do_not_reach_the_terminal(
+    calc_repo: Path, base_image: str, tmp_path: Path
+) -> None:
+    """Issue 13.14: the live view prints parts of tool calls and their output."""
+    hostile = "printf '\x1b]0;owned\x07\x1b[2J'; ls /nowhere-\x1b[31m"
+    model = replay(tmp_path, [call("bash", hostile), "\x1b[2Jno tool call"])
+    done = cli(*fix_args(calc_repo, base_image, tmp_path / "out", model))
+    assert done.returncode == 1
+    assert "turn   1 bash printf ']0;owned[2J'" in done.stdout, done.stdout
+    assert "\x1b" not in done.stdout + done.stderr and "\x07" not in done.stdout

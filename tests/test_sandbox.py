@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -10,11 +11,14 @@ import sys
 import tarfile
 import textwrap
 import time
+import uuid
 from pathlib import Path
 
 import docker
 import pytest
 
+from cwm_agent.agent import RolloutConfig, run_rollout
+from cwm_agent.model.replay import ReplayPolicy
 from cwm_agent.sandbox import (
     LABEL,
     ImageNotFoundError,
@@ -22,7 +26,9 @@ from cwm_agent.sandbox import (
     Sandbox,
     SandboxConfig,
 )
+from cwm_agent.tools import Toolbox
 from tests.conftest import containers_of
+from tests.test_fix import call
 
 pytestmark = pytest.mark.docker
 
@@ -262,6 +268,84 @@ def test_killed_process_leaves_no_container(
     deadline = time.monotonic() + 60  # SIGKILL: docker removes it once bash sees EOF
     while containers_of(client, run_label) and time.monotonic() < deadline:
         time.sleep(0.5)
+    assert containers_of(client, run_label) == []
+
+
+_CREATING = textwrap.dedent(
+    """
+    import sys, time
+    from cwm_agent.sandbox import Sandbox, SandboxConfig
+    box = Sandbox(SandboxConfig(image=sys.argv[1], labels={"cwm-agent.run": sys.argv[2]}))
+    print("creating", flush=True)
+    with box:
+        time.sleep(600)
+    """
+)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_while_the_container_is_created_leaves_none(
+    client: docker.DockerClient, base_image: str, sig: signal.Signals
+) -> None:
+    """The create request is in flight when the signal lands (issue 13.3): whatever it
+    made must be gone, also seconds after the process ended."""
+    for delay in (0.02, 0.1, 0.3):
+        run = f"test-{uuid.uuid4().hex[:10]}"
+        holder = subprocess.Popen(
+            [sys.executable, "-c", _CREATING, base_image, run],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            cwd=Path(__file__).parent.parent,
+            start_new_session=True,
+        )
+        assert holder.stdout is not None and holder.stdout.readline() == "creating\n"
+        time.sleep(delay)
+        holder.send_signal(sig)
+        holder.wait(timeout=120)
+        time.sleep(3)  # a create the daemon finishes late shows up by now
+        left = containers_of(client, run)
+        for container in left:
+            client.api.remove_container(container, force=True)
+        assert left == [], f"{sig.name} {delay}s after the create began left a container"
+
+
+def test_keepalive_survives_what_root_can_do_inside(sandbox: Sandbox) -> None:
+    """`kill -9 -1` and `pkill bash` end the model's processes, not the sandbox (13.9)."""
+    assert sandbox.session is not None
+    sandbox.session.run("sleep 300 & kill -9 -1")
+    sandbox.session.run("pkill -9 bash")
+    after = sandbox.session.run("echo alive")
+    assert after.output == "alive\n" and after.exit_code == 0
+    assert sandbox.client.api.inspect_container(sandbox.id)["State"]["Running"]
+    assert sandbox.session.run("pgrep -c sleep").output == "0\n"
+
+
+def test_disk_watchdog_stops_a_sandbox_that_fills_the_disk(
+    client: docker.DockerClient, base_image: str, run_label: str, tmp_path: Path
+) -> None:
+    """overlay2 on ext4 has no size limit: the watchdog on SizeRw is the bound (13.7)."""
+    config = SandboxConfig(
+        image=base_image, disk="50m", session_timeout=60, labels={f"{LABEL}.run": run_label}
+    )
+    replies = tmp_path / "replies.json"
+    replies.write_text(
+        json.dumps(
+            [
+                call("bash", "head -c 300m /dev/zero > /tmp/fill; sleep 30"),
+                call("bash", "echo never"),
+            ]
+        )
+    )
+    with Sandbox(config, client) as box:
+        trajectory = run_rollout(
+            ReplayPolicy(replies), Toolbox(box), "fill the disk", RolloutConfig(max_turns=5)
+        )
+    assert trajectory.status == "error"
+    assert trajectory.reason is not None
+    assert trajectory.reason.startswith("sandbox: DiskLimitExceeded: the sandbox wrote ")
+    assert trajectory.reason.endswith("over its limit of 50 MiB: the container was stopped")
+    assert trajectory.turns == 1  # stopped in its first call, not after the sleep
     assert containers_of(client, run_label) == []
 
 

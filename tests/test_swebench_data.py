@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -269,12 +270,21 @@ def test_local_files_in_every_format(tmp_path: Path) -> None:
         ('{"instance_id": "a", "problem_statement": "x", "FAIL_TO_PASS": "[oops"}\n', "FAIL_TO"),
         ("not json\n", "cannot read dataset"),
         ('{"instance_id": "a", "problem_statement": "x"}\n' * 2, "appears twice"),
+        # issue 13.13: the file's line, not the column inside the row; blank statements
+        (
+            '{"instance_id": "a", "problem_statement": "x"}\n\n{"instance_id": "b", oops}\n',
+            "line 3 is not JSON (Expecting property name enclosed in double quotes at column 22)",
+        ),
+        (
+            '{"instance_id": "a", "problem_statement": " \\n\\t "}\n',
+            "a: invalid problem_statement: Value error, the problem statement is blank",
+        ),
     ],
 )
 def test_malformed_rows_are_one_clear_error(tmp_path: Path, content: str, message: str) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text(content)
-    with pytest.raises(SwebenchError, match=message.replace("(", r"\(")):
+    with pytest.raises(SwebenchError, match=re.escape(message)):
         load_instances(str(path))
 
 

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import docker
 import pytest
 
 from cwm_agent.sandbox import LABEL
-from tests.conftest import run_cli, test_image
+from tests.conftest import run_cli, start_cli, test_image
 from tests.test_fix import call, git
 
 pytestmark = pytest.mark.docker
@@ -237,8 +238,9 @@ def test_run_eval_report(
 ) -> None:
     output = tmp_path / "run-all"
     done = run_cli(*run_args(dataset, replays, output, "--workers", "2"))
-    assert done.returncode == 0, done.stderr + done.stdout
+    assert done.returncode == 1, done.stderr + done.stdout  # issue 13.13: scripts can tell
     assert "3 instance(s) finished, 1 error(s)" in done.stdout
+    assert done.stderr.endswith("error: 1 instance(s) ended in an error\n"), done.stderr
     assert batch_containers(client, output) == []
 
     lines = {p["instance_id"]: p for p in predictions(output)}
@@ -324,7 +326,7 @@ def test_resume_after_a_kill_loses_and_repeats_nothing(
     assert 1 <= len(before) < 3
 
     again = run_cli(*run_args(dataset, replays, output, "--resume"))
-    assert again.returncode == 0, again.stderr + again.stdout
+    assert again.returncode == 1 and "1 error(s)" in again.stdout, again.stderr  # calc-4
     after = predictions(output)
     assert after[: len(before)] == before
     assert sorted(p["instance_id"] for p in after) == [
@@ -380,3 +382,105 @@ def test_samples_pick_a_patch_per_instance_with_test_time_scaling(
     assert result["status"] == "submitted" and result["start"] == report["start"]
     assert result["start"] == git(repo, "rev-parse", "main").strip()
     assert batch_containers(client, output) == []
+
+
+def test_a_file_changing_under_edit_does_not_end_the_batch(
+    dataset: Path, calc: dict[str, object], tmp_path: Path, client: docker.DockerClient
+) -> None:
+    """Issue 13.1: 30 edits of a file a background job keeps truncating and refilling."""
+    gold: dict[str, str] = calc["gold"]  # type: ignore[assignment]
+    writer = (
+        "setsid nohup timeout 60 bash -c 'while :; do head -c 2000000 /dev/zero > "
+        "/testbed/app.log; : > /testbed/app.log; done' >/dev/null 2>&1 &"
+    )
+    submit = [call("submit", "/tmp/fix.patch"), "Submitted.\n</think>\n\nDone."]
+    folder = tmp_path / "replays"
+    folder.mkdir()
+    scripts = {
+        "calc__calc-1": [
+            call("bash", writer),
+            *[call("edit", "/testbed/app.log\n<<<<<<< SEARCH\nx\n=======\ny\n>>>>>>> REPLACE")]
+            * 30,
+            write_patch(gold["calc__calc-1"]),
+            *submit,
+        ],
+        "calc__calc-2": [write_patch(gold["calc__calc-2"]), *submit],
+    }
+    for instance_id, replies in scripts.items():
+        (folder / f"{instance_id}.json").write_text(json.dumps(replies))
+    output = tmp_path / "run"
+    args = run_args(dataset, folder, output, "--instances", "calc__calc-1,calc__calc-2")
+    done = run_cli(*args, "--max-turns", "40", "--workers", "2")
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert {p["instance_id"]: p["model_patch"] for p in predictions(output)} == {
+        "calc__calc-1": gold["calc__calc-1"],
+        "calc__calc-2": gold["calc__calc-2"],
+    }
+    trajectory = json.loads((output / "trajectories/calc__calc-1/trajectory.json").read_text())
+    outputs = [m["tool_result"]["output"] for m in trajectory["messages"] if m["tool_result"]]
+    changed = "The file /testbed/app.log changed while it was being read, so it was not edited."
+    assert any(out.startswith(changed) for out in outputs)
+    assert batch_containers(client, output) == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_while_containers_are_created_stops_every_instance(
+    dataset: Path, tmp_path: Path, client: docker.DockerClient, sig: int
+) -> None:
+    """Issue 13.4: the signal lands while the workers' sandboxes are being created; their
+    rollouts (a minute each) must not run on after it."""
+    folder = tmp_path / "replays"
+    folder.mkdir()
+    for n in (1, 2, 3):
+        (folder / f"calc__calc-{n}.json").write_text(json.dumps([call("bash", "sleep 20")] * 3))
+    for delay in (0.0, 0.05, 0.15, 0.3):
+        output = tmp_path / f"run-{uuid.uuid4().hex[:8]}"  # its name labels the batch
+        ids = "calc__calc-1,calc__calc-2,calc__calc-3"
+        args = run_args(dataset, folder, output, "--instances", ids)
+        process = start_cli(*args, "--workers", "3", "--session-timeout", "60")
+        deadline = time.monotonic() + 120
+        while not (output / "run.json").exists():  # written just before the workers start
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.01)
+        time.sleep(delay)
+        process.send_signal(sig)
+        try:
+            _, err = process.communicate(timeout=30)  # not after the rollouts' minute
+        except subprocess.TimeoutExpired:
+            process.kill()  # its containers go with it (the keep-alive guard)
+            pytest.fail(f"{sig} {delay}s after the workers started did not stop the run")
+        assert process.returncode == 130, err
+        assert "Traceback" not in err
+        time.sleep(3)
+        assert batch_containers(client, output) == []
+        assert not (output / "predictions.jsonl").exists()
+        record = json.loads((output / "run.json").read_text())
+        assert record["sessions"][0]["interrupted"] is True
+
+
+def test_resume_refuses_another_dataset_or_a_changed_row(
+    dataset: Path, replays: Path, tmp_path: Path
+) -> None:
+    """Issue 13.8: predictions of two datasets must not mix."""
+    output = tmp_path / "run"
+    done = run_cli(*run_args(dataset, replays, output, "--instances", "calc__calc-1"))
+    assert done.returncode == 0, done.stderr + done.stdout
+    before = (output / "predictions.jsonl").read_text()
+    other = tmp_path / "other.jsonl"
+    other.write_text(dataset.read_text())
+    refused = run_cli(*run_args(other, replays, output, "--resume"))
+    assert refused.returncode == 1
+    assert refused.stderr == (
+        f"error: --resume: {output} was run on --dataset {dataset} (split test), not {other} "
+        "(split test): one predictions file holds one dataset's instances\n"
+    )
+    rows = [json.loads(line) for line in dataset.read_text().splitlines()]
+    rows[0]["problem_statement"] = "something else entirely\n"
+    dataset.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    changed = run_cli(*run_args(dataset, replays, output, "--resume"))
+    assert changed.returncode == 1
+    assert changed.stderr == (
+        "error: --resume: the row of calc__calc-1 changed since the run began: resume with "
+        "the dataset it was started with, or start a new --output\n"
+    )
+    assert (output / "predictions.jsonl").read_text() == before

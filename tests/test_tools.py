@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import resource
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +16,7 @@ from cwm_agent.protocol.prompts import EDIT_TOOL_FORMAT
 from cwm_agent.sandbox import LABEL, Sandbox, SandboxConfig
 from cwm_agent.sandbox.patch import tree_patch
 from cwm_agent.tools import Toolbox
+from cwm_agent.tools.files import MAX_EDIT_BYTES, MAX_SUBMISSION_BYTES
 
 pytestmark = pytest.mark.docker
 
@@ -197,6 +200,59 @@ def test_submit_messages(tools: Toolbox) -> None:
         "Review the following test which is marked as a submission:\n\n"
         "<submission>\nprint('Issue reproduced')\n\n</submission>"
     )
+
+
+# -- what a hostile or careless model can do to the host ------------------------
+
+
+def test_file_tools_refuse_files_above_their_bound(tools: Toolbox) -> None:
+    """A 1 GiB sparse file costs nothing inside; the host must not load it (issue 13.2)."""
+    tools.run("bash", "truncate -s 1G huge.log && head -c 3M /dev/zero | tr '\\0' x > big.diff")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+    assert tools.run("edit", edit("huge.log", "a", "b")).output == (
+        f"The file huge.log is too large for the edit tool ({2**30} bytes, the limit is "
+        f"{MAX_EDIT_BYTES}). Use bash to inspect and change it.\n"
+    )
+    assert tools.run("submit", "big.diff").output == (
+        f"Failed to submit big.diff. It is too large ({3 * 2**20} bytes, the limit is "
+        f"{MAX_SUBMISSION_BYTES})."
+    )
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) / 1024
+    assert grown_mib < 64, f"the host process grew by {grown_mib:.0f} MiB"
+
+
+def test_a_file_changing_while_it_is_read_fails_the_call_not_the_run(tools: Toolbox) -> None:
+    """Reads racing a writer that truncates and refills the file (issue 13.1)."""
+    tools.run(
+        "bash",
+        "setsid nohup timeout 60 bash -c 'while :; do head -c 2000000 /dev/zero > app.log; "
+        ": > app.log; done' >/dev/null 2>&1 &",
+    )
+    time.sleep(0.5)
+    outputs = [tools.run("edit", edit("app.log", "x", "y")).output for _ in range(30)]
+    tools.run("bash", "pkill -f 'head -c 2000000' ; pkill -f 'while :'")
+    changed = "The file app.log changed while it was being read, so it was not edited."
+    assert any(out.startswith(changed) for out in outputs), outputs[:3]
+    assert all(
+        out.startswith((changed, "No replacement was performed", "The path app.log"))
+        for out in outputs
+    )
+
+
+def test_create_refuses_kernel_file_systems(tools: Toolbox) -> None:
+    """A file "created" under /proc, /dev or /sys would be invisible inside (issue 13.16)."""
+    tools.run("bash", "ln -s /dev dev-link")
+    for path, parent in [
+        ("/proc/note", "/proc"),
+        ("/dev/note", "/dev"),
+        ("/sys/kernel/note", "/sys/kernel"),
+        ("dev-link/note", "/dev"),
+    ]:
+        assert tools.run("create", f"{path}\nhello").output == (
+            f"File creation failed. {parent} is in a virtual file system (/proc, /dev, /sys), "
+            "where the tool cannot create files.\n"
+        )
+    assert tools.run("create", "visible.txt\nhello").output.startswith("File created")
 
 
 # -- an image with bash and nothing else ------------------------------------

@@ -29,7 +29,7 @@ from cwm_agent.sandbox import LABEL
 from cwm_agent.tts import generated, regression
 from cwm_agent.tts.execution import CommandRun
 from cwm_agent.tts.selection import Entry, normalized_key, select
-from tests.conftest import leftover_containers, run_cli
+from tests.conftest import run_cli, start_cli, started_containers
 from tests.test_fix import call, committed_copy, git
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "clamp"
@@ -271,6 +271,10 @@ def fix_args(repo: Path, image: str, output: Path, replays: Path, *extra: str) -
     ]
 
 
+def fix_containers(client: docker.DockerClient) -> list[str]:
+    return started_containers(client, f"{LABEL}.job=fix")  # the daemon is shared
+
+
 @pytest.mark.docker
 def test_selects_the_right_candidate_and_explains_every_decision(
     clamp_repo: Path, base_image: str, tmp_path: Path, client: docker.DockerClient
@@ -327,16 +331,11 @@ def test_selects_the_right_candidate_and_explains_every_decision(
     shown = git(clamp_repo, "show", "fix-clamp:mathutil.py")
     assert "return max(low, min(value, high))" in shown
     assert "candidates" in done.stdout and "→0" in done.stdout
-    assert leftover_containers(client, "fix") == []
+    assert fix_containers(client) == []
 
 
 def start_fix(args: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "cwm_agent.cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return start_cli(*args)
 
 
 def wait_for_calls(
@@ -347,8 +346,8 @@ def wait_for_calls(
     deadline = time.monotonic() + 180
     while set(found) != roles and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.5)
-        mine = {"label": [f"{LABEL}.job=fix", f"{LABEL}.pid={process.pid}"]}
-        for container in client.containers.list(filters=mine):
+        mine = [f"{LABEL}.job=fix", f"{LABEL}.pid={process.pid}"]  # not others' runs
+        for container in client.containers.list(filters={"label": mine}):
             try:  # a container may end between the listing and this look
                 processes = container.top()["Processes"]
             except docker.errors.APIError:
@@ -380,7 +379,7 @@ def test_a_candidate_whose_container_dies_fails_alone(
     assert dead["reason"].startswith("sandbox:")
     assert report["selected"] == 0 and report["candidates"][0]["score"] == 2
     assert "candidate-1: error" in stdout
-    assert leftover_containers(client, "fix") == []
+    assert fix_containers(client) == []
 
 
 @pytest.mark.docker
@@ -399,4 +398,4 @@ def test_sigterm_stops_every_rollout_and_removes_their_containers(
     _, stderr = process.communicate(timeout=90)  # well before any `sleep 300` ends
     assert process.returncode == 130, stderr
     assert "interrupted: containers removed" in stderr and "Traceback" not in stderr
-    assert leftover_containers(client, "fix") == []
+    assert fix_containers(client) == []

@@ -47,7 +47,7 @@ from cwm_agent.protocol.prompts import (
     tool_result_for_estimate,
     truncate_tool_message,
 )
-from cwm_agent.sandbox import SandboxError
+from cwm_agent.sandbox import SandboxError, SandboxInterrupted
 from cwm_agent.tools import TOOL_NAMES, Toolbox
 from cwm_agent.tools.result import readable
 
@@ -74,9 +74,13 @@ def run_rollout(
     issue: str,
     config: RolloutConfig,
     observer: Observer | None = None,
+    checkpoint: Callable[[Trajectory], None] | None = None,
 ) -> Trajectory:
     """Run one episode to its end; the trajectory says how it ended (never raises for
-    model, tool or sandbox failures: they end the episode with status `error`)."""
+    model, tool or sandbox failures: they end the episode with status `error`).
+
+    `checkpoint` gets the trajectory after every message, so an interrupted run
+    keeps what it did; an interrupt marks it `interrupted` and goes on up."""
     started = time.monotonic()
     tokenizer = policy.tokenizer
     count_user = message_counter(tokenizer, USER)
@@ -100,6 +104,8 @@ def run_rollout(
         trajectory.messages.append(message)
         if observer is not None:
             observer(message)
+        if checkpoint is not None:
+            checkpoint(trajectory)
 
     for message in messages:
         record(MessageRecord(role=message.role, content=message.content, turn=0))
@@ -222,9 +228,15 @@ def run_rollout(
     except (SandboxError, DockerException, RequestException, OSError) as exc:
         # The container or the daemon went away: the rollout cannot go on.
         trajectory.status, trajectory.reason = "error", f"sandbox: {type(exc).__name__}: {exc}"
+    except (KeyboardInterrupt, SandboxInterrupted) as exc:
+        trajectory.status = "interrupted"
+        trajectory.reason = f"interrupted ({exc or 'Ctrl-C'})"
+        raise
     finally:
         trajectory.tokens_used = used
         trajectory.duration_s = time.monotonic() - started
+        if checkpoint is not None:
+            checkpoint(trajectory)
     return trajectory
 
 

@@ -6,7 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-Status = Literal["running", "finished", "max_turns", "time_limit", "context_exceeded", "error"]
+Status = Literal[
+    "running", "finished", "max_turns", "time_limit", "context_exceeded", "error", "interrupted"
+]
 
 
 class ToolCallRecord(BaseModel):

@@ -33,6 +33,14 @@ class ReplayPolicy:
             raise PolicyError(
                 f"replay file {path} must hold a JSON array of strings (one per assistant reply)"
             )
+        for number, reply in enumerate(replies, 1):
+            try:
+                reply.encode("utf-8")
+            except UnicodeEncodeError as exc:  # JSON allows a lone surrogate such as \ud800
+                raise PolicyError(
+                    f"replay file {path}: reply {number} is not text (a lone surrogate "
+                    f"{reply[exc.start]!r} at character {exc.start}): remove it"
+                ) from None
         self.replies: list[str] = replies
         self.used = 0
 

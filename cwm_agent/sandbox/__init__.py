@@ -4,6 +4,8 @@ from cwm_agent.sandbox.config import SandboxConfig
 from cwm_agent.sandbox.container import LABEL, PathStat, Sandbox, docker_client, remove_leftovers
 from cwm_agent.sandbox.errors import (
     DockerUnavailableError,
+    FileChangedError,
+    FileTooLargeError,
     ImageNotFoundError,
     NoBashError,
     SandboxError,
@@ -15,6 +17,8 @@ from cwm_agent.sandbox.session import ShellResult, ShellSession
 __all__ = [
     "LABEL",
     "DockerUnavailableError",
+    "FileChangedError",
+    "FileTooLargeError",
     "ImageNotFoundError",
     "NoBashError",
     "PathStat",

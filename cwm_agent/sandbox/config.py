@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from docker.errors import DockerException
+from docker.utils import parse_bytes
+from pydantic import BaseModel, Field, field_validator
 
 OUTPUT_CAP_BYTES = 480 * 1024  # the CWM evaluation's cap on one bash call's output
 DEFAULT_SESSION_TIMEOUT_S = 120.0  # per bash call, as in the CWM evaluation
@@ -19,6 +21,11 @@ class SandboxConfig(BaseModel):
     )
     network: bool = Field(False, description="give the container a network (off by default)")
     memory: str = Field("8g", description="memory limit, docker syntax (e.g. 512m, 8g)")
+    disk: str | None = Field(
+        "10g",
+        description="most the container may write to the host's disk, docker syntax; a "
+        "watchdog on its writable layer stops it past that (None: no limit)",
+    )
     pids_limit: int = Field(4096, gt=0)
     cpus: float = Field(2.0, gt=0)
     env: dict[str, str] = Field(
@@ -30,3 +37,13 @@ class SandboxConfig(BaseModel):
     session_timeout: float = Field(DEFAULT_SESSION_TIMEOUT_S, gt=0)
     output_cap: int = Field(OUTPUT_CAP_BYTES, gt=0)
     labels: dict[str, str] = Field(default_factory=dict, description="extra container labels")
+
+    @field_validator("disk")
+    @classmethod
+    def _size(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_bytes(value)
+            except DockerException:
+                raise ValueError(f"{value!r} is not a size such as 512m or 10g") from None
+        return value

@@ -5,7 +5,10 @@ Leaks are prevented three ways, from most to least graceful:
    remove the container;
 2. the container's main process is a bash that reads the stdin we hold open
    (`StdinOnce`): if our process dies, even by SIGKILL, the kernel closes that
-   socket, bash exits and docker's auto-remove deletes the container;
+   socket, bash exits and docker's auto-remove deletes the container. That bash
+   is the container's PID 1, which the kernel shields from every signal sent
+   inside the container (`kill -9 -1`, `pkill bash` as root), and it reaps
+   orphaned processes as an init would;
 3. `cwm-agent cleanup` removes anything still carrying our label (e.g. after
    the daemon itself restarted).
 """
@@ -13,6 +16,8 @@ Leaks are prevented three ways, from most to least graceful:
 from __future__ import annotations
 
 import base64
+import contextlib
+import functools
 import io
 import json
 import os
@@ -20,8 +25,11 @@ import posixpath
 import socket
 import tarfile
 import tempfile
+import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -29,18 +37,25 @@ from typing import IO
 import docker
 from docker import APIClient
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.utils import parse_bytes
+from requests import RequestException
 
 from cwm_agent.errors import first_line
 from cwm_agent.sandbox import teardown
 from cwm_agent.sandbox.config import SandboxConfig
+from cwm_agent.sandbox.disk import DiskWatchdog
 from cwm_agent.sandbox.errors import (
     DockerUnavailableError,
+    FileChangedError,
+    FileTooLargeError,
     ImageNotFoundError,
     NoBashError,
+    SandboxClosed,
     SandboxError,
 )
 from cwm_agent.sandbox.session import ShellSession
 
+_CREATE_WAIT_S = 60.0  # how long close() waits for a create request in flight
 LABEL = "cwm-agent"  # on every container we create; `cwm-agent cleanup` looks for it
 _KEEPALIVE = "while IFS= read -r _; do :; done"  # exits when our stdin socket closes
 
@@ -91,7 +106,9 @@ class Sandbox:
         self.session: ShellSession | None = None
         self.run_id = config.labels.get(f"{LABEL}.run", uuid.uuid4().hex[:12])
         self._keepalive: socket.socket | None = None
-        self._creating = False
+        self._pending: Future[dict[str, str]] | None = None  # the create request in flight
+        self._closed = False
+        self._watchdog: DiskWatchdog | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -119,7 +136,13 @@ class Sandbox:
                 user=cfg.user,
             )
             self.session.start()
+        except SandboxClosed:
+            self.close()
+            raise
         except (DockerException, SandboxError) as exc:
+            if self._closed:  # removed from under us by another thread (an interrupt)
+                self.close()
+                raise SandboxClosed(f"the sandbox was closed while it started: {exc}") from None
             created, running = self.id is not None, self._still_running(within=2.0)
             self.close()
             if not created:
@@ -174,7 +197,7 @@ class Sandbox:
         }
         host_config = self.api.create_host_config(
             auto_remove=True,
-            init=True,
+            init=False,  # the keep-alive must be PID 1 (see the module docstring)
             network_mode="bridge" if cfg.network else "none",
             mem_limit=cfg.memory,
             memswap_limit=cfg.memory,
@@ -183,36 +206,54 @@ class Sandbox:
             privileged=False,
             security_opt=["no-new-privileges"],
         )
-        self._creating = True  # until the id is known, close() finds it by its run label
-        self.id = self.api.create_container(
-            cfg.image,
-            entrypoint=["bash", "-c", _KEEPALIVE],
-            command=[],
-            stdin_open=True,
-            detach=False,  # with stdin_open: StdinOnce, our leak guard
-            environment=cfg.env,
-            labels=labels,
-            user=cfg.user or "",
-            network_disabled=not cfg.network,
-            host_config=host_config,
-        )["Id"]
-        self._creating = False
+        # The request runs in a thread of its own, so an interrupt never lands inside
+        # it: close() waits for its answer and removes what it made.
+        self._pending = pending = Future()
+        threading.Thread(
+            target=_settle,
+            args=(
+                pending,
+                functools.partial(
+                    self.api.create_container,
+                    cfg.image,
+                    entrypoint=["bash", "-c", _KEEPALIVE],
+                    command=[],
+                    stdin_open=True,
+                    detach=False,  # with stdin_open: StdinOnce, our leak guard
+                    environment=cfg.env,
+                    labels=labels,
+                    user=cfg.user or "",
+                    network_disabled=not cfg.network,
+                    host_config=host_config,
+                ),
+            ),
+            name="cwm-agent-create",
+            daemon=True,
+        ).start()
+        self.id = pending.result()["Id"]
+        self._pending = None
+        if self._closed:  # closed from another thread while the request was in flight
+            raise SandboxClosed("the sandbox was closed while its container was being created")
         sock = self.api.attach_socket(self.id, params={"stdin": 1, "stream": 1})
         self._keepalive = getattr(sock, "_sock", sock)
         self.api.start(self.id)
+        if cfg.disk is not None:
+            self._watchdog = DiskWatchdog(self.api, self.id, parse_bytes(cfg.disk))
+            self._watchdog.start()
         self._ensure_dir(cfg.workdir)
 
     def close(self) -> None:
         """Remove the container; safe to call twice and from signal handlers."""
+        self._closed = True
+        if self._watchdog is not None:
+            self._watchdog.stop()
         if self.session is not None:
             self.session.close()
             self.session = None
-        if self._creating:  # interrupted inside create_container: the id never came back
-            self._creating = False
-            for container in self.client.containers.list(
-                all=True, filters={"label": f"{LABEL}.run={self.run_id}"}
-            ):
-                container.remove(force=True)
+        pending, self._pending = self._pending, None
+        if pending is not None and self.id is None:  # interrupted while it was being created
+            with contextlib.suppress(Exception):  # failed or too slow: `cleanup` finds it
+                self.id = pending.result(timeout=_CREATE_WAIT_S)["Id"]
         if self.id is not None:
             try:
                 self.api.remove_container(self.id, force=True)
@@ -227,6 +268,11 @@ class Sandbox:
             self._keepalive.close()
             self._keepalive = None
         teardown.unregister(self)
+
+    @property
+    def failure(self) -> str | None:
+        """Why the sandbox stopped itself (its disk limit), if it did."""
+        return self._watchdog.exceeded if self._watchdog is not None else None
 
     def exec(self, argv: list[str], workdir: str | None = None) -> tuple[int, bytes, bytes]:
         """Run a host-side helper beside the session (its state is not touched)."""
@@ -259,16 +305,35 @@ class Sandbox:
             raise FileNotFoundError(path)
         return found[1]
 
-    def read(self, path: str) -> tuple[PathStat, bytes] | None:
-        """A regular file's stat (symlinks followed) and bytes, or None if there is none."""
+    def read(self, path: str, limit: int | None = None) -> tuple[PathStat, bytes] | None:
+        """A regular file's stat (symlinks followed) and bytes, or None if there is none.
+
+        The host holds at most `limit` bytes of it (the container's memory limit
+        does not apply here): a larger file raises `FileTooLargeError` before it is
+        fetched, and the tar is streamed, never joined. A file that changes while
+        it is read raises `FileChangedError`.
+        """
         stat = self.stat(path)
         if stat is None or stat.is_dir:
             return None
-        stream, _ = self.api.get_archive(self.id, stat.path)
-        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
-            member = tar.next()
-            handle = tar.extractfile(member) if member is not None else None
-            return stat, handle.read() if handle is not None else b""
+        if limit is not None and stat.size > limit:
+            raise FileTooLargeError(path, stat.size, limit)
+        url = self.api._url("/containers/{0}/archive", self.id)
+        response = self.api._get(url, params={"path": stat.path}, stream=True)
+        with contextlib.closing(response):
+            self.api._raise_for_status(response)
+            try:
+                chunks = io.BufferedReader(_Chunks(response.iter_content(1 << 16)))
+                with tarfile.open(fileobj=chunks, mode="r|") as tar:
+                    member = tar.next()
+                    if member is None or not member.isfile():
+                        return stat, b""
+                    if limit is not None and member.size > limit:  # it grew since the stat
+                        raise FileTooLargeError(path, member.size, limit)
+                    handle = tar.extractfile(member)
+                    return stat, handle.read() if handle is not None else b""
+            except (tarfile.TarError, RequestException, OSError) as exc:
+                raise FileChangedError(path, exc) from None
 
     def write_file(self, path: str, data: bytes, mode: int | None = None) -> None:
         """Write a file; without `mode`, an existing file keeps its permissions and
@@ -322,6 +387,43 @@ class Sandbox:
         self._put("/", buffer)
 
 
+class _Chunks(io.RawIOBase):
+    """A file over an iterator of byte chunks, so tarfile can stream a response."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._left = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        while not self._left:
+            self._left = next(self._chunks, b"")
+            if not self._left:
+                return 0
+        view = memoryview(buffer).cast("B")
+        size = min(len(view), len(self._left))
+        view[:size] = self._left[:size]
+        self._left = self._left[size:]
+        return size
+
+
+def _settle(future: Future[dict[str, str]], call: Callable[[], dict[str, str]]) -> None:
+    try:
+        future.set_result(call())
+    except BaseException as exc:
+        future.set_exception(exc)
+
+
+def owned_containers(client: docker.DockerClient) -> list[str]:
+    """Our containers that this process made and that still exist."""
+    labels = [f"{LABEL}.pid={os.getpid()}", f"{LABEL}.host={socket.gethostname()}"]
+    return [
+        found["Id"][:12] for found in client.api.containers(all=True, filters={"label": labels})
+    ]
+
+
 def remove_leftovers(
     client: docker.DockerClient, *, everything: bool = False, label: str = LABEL
 ) -> list[str]:
@@ -332,20 +434,22 @@ def remove_leftovers(
     is left alone unless `everything` is set.
     """
     removed = []
-    for container in client.containers.list(all=True, filters={"label": [LABEL, label]}):
-        labels = container.labels
+    # The plain listing: the daemon is shared, and containers others remove while
+    # we look must not fail the sweep (docker-py's list inspects each one).
+    for container in client.api.containers(all=True, filters={"label": [LABEL, label]}):
+        labels = container.get("Labels") or {}
         same_host = labels.get(f"{LABEL}.host") == socket.gethostname()
         pid = labels.get(f"{LABEL}.pid", "")
         if everything or (same_host and not _alive(int(pid) if pid.isdigit() else 0)):
             try:
-                container.remove(force=True)
+                client.api.remove_container(container["Id"], force=True)
             except NotFound:
                 continue
             except APIError as exc:  # already being removed (auto-remove)
                 if exc.status_code != 409:
                     raise
                 continue
-            removed.append(container.short_id)
+            removed.append(container["Id"][:12])
     return removed
 
 

@@ -30,6 +30,7 @@ from cwm_agent.swebench.evaluate import InstanceReport, evaluate
 from cwm_agent.swebench.predictions import read_predictions
 from cwm_agent.swebench.report import render, summarize
 from cwm_agent.swebench.runner import InstanceResult, RunOptions, run_batch
+from cwm_agent.terminal import shown
 from cwm_agent.tts import TTSOptions
 
 F = TypeVar("F", bound=Callable[..., object])
@@ -136,7 +137,8 @@ def make_app(guard: Callable[[F], F]) -> typer.Typer:
                 progress.update(task, advance=1, tally=text)
                 if result.status == "error":
                     progress.console.print(
-                        f"[red]error[/] {result.instance_id}: {result.error}: {result.reason}",
+                        f"[red]error[/] {result.instance_id}: {result.error}: "
+                        f"{shown(result.reason or '')}",
                         highlight=False,
                     )
 
@@ -147,6 +149,9 @@ def make_app(guard: Callable[[F], F]) -> typer.Typer:
             f"predictions: {output / 'predictions.jsonl'}"
             + (" (add --resume to retry the errors)" if errors else "")
         )
+        if errors:  # so scripts can tell
+            typer.echo(f"error: {errors} instance(s) ended in an error", err=True)
+            raise typer.Exit(1)
 
     @app.command(name="eval")
     @guard

@@ -53,6 +53,13 @@ class Instance(BaseModel):
         """Hub rows carry the test lists as JSON strings."""
         return json.loads(value) if isinstance(value, str) else value
 
+    @field_validator("problem_statement")
+    @classmethod
+    def _has_text(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the problem statement is blank")
+        return value
+
     @field_validator("version", mode="before")
     @classmethod
     def _version_text(cls, value: Any) -> Any:
@@ -139,8 +146,10 @@ def _read_local(path: Path) -> list[Any]:
             return list(pyarrow.parquet.read_table(path).to_pylist())
         text = path.read_text(encoding="utf-8")
         if path.suffix == ".jsonl":
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
+            return _jsonl_rows(path, text)
         data = json.loads(text)
+    except SwebenchError:
+        raise
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SwebenchError(f"cannot read dataset {path}: {first_line(exc)}") from None
     except ImportError:
@@ -154,6 +163,21 @@ def _read_local(path: Path) -> list[Any]:
     if not isinstance(data, list):
         raise SwebenchError(f"dataset {path} must hold a list of rows")
     return data
+
+
+def _jsonl_rows(path: Path, text: str) -> list[Any]:
+    """One row per line; a malformed one is named by its line in the file."""
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise SwebenchError(
+                    f"cannot read dataset {path}: line {number} is not JSON "
+                    f"({exc.msg} at column {exc.colno})"
+                ) from None
+    return rows
 
 
 def _read_hub(name: str, split: str) -> list[Any]:

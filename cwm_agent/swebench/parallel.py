@@ -9,6 +9,7 @@ the interrupt goes on up.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
 from typing import TypeVar
@@ -25,23 +26,45 @@ def run_parallel(
     workers: int,
     on_result: Callable[[R], None],
 ) -> None:
-    """`work(item, stopping)` for each item; it returns None once `stopping` is set."""
+    """`work(item, stopping)` for each item; it returns None once `stopping` is set.
+
+    Work in progress is counted, not found through its future: an interrupt can
+    land inside `submit` after a worker took the item but before the future came
+    back, and that worker must be stopped too.
+    """
     stopping = threading.Event()
+    lock = threading.Lock()
+    running = 0
+
+    def guarded(item: T) -> R | None:
+        nonlocal running
+        with lock:
+            if stopping.is_set():
+                return None
+            running += 1
+        try:
+            return work(item, stopping)
+        finally:
+            with lock:
+                running -= 1
+
     teardown.install_signal_handlers()
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="swebench")
     futures: list[Future[R | None]] = []
     try:
-        futures.extend(pool.submit(work, item, stopping) for item in items)
+        futures.extend(pool.submit(guarded, item) for item in items)
         for future in as_completed(futures):
             result = future.result()
             if result is not None:
                 on_result(result)
     except BaseException:
-        stopping.set()
+        with lock:
+            stopping.set()  # from here on no work starts
         pool.shutdown(wait=False, cancel_futures=True)
-        while not all(future.done() for future in futures):
+        while running or not all(future.done() for future in futures):
             teardown.close_all()  # also a container a worker is just starting
-            wait(futures, timeout=0.5)
+            if not wait(futures, timeout=0.5).not_done:  # only uncounted work is left
+                time.sleep(0.1)
         raise
     finally:
         pool.shutdown(wait=True)

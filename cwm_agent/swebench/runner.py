@@ -13,7 +13,9 @@ no prediction, so a resumed run retries them.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
+import json
 import platform
 import shutil
 import threading
@@ -24,15 +26,14 @@ from pathlib import Path
 from typing import Literal
 
 import docker
-from docker.errors import DockerException
 from pydantic import BaseModel, Field, ValidationError
 
 from cwm_agent.agent import RolloutConfig
 from cwm_agent.errors import first_line
 from cwm_agent.model import ModelOptions, PolicyError, PolicyPool
-from cwm_agent.sandbox import ImageNotFoundError, SandboxError, docker_client, remove_leftovers
+from cwm_agent.sandbox import ImageNotFoundError, docker_client, remove_leftovers
 from cwm_agent.solve import Solution, solve
-from cwm_agent.swebench.dataset import Instance, load_instances, select
+from cwm_agent.swebench.dataset import ALIASES, Instance, load_instances, select
 from cwm_agent.swebench.errors import SwebenchError
 from cwm_agent.swebench.images import BATCH_LABEL, image_for, workspace_for
 from cwm_agent.swebench.parallel import run_parallel
@@ -97,6 +98,9 @@ class RunRecord(BaseModel):
     cwm_agent_version: str
     versions: dict[str, str]
     options: RunOptions
+    rows: dict[str, str] = Field(
+        default_factory=dict, description="a fingerprint of each instance's row, by id"
+    )
     sessions: list[Session] = Field(default_factory=list)
 
 
@@ -133,6 +137,7 @@ def run_batch(
     )
     output = options.output
     record = _open_record(options)
+    _check_rows(record, instances)
     predictions = PredictionsFile(output / "predictions.jsonl")
     todo = [i for i in instances if i.instance_id not in predictions.done]
     policy_for = policy_source(options)
@@ -239,7 +244,7 @@ def _run_instance(
         return _failed(result, "model", str(exc), started), b""
     except ImageNotFoundError as exc:
         return _failed(result, "image_missing", str(exc), started), b""
-    except (SandboxError, DockerException, OSError) as exc:
+    except Exception as exc:  # whatever one instance meets, the batch goes on
         reason = f"{type(exc).__name__}: {first_line(exc)}"
         return _failed(result, "sandbox", reason, started), b""
     trajectory = solution.trajectory
@@ -297,6 +302,15 @@ def _open_record(options: RunOptions) -> RunRecord:
             record = RunRecord.model_validate_json(path.read_text(encoding="utf-8"))
         except (OSError, ValidationError) as exc:
             raise SwebenchError(f"--resume: {path} is unreadable: {first_line(exc)}") from None
+        if (_dataset_key(record.options.dataset), record.options.split) != (
+            _dataset_key(options.dataset),
+            options.split,
+        ):
+            raise SwebenchError(
+                f"--resume: {output} was run on --dataset {record.options.dataset} "
+                f"(split {record.options.split}), not {options.dataset} (split {options.split}): "
+                "one predictions file holds one dataset's instances"
+            )
         if record.options.model != options.model:
             raise SwebenchError(
                 f"--resume: {output} was run with --model {record.options.model}, "
@@ -305,6 +319,26 @@ def _open_record(options: RunOptions) -> RunRecord:
         return record  # keeps the first session's options; each session records its own
     output.mkdir(parents=True, exist_ok=True)
     return RunRecord(cwm_agent_version=_version("cwm-agent"), versions=_versions(), options=options)
+
+
+def _dataset_key(name: str) -> str:
+    """The same dataset however it was named: a file by its real path, a hub alias by name."""
+    path = Path(name)
+    return str(path.resolve()) if path.is_file() else ALIASES.get(name.lower(), name)
+
+
+def _check_rows(record: RunRecord, instances: list[Instance]) -> None:
+    """Refuse to resume on rows that changed since the run began; remember new ones."""
+    for instance in instances:
+        fingerprint = hashlib.sha256(
+            json.dumps(instance.row(), sort_keys=True, default=str).encode()
+        ).hexdigest()[:16]
+        known = record.rows.setdefault(instance.instance_id, fingerprint)
+        if known != fingerprint:
+            raise SwebenchError(
+                f"--resume: the row of {instance.instance_id} changed since the run began: "
+                "resume with the dataset it was started with, or start a new --output"
+            )
 
 
 def _write_record(output: Path, record: RunRecord) -> None:

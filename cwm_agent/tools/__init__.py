@@ -14,6 +14,7 @@ from docker.errors import DockerException
 
 from cwm_agent.errors import first_line
 from cwm_agent.sandbox import Sandbox, SandboxError
+from cwm_agent.sandbox.errors import DiskLimitExceeded
 from cwm_agent.tools.bash import run_bash
 from cwm_agent.tools.create import run_create
 from cwm_agent.tools.edit import run_edit
@@ -30,11 +31,26 @@ class Toolbox:
     def __init__(self, sandbox: Sandbox, submit_kind: SubmitKind = "patch") -> None:
         if sandbox.session is None:
             raise ValueError("the sandbox is not started")
+        self.sandbox = sandbox
         self.session = sandbox.session
         self.files = ToolFiles(sandbox, sandbox.session)
         self.submit_kind: SubmitKind = submit_kind
 
     def run(self, name: str, argument: str) -> ToolResult:
+        """One call; raises `DiskLimitExceeded` once the sandbox has stopped itself."""
+        try:
+            result = self._run(name, argument)
+        except (SandboxError, DockerException):
+            self._check_stopped()
+            raise
+        self._check_stopped()
+        return result
+
+    def _check_stopped(self) -> None:
+        if self.sandbox.failure is not None:
+            raise DiskLimitExceeded(self.sandbox.failure)
+
+    def _run(self, name: str, argument: str) -> ToolResult:
         if name == "bash":
             return run_bash(self.session, argument)
         started = time.monotonic()

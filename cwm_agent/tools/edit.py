@@ -11,7 +11,8 @@ import re
 from dataclasses import dataclass
 
 from cwm_agent.protocol.prompts import EDIT_TOOL_FORMAT
-from cwm_agent.tools.files import ToolFiles
+from cwm_agent.sandbox import FileChangedError, FileTooLargeError
+from cwm_agent.tools.files import MAX_EDIT_BYTES, ToolFiles
 from cwm_agent.tools.result import ToolResult, readable
 
 PARSE_ERROR = (
@@ -101,7 +102,20 @@ def run_edit(files: ToolFiles, argument: str) -> ToolResult:
     call = parse_edit(argument)
     if isinstance(call, str):
         return ToolResult(call, ok=False)
-    found = files.sandbox.read(files.resolve(call.path))
+    try:
+        found = files.sandbox.read(files.resolve(call.path), MAX_EDIT_BYTES)
+    except FileTooLargeError as exc:
+        return ToolResult(
+            f"The file {call.path} is too large for the edit tool ({exc.size} bytes, the limit "
+            f"is {exc.limit}). Use bash to inspect and change it.",
+            ok=False,
+        )
+    except FileChangedError:
+        return ToolResult(
+            f"The file {call.path} changed while it was being read, so it was not edited. "
+            "Try again once nothing is writing to it, or use bash.",
+            ok=False,
+        )
     if found is None:
         return ToolResult(
             f"The path {call.path} does not exist. Please provide a valid path.", ok=False

@@ -8,6 +8,12 @@ from dataclasses import dataclass
 
 from cwm_agent.sandbox import Sandbox, ShellSession
 
+# What the host holds of one file for a tool: a container's memory limit does not
+# apply on the host, and a sparse file costs nothing inside it. Larger files are
+# the model's to handle with bash, as it would any huge file.
+MAX_EDIT_BYTES = 16 * 2**20
+MAX_SUBMISSION_BYTES = 2 * 2**20  # a patch; it is also kept in trajectory.json
+
 
 @dataclass
 class ToolFiles:
