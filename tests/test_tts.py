@@ -131,22 +131,22 @@ def host_run(project: Path, command: list[str]) -> CommandRun:
 def test_unittest_and_pytest_outputs_split_into_tests(project: Path) -> None:
     python = sys.executable
     unit = host_run(project, [python, "-m", "unittest", "discover", "-v", "-s", "tests"])
-    outcomes = regression.outcomes("unittest", unit)
-    assert outcomes == {
+    assert regression.unittest_outcomes(unit.output) == {
         "test_things.Things.test_bad": False,
         "test_things.Things.test_broken": False,
         "test_things.Things.test_documented": True,
         "test_things.Things.test_good": True,
     }
     py = host_run(project, [python, "-m", "pytest", "-rA", "-p", "no:cacheprovider", "tests"])
-    assert regression.outcomes("pytest", py) == {
+    assert regression.pytest_outcomes(py.output) == {
         "tests/test_things.py::Things::test_bad": False,
         "tests/test_things.py::Things::test_broken": False,
         "tests/test_things.py::Things::test_documented": True,
         "tests/test_things.py::Things::test_good": True,
     }
     # An unknown runner: the command is one test, passing when it exits 0.
-    assert regression.outcomes("command", unit) == {unit.command: False}
+    whole = regression.Method("given", "", unit.command, "command", None)
+    assert whole.outcomes(unit) == {unit.command: False}
 
 
 def test_changed_files_of_a_patch() -> None:

@@ -22,6 +22,8 @@ class CandidateReport(BaseModel):
     eligible: bool = False
     why_not: str | None = Field(None, description="why it cannot be selected")
     regression: dict[str, bool] = Field(default_factory=dict, description="test id -> passed")
+    regression_s: float = Field(0.0, description="seconds of its regression run")
+    regression_exit_code: int | None = None
     generated: dict[int, bool] = Field(default_factory=dict, description="kept test -> resolved")
     score: int | None = None
     key: str | None = Field(None, description="fingerprint of the normalised patch")
@@ -49,7 +51,7 @@ class GroupReport(BaseModel):
 
 
 class TTSReport(BaseModel):
-    version: int = 1
+    version: int = 2
     options: TTSOptions
     candidates: list[CandidateReport]
     generated_tests: list[GeneratedTestReport]
@@ -59,12 +61,17 @@ class TTSReport(BaseModel):
     selected: int | None
     decision: str
     duration_s: float
-    phases_s: dict[str, float]
+    phases_s: dict[str, float] = Field(description="seconds from the start to each phase's end")
 
 
 def table(report: TTSReport) -> Table:
     """Candidates and what they scored, the selected one marked."""
-    view = Table(title=f"candidates ({report.decision})", title_justify="left")
+    view = Table(
+        title=f"candidates ({report.decision})",
+        title_justify="left",
+        caption=report.regression.warning(),
+        caption_justify="left",
+    )
     for column in ("#", "status", "patch", "regression", "generated", "score", "votes", "tokens"):
         view.add_column(column, justify="left" if column in ("status", "patch") else "right")
     view.add_column("note", overflow="fold")
