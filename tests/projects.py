@@ -29,7 +29,9 @@ WHEELS = (  # pytest and its dependencies, and what marshmallow's tests import
     "simplejson==3.19.2",
 )
 SITE = "/usr/local/lib/python3.11/dist-packages"
-PYTEST_SCRIPT = b"#!/usr/bin/python3\nimport sys\nfrom pytest import console_main\n\nsys.exit(console_main())\n"
+PYTEST_SCRIPT = (
+    b"#!/usr/bin/python3\nimport sys\nfrom pytest import console_main\n\nsys.exit(console_main())\n"
+)
 PYTHON_SCRIPT = b'#!/bin/sh\nexec python3 "$@"\n'
 
 
@@ -44,7 +46,9 @@ def sdist(spec: str) -> Path:
     unpacked = CACHE / "src" / f"{name.lower()}-{version}"
     if unpacked.is_dir():
         return unpacked
-    found = [p for p in folder.glob("*.tar.gz") if p.name.lower() == f"{name}-{version}.tar.gz".lower()]
+    found = [
+        p for p in folder.glob("*.tar.gz") if p.name.lower() == f"{name}-{version}.tar.gz".lower()
+    ]
     if not found:
         _pip("download", "--no-binary", ":all:", "--no-deps", spec, "-d", str(folder))
         found = [p for p in folder.glob("*.tar.gz") if p.name.lower().startswith(name.lower())]

@@ -148,9 +148,12 @@ def attempt(method: Method, run: CommandRun | None, status: Status, passing: int
 
 def detect(tree: Tree, test_cmd: str | None) -> list[Method | Refused]:
     """The ways to try on this repository, in order."""
+    given = (
+        [Method("--test-cmd", "given with --test-cmd", test_cmd, *_family(test_cmd))]
+        if test_cmd
+        else []
+    )
     ways: list[Method | Refused] = []
-    if test_cmd:
-        ways.append(Method("--test-cmd", "given with --test-cmd", test_cmd, *_family(test_cmd)))
     files = _shell(tree, "git ls-files").splitlines()
     if "tox.ini" in files:
         ways.append(_tox_method(tree))
@@ -167,7 +170,7 @@ def detect(tree: Tree, test_cmd: str | None) -> list[Method | Refused]:
         ways.append(_unittest(command, "unittest", f"{len(tests)} test files"))
     if not ways:
         ways.append(Refused("none", "no test files (test_*.py, *_test.py) and no test config"))
-    return ways
+    return [*given, *ways]
 
 
 def pytest_method(targets: list[str], name: str, why: str) -> Method:

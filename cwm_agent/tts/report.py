@@ -4,7 +4,9 @@ the decision, so a reader can redo the selection by hand."""
 from __future__ import annotations
 
 from pydantic import BaseModel, Field
+from rich.console import Group
 from rich.table import Table
+from rich.text import Text
 
 from cwm_agent.tts.options import TTSOptions
 from cwm_agent.tts.regression import RegressionPlan
@@ -64,14 +66,10 @@ class TTSReport(BaseModel):
     phases_s: dict[str, float] = Field(description="seconds from the start to each phase's end")
 
 
-def table(report: TTSReport) -> Table:
-    """Candidates and what they scored, the selected one marked."""
-    view = Table(
-        title=f"candidates ({report.decision})",
-        title_justify="left",
-        caption=report.regression.warning(),
-        caption_justify="left",
-    )
+def table(report: TTSReport) -> Group:
+    """Candidates and what they scored, the selected one marked; then a warning
+    line when no regression test could be used."""
+    view = Table(title=f"candidates ({report.decision})", title_justify="left")
     for column in ("#", "status", "patch", "regression", "generated", "score", "votes", "tokens"):
         view.add_column(column, justify="left" if column in ("status", "patch") else "right")
     view.add_column("note", overflow="fold")
@@ -89,4 +87,5 @@ def table(report: TTSReport) -> Table:
             str(c.tokens),
             c.why_not or "",
         )
-    return view
+    warning = report.regression.warning()
+    return Group(view, *([] if warning is None else [Text(warning, style="yellow")]))

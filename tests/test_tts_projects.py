@@ -1,0 +1,248 @@
+"""Test-time scaling on real projects' code with their real test suites.
+
+Each project's pinned sdist (tests/projects.py) is a repository; two scripted
+candidates edit it: one breaks an existing test, one changes nothing that a
+test sees. The one that breaks a test must lose, because the regression plan
+found the project's tests however its tox.ini or pytest config spells them:
+
+- MarkupSafe: tox `pytest ... --basetemp={envtmpdir} {posargs}`, setup.cfg [tool:pytest];
+- cachetools: tox's `py.test --cov=...` needs pytest-cov (a usage error), so pytest is next;
+- more-itertools: tox `{envpython} -m unittest -v {posargs}`;
+- exceptiongroup: no tox.ini, pyproject.toml [tool.pytest.ini_options].
+
+Then a classic SWE-bench row (marshmallow 3.0, a real harness spec) in an
+image holding the project at /testbed: the spec's test command over its test
+patch's files, without the patch.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import pytest
+
+from cwm_agent.sandbox import LABEL
+from tests.projects import build_image, sdist
+from tests.test_fix import committed_copy, git
+
+pytestmark = pytest.mark.docker
+
+IMAGE = "cwm-agent-test/pytest:8.3.5"
+SWEBENCH_IMAGE = "cwm-agent-test/swebench-marshmallow:3.0.0"
+ISSUE = "Make the change the maintainers asked for without changing behaviour."
+
+
+@dataclass(frozen=True)
+class Case:
+    spec: str
+    path: str
+    line: str  # the line both candidates edit
+    breaks: str  # the breaker's version of it
+    method: str
+    command: str
+    passing: int  # tests passing on the original code
+    broken: int  # how many the breaker fails
+    where: tuple[str, ...]  # what each of those test ids starts with
+
+
+CASES = {
+    "markupsafe": Case(
+        "MarkupSafe==2.1.5",
+        "src/markupsafe/_native.py",
+        """        .replace("'", "&#39;")\n""",
+        """        .replace("'", "&apos;")\n""",
+        "tox.ini",
+        "mkdir -p /tmp/cwm-agent-tox/env /tmp/cwm-agent-tox/tmp && python -m pytest -v "
+        "--tb=short --basetemp=/tmp/cwm-agent-tox/tmp -rA -p no:cacheprovider",
+        36,
+        10,  # the pure-Python escape on every input with an apostrophe
+        (
+            "tests/test_escape.py::test_escape[markupsafe._native-",
+            "tests/test_markupsafe.py::test_escaping[markupsafe._native]",
+        ),
+    ),
+    "cachetools": Case(
+        "cachetools==5.3.3",
+        "src/cachetools/keys.py",
+        "        return _HashedTuple(args + sum(sorted(kwargs.items()), _kwmark))\n",
+        "        return _HashedTuple(args)\n",
+        "pytest",
+        "python -m pytest -rA -p no:cacheprovider",
+        214,
+        2,
+        (
+            "tests/test_keys.py::CacheKeysTest::test_hashkey",
+            "tests/test_keys.py::CacheKeysTest::test_typedkey",
+        ),
+    ),
+    "more-itertools": Case(
+        "more-itertools==10.2.0",
+        "more_itertools/more.py",
+        "    deque(zip(iterable, counter), maxlen=0)\n",
+        "    deque(zip(counter, iterable), maxlen=0)\n",
+        "tox.ini",
+        "mkdir -p /tmp/cwm-agent-tox/env /tmp/cwm-agent-tox/tmp && python -m unittest -v",
+        772,
+        6,  # ilen's tests and doctest, and the tests of functions built on it
+        ("tests.", "more_itertools.more."),
+    ),
+    "exceptiongroup": Case(
+        "exceptiongroup==1.2.0",
+        "src/exceptiongroup/_catch.py",
+        """        raise TypeError("the argument must be a mapping")\n""",
+        """        raise TypeError("expected a mapping")\n""",
+        "pytest",
+        "python -m pytest -rA -p no:cacheprovider",
+        85,
+        1,
+        ("tests/test_catch.py::test_bad_arg",),
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def pytest_image(
+    client: docker.DockerClient, base_image: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The base image with pytest's wheels unpacked: no network needed, none used."""
+    yield build_image(client, base_image, IMAGE, None, tmp_path_factory.mktemp("image") / "ctx")
+    client.images.remove(IMAGE, force=True)
+
+
+def edit_replay(path: str, old: str, new: str, words: str) -> list[str]:
+    """A scripted rollout: one edit, the diff, submit (`words` pads its token count)."""
+    edit = f"<tool: edit>\n{path}\n<<<<<<< SEARCH\n{old}=======\n{new}>>>>>>> REPLACE\n</tool>"
+    diff = "<tool: bash>\ngit diff > /tmp/fix.patch && cat /tmp/fix.patch\n</tool>"
+    return [
+        f"{words}\n</think>\n\n{edit}",
+        f"The diff.\n</think>\n\n{diff}",
+        "Submit.\n</think>\n\n<tool: submit>\n/tmp/fix.patch\n</tool>",
+        "Done.\n</think>\n\nDone.",
+    ]
+
+
+def write_replays(folder: Path, case: Case) -> Path:
+    """candidate-0 breaks a test (and is the cheaper), candidate-1 adds a comment."""
+    folder.mkdir(parents=True)
+    kept = case.line.rstrip("\n") + "  # unchanged behaviour\n"
+    rollouts = [
+        edit_replay(case.path, case.line, case.breaks, "Short."),
+        edit_replay(case.path, case.line, kept, "A longer explanation of a careful change. " * 8),
+    ]
+    for index, texts in enumerate(rollouts):
+        (folder / f"candidate-{index}.json").write_text(json.dumps(texts))
+    return folder
+
+
+def run_owned(args: list[str], client: docker.DockerClient) -> tuple[int, str, str]:
+    """`cwm-agent ARGS` in a new process; checks that it left no container of its own."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cwm_agent.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**__import__("os").environ, "COLUMNS": "200"},
+    )
+    out, err = process.communicate(timeout=600)
+    left = client.containers.list(all=True, filters={"label": f"{LABEL}.pid={process.pid}"})
+    assert left == [], "containers left behind"
+    return process.returncode, out, err
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_the_candidate_that_breaks_a_real_test_loses(
+    name: str, pytest_image: str, tmp_path: Path, client: docker.DockerClient
+) -> None:
+    case = CASES[name]
+    repo = committed_copy(sdist(case.spec), tmp_path / name)
+    replays = write_replays(tmp_path / "replays", case)
+    out = tmp_path / "run"
+    code, stdout, stderr = run_owned(
+        [
+            "fix",
+            *("--repo", str(repo), "--issue", ISSUE, "--image", pytest_image),
+            *("--model", f"replay:{replays}", "--output", str(out), "--samples", "2"),
+        ],
+        client,
+    )
+    assert code == 0, stderr
+    report = json.loads((out / "tts.json").read_text())
+    plan = report["regression"]
+    assert (plan["status"], plan["method"], plan["command"]) == ("ok", case.method, case.command)
+    assert len(plan["tests"]) == case.passing
+    breaker, keeper = report["candidates"]
+    failed = sorted(test for test, passed in breaker["regression"].items() if not passed)
+    assert len(failed) == case.broken and all(test.startswith(case.where) for test in failed)
+    assert all(keeper["regression"].values()) and len(keeper["regression"]) == case.passing
+    assert breaker["score"] < keeper["score"] == case.passing
+    assert report["selected"] == 1
+    assert report["decision"] == f"candidate 1: highest score ({case.passing} tests passed)"
+    # Candidates ran only the tests that passed, named one by one; times per phase.
+    assert plan["candidate_command"] != plan["command"]
+    assert plan["baseline_s"] > 0 and breaker["regression_s"] > 0
+    assert f"regression tests: {case.method}: {case.passing} passing" in stdout + stderr
+    assert "warning" not in stdout
+
+
+def test_a_tox_line_needing_a_plugin_falls_through_and_says_so(
+    pytest_image: str, tmp_path: Path, client: docker.DockerClient
+) -> None:
+    """cachetools' tox line asks for --cov: pytest's usage error is recorded, not counted."""
+    case = CASES["cachetools"]
+    repo = committed_copy(sdist(case.spec), tmp_path / "cachetools")
+    replays = write_replays(tmp_path / "replays", case)
+    out = tmp_path / "run"
+    code, _, stderr = run_owned(
+        [
+            "fix",
+            *("--repo", str(repo), "--issue", ISSUE, "--image", pytest_image),
+            *("--model", f"replay:{replays}", "--output", str(out), "--samples", "2"),
+        ],
+        client,
+    )
+    assert code == 0, stderr
+    first, second = json.loads((out / "tts.json").read_text())["regression"]["attempts"]
+    assert (first["method"], first["status"], first["exit_code"]) == ("tox.ini", "usage-error", 4)
+    assert "--cov=cachetools" in first["command"]
+    assert any("unrecognized arguments: --cov=cachetools" in line for line in first["output_tail"])
+    assert (second["method"], second["status"], second["tests"]) == ("pytest", "ok", 214)
+
+
+def test_no_usable_regression_test_is_a_warning_not_a_silent_zero(
+    pytest_image: str, tmp_path: Path, client: docker.DockerClient
+) -> None:
+    """A --test-cmd that errors and a tree without tests: every way is recorded, one warning."""
+    case = CASES["exceptiongroup"]
+    repo = committed_copy(sdist(case.spec), tmp_path / "exceptiongroup")
+    shutil.rmtree(repo / "tests")
+    (repo / "pyproject.toml").write_text("[project]\nname = 'exceptiongroup'\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "no tests")
+    replays = write_replays(tmp_path / "replays", case)
+    out = tmp_path / "run"
+    code, stdout, stderr = run_owned(
+        [
+            "fix",
+            *("--repo", str(repo), "--issue", ISSUE, "--image", pytest_image),
+            *("--model", f"replay:{replays}", "--output", str(out), "--samples", "2"),
+            *("--test-cmd", "python -m pytest -rA --no-such-flag"),
+        ],
+        client,
+    )
+    assert code == 0, stderr
+    plan = json.loads((out / "tts.json").read_text())["regression"]
+    assert plan["status"] == "none" and plan["tests"] == []
+    statuses = [(a["method"], a["status"]) for a in plan["attempts"]]
+    assert statuses == [("--test-cmd", "usage-error"), ("none", "refused")]
+    warnings = [line for line in stdout.splitlines() if "warning" in line]
+    assert warnings == [
+        "warning: no regression test could be used (--test-cmd: usage-error; none: refused): "
+        "see tts.json"
+    ]
