@@ -246,3 +246,96 @@ def test_no_usable_regression_test_is_a_warning_not_a_silent_zero(
         "warning: no regression test could be used (--test-cmd: usage-error; none: refused): "
         "see tts.json"
     ]
+
+
+# -- a classic SWE-bench row --------------------------------------------------
+
+MARSHMALLOW_LINE = "    return is_iterable_but_not_string(obj) and not isinstance(obj, Mapping)\n"
+NEW_TEST = "\n\ndef test_is_collection_of_a_set():\n    assert utils.is_collection({1})\n"
+
+
+@pytest.fixture(scope="module")
+def marshmallow_row(
+    client: docker.DockerClient, base_image: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[dict[str, object], str]]:
+    """marshmallow 3.0.0 committed at /testbed of an image, and a classic row for it:
+    no image, test command or parser of its own; its test patch changes one test
+    file and adds another."""
+    root = tmp_path_factory.mktemp("marshmallow")
+    repo = committed_copy(sdist("marshmallow==3.0.0"), root / "testbed")
+    tests = repo / "tests" / "test_utils.py"
+    original = tests.read_text()
+    tests.write_text(original + NEW_TEST)
+    (repo / "tests" / "test_added.py").write_text("def test_added():\n    assert True\n")
+    git(repo, "add", "-A", "--intent-to-add")
+    test_patch = git(repo, "diff")
+    git(repo, "reset", "-q")
+    tests.write_text(original)
+    (repo / "tests" / "test_added.py").unlink()
+    build_image(client, base_image, SWEBENCH_IMAGE, repo, root / "ctx")
+    row = {
+        "instance_id": "marshmallow-code__marshmallow-9001",
+        "repo": "marshmallow-code/marshmallow",
+        "version": "3.0",
+        "base_commit": git(repo, "rev-parse", "HEAD").strip(),
+        "problem_statement": "Say in utils.is_collection why mappings are not collections.\n",
+        "test_patch": test_patch,
+        "FAIL_TO_PASS": "[]",
+        "PASS_TO_PASS": "[]",
+    }
+    yield row, SWEBENCH_IMAGE
+    client.images.remove(SWEBENCH_IMAGE, force=True)
+
+
+def test_a_classic_row_runs_its_spec_test_command_over_the_test_patch_files(
+    marshmallow_row: tuple[dict[str, object], str], tmp_path: Path, client: docker.DockerClient
+) -> None:
+    row, image = marshmallow_row
+    dataset = tmp_path / "dataset.jsonl"
+    dataset.write_text(json.dumps(row) + "\n")
+    case = Case(
+        "marshmallow==3.0.0",
+        "src/marshmallow/utils.py",
+        MARSHMALLOW_LINE,
+        "    return is_iterable_but_not_string(obj)\n",
+        "swebench",
+        "pytest -rA tests/test_utils.py",
+        0,
+        1,
+        ("tests/test_utils.py::test_is_collection",),
+    )
+    write_replays(tmp_path / "replays" / str(row["instance_id"]), case)
+    out = tmp_path / "run"
+    code, _, stderr = run_owned(
+        [
+            *("swebench", "run", "--dataset", str(dataset), "--image-template", image),
+            *("--model", f"replay:{tmp_path / 'replays'}", "--output", str(out)),
+            *("--samples", "2", "--quiet"),
+        ],
+        client,
+    )
+    assert code == 0, stderr
+    folder = out / "trajectories" / str(row["instance_id"])
+    report = json.loads((folder / "tts.json").read_text())
+    plan = report["regression"]
+    assert (plan["status"], plan["method"], plan["runner"]) == (
+        "ok",
+        "swebench",
+        "parse_log_pytest",
+    )
+    # The spec's `pytest -rA` over the one test patch file that exists before it.
+    assert plan["command"] == case.command
+    assert "1 of 2 test patch files" in plan["why"] and "without the test patch" in plan["why"]
+    assert plan["tests"] and all(t.startswith("tests/test_utils.py::") for t in plan["tests"])
+    assert "tests/test_utils.py::test_is_collection_of_a_set" not in plan["tests"]
+    # Some parametrized ids hold spaces, which pytest's summary cuts: candidates run by file.
+    assert plan["candidate_command"] == "pytest -rA tests/test_utils.py"
+    breaker, keeper = report["candidates"]
+    failed = [test for test, passed in breaker["regression"].items() if not passed]
+    assert failed == ["tests/test_utils.py::test_is_collection"]
+    assert all(keeper["regression"].values())
+    assert report["selected"] == 1
+    [prediction] = [
+        json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()
+    ]
+    assert prediction["model_patch"] == keeper["patch"]
