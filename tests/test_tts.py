@@ -8,6 +8,7 @@ test runs; only the model is scripted.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -29,6 +30,7 @@ from cwm_agent.sandbox import LABEL
 from cwm_agent.tts import generated, regression
 from cwm_agent.tts.execution import CommandRun
 from cwm_agent.tts.selection import Entry, normalized_key, select
+from cwm_agent.tts.tox import ToxRefused, read_tox
 from tests.conftest import leftover_containers, run_cli
 from tests.test_fix import call, committed_copy, git
 
@@ -155,6 +157,69 @@ def test_changed_files_of_a_patch() -> None:
         b"-a\n+b\ndiff --git a/gone.txt b/gone.txt\ndeleted file mode 100644\n"
     )
     assert regression.changed_files(patch) == ["pkg/mod.py", "gone.txt"]
+
+
+# -- tox.ini without tox ---------------------------------------------------------
+
+TMP = "mkdir -p /tmp/cwm-agent-tox/env /tmp/cwm-agent-tox/tmp"
+
+
+def test_tox_substitutions_as_tox_does_them() -> None:
+    """flask's line, the one that counted zero tests when taken literally."""
+    flask = (
+        "[testenv]\ncommands = python -m pytest -rA -p no:cacheprovider -v --tb=short "
+        "--basetemp={envtmpdir} {posargs:tests}\n"
+    )
+    command = read_tox(flask, "/testbed", {})
+    assert command.shell() == (
+        f"{TMP} && python -m pytest -rA -p no:cacheprovider -v --tb=short "
+        "--basetemp=/tmp/cwm-agent-tox/tmp tests"
+    )
+    assert command.shell(["tests/test_a.py::test_b[x]"]).endswith(" 'tests/test_a.py::test_b[x]'")
+    # pluggy's: a command from {env:...}, lines and setenv entries for other factors.
+    pluggy = (
+        "[testenv]\ncommands=\n  {env:_PLUGGY_TOX_CMD:pytest} {posargs}\n"
+        "  coverage: coverage report -m\nsetenv=\n  _PYTEST_SETUP_SKIP_PLUGGY_DEP=1\n"
+        "  coverage: _PLUGGY_TOX_CMD=coverage run -m pytest\n"
+    )
+    assert read_tox(pluggy, "/r", {}).shell() == (
+        f"export _PYTEST_SETUP_SKIP_PLUGGY_DEP=1 && {TMP} && pytest"
+    )
+    # changedir, setenv over {toxinidir}, the environment, a continued line.
+    ini = (
+        "[testenv]\nchangedir = {toxinidir}/tests\nsetenv =\n  PYTHONPATH = {toxinidir}/src\n"
+        "commands = {envpython} -m unittest \\\n    -v --locals {env:EXTRA:-b} {env:HOME:/x}\n"
+    )
+    assert read_tox(ini, "/r", {"HOME": "/root"}).shell() == (
+        f"export PYTHONPATH=/r/src && {TMP} && cd tests && python -m unittest -v --locals -b /root"
+    )
+
+
+@pytest.mark.parametrize(
+    ("commands", "why"),
+    [
+        ("pytest {[base]opts}", "tox substitution {[base]opts} is not supported"),
+        ("py38: pytest", "runs only in some tox environments"),
+        ("pytest --x={posargs}", "{posargs} inside a word is not supported"),
+        ("pytest 'unclosed", "does not split into words"),
+    ],
+)
+def test_tox_lines_that_need_tox_are_refused(commands: str, why: str) -> None:
+    with pytest.raises(ToxRefused, match=re.escape(why)):
+        read_tox(f"[testenv]\ncommands = {commands}\n", "/r", {})
+
+
+def test_a_run_that_tells_nothing_is_never_counted() -> None:
+    way = regression.pytest_method([], "pytest", "test files")
+    usage = CommandRun(way.command, 4, "ERROR: usage: unrecognized arguments: --cov\n", 1.0)
+    assert regression.judge(way, usage) == ("usage-error", {})
+    assert regression.judge(way, CommandRun(way.command, 5, "no tests ran\n", 1.0))[0] == "no-tests"
+    assert regression.judge(way, CommandRun(way.command, None, "", 9.0))[0] == "timed-out"
+    failing = CommandRun(way.command, 1, "FAILED t.py::a - boom\n", 1.0)
+    assert regression.judge(way, failing) == ("no-passing-tests", {"t.py::a": False})
+    # Node ids survive the command line unless pytest's summary cut them at a space.
+    assert regression.node_ids_or_files(["t.py::a[1]", "u.py::b"]) == ["t.py::a[1]", "u.py::b"]
+    assert regression.node_ids_or_files(["t.py::a[x", "u.py::b"]) == ["t.py", "u.py"]
 
 
 # -- batching many rollouts through one model ---------------------------------
