@@ -11,9 +11,10 @@
    container at a time against all at once.
 3. A real repository's suite (pinned sdists of tests/projects.py): K replayed
    candidates, one breaking a test; the original suite runs once, each
-   candidate only the tests that passed there. Per phase: the original run,
-   each candidate's run, and the whole command run on a candidate for
-   comparison (what each candidate cost before).
+   candidate only the tests that passed there. Per phase, from tts.json: the
+   original runs (every way tried) and each candidate's run, all in the
+   pipeline beside the other containers; then, alone in one container, the
+   whole command (what each candidate ran before) against the candidates' one.
 
 Run: .venv/bin/python benchmarks/tts.py [--samples 8 --test-samples 8] [--only real]
 """
@@ -64,12 +65,14 @@ def clamp_workspace(root: Path, image: str) -> tuple[Workspace, str]:
 def real_repositories(root: Path, base: str, samples: int) -> None:
     """Each real project's regression phases with `samples` replayed candidates."""
     sys.path.insert(0, str(ROOT))
-    from tests.projects import build_image
-    from tests.test_tts_projects import CASES
+    from tests.projects import CASES, build_image
 
     image = build_image(docker_client(), base, "cwm-agent-bench/pytest:8.3.5", None, root / "ctx")
     print(f"## real repositories: K={samples} replayed candidates, one breaking a test")
-    print("| project | method | tests | original | candidate (mean) | whole command |")
+    print(
+        "| project | method | tests | in the pipeline: original, candidate (mean) "
+        "| alone: whole command, candidate command |"
+    )
     try:
         for case in (c for c in CASES.values() if c.spec in REAL):
             real_repository(root, image, case, samples)
@@ -79,8 +82,7 @@ def real_repositories(root: Path, base: str, samples: int) -> None:
 
 def real_repository(root: Path, image: str, case: Any, samples: int) -> None:
     """One project: its plan, the original run, the candidates' runs, the whole command."""
-    from tests.projects import sdist
-    from tests.test_tts_projects import edit_replay
+    from tests.projects import edit_replay, sdist
 
     name = case.spec.split("==")[0]
     workspace = workspace_of(sdist(case.spec), root / name, image)
@@ -104,11 +106,13 @@ def real_repository(root: Path, image: str, case: Any, samples: int) -> None:
     report = run.run()
     plan = report.regression
     mean = statistics.mean(c.regression_s for c in report.candidates if c.eligible)
-    with workspace.open(docker_client()) as opened:  # what a candidate cost before
-        whole = Tree(opened).run(plan.command or "true", 600).duration_s
+    with workspace.open(docker_client()) as opened:  # one container, nothing beside it
+        tree = Tree(opened)
+        whole = tree.run(plan.command or "true", 600).duration_s  # what a candidate cost before
+        only = tree.run(plan.candidate_command or "true", 600).duration_s
     print(
-        f"| {name} | {plan.method} | {len(plan.tests)} | {plan.baseline_s:.1f} s "
-        f"| {mean:.1f} s | {whole:.1f} s |"
+        f"| {name} | {plan.method} | {len(plan.tests)} | {plan.baseline_s:.1f} s, {mean:.1f} s "
+        f"| {whole:.1f} s, {only:.1f} s |"
     )
 
 

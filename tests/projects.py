@@ -5,7 +5,8 @@ Sdists of small pure-Python projects are downloaded once (`pip download
 (`CWM_AGENT_TEST_CACHE`, default ~/.cache/cwm-agent-tests), with pytest's
 wheels. Containers have no network, so nothing is installed in them: the
 image is the base image plus the unpacked wheels (and, for SWE-bench rows, the
-project committed at /testbed), made with COPY only.
+project committed at /testbed), made with COPY only. `CASES`: for each project,
+a line two scripted candidates edit, one of them so that known tests break.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import tarfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import docker
@@ -98,3 +100,83 @@ def build_image(
     (context / "Dockerfile").write_text("\n".join(lines) + "\n")
     client.images.build(path=str(context), tag=tag, rm=True, network_mode="none")
     return tag
+
+
+@dataclass(frozen=True)
+class Case:
+    spec: str
+    path: str
+    line: str  # the line both candidates edit
+    breaks: str  # the breaker's version of it
+    method: str
+    command: str
+    passing: int  # tests passing on the original code
+    broken: int  # how many the breaker fails
+    where: tuple[str, ...]  # what each of those test ids starts with
+
+
+CASES = {
+    "markupsafe": Case(
+        "MarkupSafe==2.1.5",
+        "src/markupsafe/_native.py",
+        """        .replace("'", "&#39;")\n""",
+        """        .replace("'", "&apos;")\n""",
+        "tox.ini",
+        "mkdir -p /tmp/cwm-agent-tox/env /tmp/cwm-agent-tox/tmp && python -m pytest -v "
+        "--tb=short --basetemp=/tmp/cwm-agent-tox/tmp -rA -p no:cacheprovider",
+        36,
+        10,  # the pure-Python escape on every input with an apostrophe
+        (
+            "tests/test_escape.py::test_escape[markupsafe._native-",
+            "tests/test_markupsafe.py::test_escaping[markupsafe._native]",
+        ),
+    ),
+    "cachetools": Case(
+        "cachetools==5.3.3",
+        "src/cachetools/keys.py",
+        "        return _HashedTuple(args + sum(sorted(kwargs.items()), _kwmark))\n",
+        "        return _HashedTuple(args)\n",
+        "pytest",
+        "python -m pytest -rA -p no:cacheprovider",
+        214,
+        2,
+        (
+            "tests/test_keys.py::CacheKeysTest::test_hashkey",
+            "tests/test_keys.py::CacheKeysTest::test_typedkey",
+        ),
+    ),
+    "more-itertools": Case(
+        "more-itertools==10.2.0",
+        "more_itertools/more.py",
+        "    deque(zip(iterable, counter), maxlen=0)\n",
+        "    deque(zip(counter, iterable), maxlen=0)\n",
+        "tox.ini",
+        "mkdir -p /tmp/cwm-agent-tox/env /tmp/cwm-agent-tox/tmp && python -m unittest -v",
+        772,
+        6,  # ilen's tests and doctest, and the tests of functions built on it
+        ("tests.", "more_itertools.more."),
+    ),
+    "exceptiongroup": Case(
+        "exceptiongroup==1.2.0",
+        "src/exceptiongroup/_catch.py",
+        """        raise TypeError("the argument must be a mapping")\n""",
+        """        raise TypeError("expected a mapping")\n""",
+        "pytest",
+        "python -m pytest -rA -p no:cacheprovider",
+        85,
+        1,
+        ("tests/test_catch.py::test_bad_arg",),
+    ),
+}
+
+
+def edit_replay(path: str, old: str, new: str, words: str) -> list[str]:
+    """A scripted rollout: one edit, the diff, submit (`words` pads its token count)."""
+    edit = f"<tool: edit>\n{path}\n<<<<<<< SEARCH\n{old}=======\n{new}>>>>>>> REPLACE\n</tool>"
+    diff = "<tool: bash>\ngit diff > /tmp/fix.patch && cat /tmp/fix.patch\n</tool>"
+    return [
+        f"{words}\n</think>\n\n{edit}",
+        f"The diff.\n</think>\n\n{diff}",
+        "Submit.\n</think>\n\n<tool: submit>\n/tmp/fix.patch\n</tool>",
+        "Done.\n</think>\n\nDone.",
+    ]

@@ -465,3 +465,41 @@ def test_sigterm_stops_every_rollout_and_removes_their_containers(
     assert process.returncode == 130, stderr
     assert "interrupted: containers removed" in stderr and "Traceback" not in stderr
     assert leftover_containers(client, "fix") == []
+
+
+# -- SWE-bench rows' own test command -------------------------------------------
+
+
+def test_a_swebench_rows_regression_command_is_its_own() -> None:
+    """Classic: the spec's test_cmd over the harness's directives for the test patch's
+    files present before it; 5.x: its eval script's test command; custom: its test_cmd."""
+    from cwm_agent.swebench.dataset import Instance
+    from cwm_agent.swebench.grading import _instance_way
+
+    patch = "".join(
+        f"diff --git a/{f} b/{f}\n--- a/{f}\n+++ b/{f}\n@@ -1 +1 @@\n-a\n+b\n"
+        for f in ("tests/queries/tests.py", "tests/added/tests.py")
+    )
+    row = {"instance_id": "django__django-1", "problem_statement": "x", "test_patch": patch}
+    classic = Instance(**row, repo="django/django", version="3.2")  # with eval_commands
+    way = _instance_way(classic, {"tests/queries/tests.py", "setup.py"})
+    assert isinstance(way, regression.Method)
+    assert "export LANG=en_US.UTF-8" in way.command.splitlines()  # the spec's eval_commands
+    assert way.command.splitlines()[-1] == (
+        "./tests/runtests.py --verbosity 2 --settings=test_sqlite --parallel 1 queries.tests"
+    )
+    assert "1 of 2 test patch files" in way.why and way.runner == "parse_log_django"
+    log = "test_a (queries.tests.T) ... ok\ntest_b (queries.tests.T) ... FAIL\n"
+    assert way.parse is not None and way.parse(log) == {
+        "test_a (queries.tests.T)": True,
+        "test_b (queries.tests.T)": False,
+    }
+    assert way.only is None  # runtests.py takes labels, not the parser's names
+    script = "git apply -v - <<'EOF'\n...\nEOF\n: '>>>>> Start Test Output'\nmake check\n"
+    script += ": '>>>>> End Test Output'\n"
+    five = Instance(**row, repo="x/y", eval_script=script, log_parser="parse_log_pytest")
+    assert getattr(_instance_way(five, set()), "command", None) == "make check"
+    custom = Instance(**row, repo="x/y", test_cmd="python3 -m unittest -v test_calc")
+    assert getattr(_instance_way(custom, set()), "command", None) == custom.test_cmd
+    unknown = _instance_way(Instance(**row, repo="django/django", version="0.1"), set())
+    assert isinstance(unknown, regression.Refused) and "no harness spec" in unknown.why
