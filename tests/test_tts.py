@@ -116,11 +116,12 @@ def test_selection_rules_in_order() -> None:
 def project(tmp_path: Path) -> Path:
     (tmp_path / "tests").mkdir()
     (tmp_path / "tests" / "test_things.py").write_text(
-        "import unittest\n\n\nclass Things(unittest.TestCase):\n"
+        "import unittest\nimport warnings\n\n\nclass Things(unittest.TestCase):\n"
         "    def test_good(self):\n        self.assertTrue(True)\n\n"
         "    def test_bad(self):\n        self.assertTrue(False)\n\n"
         "    def test_documented(self):\n        '''A docstring shown by -v.'''\n\n"
-        "    def test_broken(self):\n        raise RuntimeError('boom')\n"
+        "    def test_broken(self):\n        raise RuntimeError('boom')\n\n"
+        "    def test_warns(self):\n        warnings.warn('old', DeprecationWarning)\n"
     )
     return tmp_path
 
@@ -138,6 +139,7 @@ def test_unittest_and_pytest_outputs_split_into_tests(project: Path) -> None:
         "test_things.Things.test_broken": False,
         "test_things.Things.test_documented": True,
         "test_things.Things.test_good": True,
+        "test_things.Things.test_warns": True,  # the warning is printed before "ok"
     }
     py = host_run(project, [python, "-m", "pytest", "-rA", "-p", "no:cacheprovider", "tests"])
     assert regression.pytest_outcomes(py.output) == {
@@ -145,6 +147,7 @@ def test_unittest_and_pytest_outputs_split_into_tests(project: Path) -> None:
         "tests/test_things.py::Things::test_broken": False,
         "tests/test_things.py::Things::test_documented": True,
         "tests/test_things.py::Things::test_good": True,
+        "tests/test_things.py::Things::test_warns": True,
     }
     # An unknown runner: the command is one test, passing when it exits 0.
     whole = regression.Method("given", "", unit.command, "command", None)

@@ -18,11 +18,13 @@ patch's files, without the patch.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
@@ -67,12 +69,30 @@ def run_owned(args: list[str], client: docker.DockerClient) -> tuple[int, str, s
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**__import__("os").environ, "COLUMNS": "200"},
+        env={**os.environ, "COLUMNS": "200"},
     )
     out, err = process.communicate(timeout=600)
     left = client.containers.list(all=True, filters={"label": f"{LABEL}.pid={process.pid}"})
     assert left == [], "containers left behind"
     return process.returncode, out, err
+
+
+def fix_with_two_candidates(
+    case: Case, repo: Path, tmp_path: Path, client: docker.DockerClient, *extra: str
+) -> tuple[dict[str, Any], str]:
+    """`fix --samples 2` on `repo` with the breaker and the keeper: tts.json, and stdout."""
+    replays = write_replays(tmp_path / "replays", case)
+    out = tmp_path / "run"
+    code, stdout, stderr = run_owned(
+        [
+            "fix",
+            *("--repo", str(repo), "--issue", ISSUE, "--image", IMAGE),
+            *("--model", f"replay:{replays}", "--output", str(out), "--samples", "2", *extra),
+        ],
+        client,
+    )
+    assert code == 0, stderr
+    return json.loads((out / "tts.json").read_text()), stdout + stderr
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -81,18 +101,7 @@ def test_the_candidate_that_breaks_a_real_test_loses(
 ) -> None:
     case = CASES[name]
     repo = committed_copy(sdist(case.spec), tmp_path / name)
-    replays = write_replays(tmp_path / "replays", case)
-    out = tmp_path / "run"
-    code, stdout, stderr = run_owned(
-        [
-            "fix",
-            *("--repo", str(repo), "--issue", ISSUE, "--image", pytest_image),
-            *("--model", f"replay:{replays}", "--output", str(out), "--samples", "2"),
-        ],
-        client,
-    )
-    assert code == 0, stderr
-    report = json.loads((out / "tts.json").read_text())
+    report, printed = fix_with_two_candidates(case, repo, tmp_path, client)
     plan = report["regression"]
     assert (plan["status"], plan["method"], plan["command"]) == ("ok", case.method, case.command)
     assert len(plan["tests"]) == case.passing
@@ -106,8 +115,8 @@ def test_the_candidate_that_breaks_a_real_test_loses(
     # Candidates ran only the tests that passed, named one by one; times per phase.
     assert plan["candidate_command"] != plan["command"]
     assert plan["baseline_s"] > 0 and breaker["regression_s"] > 0
-    assert f"regression tests: {case.method}: {case.passing} passing" in stdout + stderr
-    assert "warning" not in stdout
+    assert f"regression tests: {case.method}: {case.passing} passing" in printed
+    assert "warning" not in printed
 
 
 def test_a_tox_line_needing_a_plugin_falls_through_and_says_so(
@@ -116,18 +125,8 @@ def test_a_tox_line_needing_a_plugin_falls_through_and_says_so(
     """cachetools' tox line asks for --cov: pytest's usage error is recorded, not counted."""
     case = CASES["cachetools"]
     repo = committed_copy(sdist(case.spec), tmp_path / "cachetools")
-    replays = write_replays(tmp_path / "replays", case)
-    out = tmp_path / "run"
-    code, _, stderr = run_owned(
-        [
-            "fix",
-            *("--repo", str(repo), "--issue", ISSUE, "--image", pytest_image),
-            *("--model", f"replay:{replays}", "--output", str(out), "--samples", "2"),
-        ],
-        client,
-    )
-    assert code == 0, stderr
-    first, second = json.loads((out / "tts.json").read_text())["regression"]["attempts"]
+    report, _ = fix_with_two_candidates(case, repo, tmp_path, client)
+    first, second = report["regression"]["attempts"]
     assert (first["method"], first["status"], first["exit_code"]) == ("tox.ini", "usage-error", 4)
     assert "--cov=cachetools" in first["command"]
     assert any("unrecognized arguments: --cov=cachetools" in line for line in first["output_tail"])
@@ -144,23 +143,14 @@ def test_no_usable_regression_test_is_a_warning_not_a_silent_zero(
     (repo / "pyproject.toml").write_text("[project]\nname = 'exceptiongroup'\n")
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "no tests")
-    replays = write_replays(tmp_path / "replays", case)
-    out = tmp_path / "run"
-    code, stdout, stderr = run_owned(
-        [
-            "fix",
-            *("--repo", str(repo), "--issue", ISSUE, "--image", pytest_image),
-            *("--model", f"replay:{replays}", "--output", str(out), "--samples", "2"),
-            *("--test-cmd", "python -m pytest -rA --no-such-flag"),
-        ],
-        client,
+    report, printed = fix_with_two_candidates(
+        case, repo, tmp_path, client, "--test-cmd", "python -m pytest -rA --no-such-flag"
     )
-    assert code == 0, stderr
-    plan = json.loads((out / "tts.json").read_text())["regression"]
+    plan = report["regression"]
     assert plan["status"] == "none" and plan["tests"] == []
     statuses = [(a["method"], a["status"]) for a in plan["attempts"]]
     assert statuses == [("--test-cmd", "usage-error"), ("none", "refused")]
-    warnings = [line for line in stdout.splitlines() if "warning" in line]
+    warnings = [line for line in printed.splitlines() if "warning" in line]
     assert warnings == [
         "warning: no regression test could be used (--test-cmd: usage-error; none: refused): "
         "see tts.json"

@@ -33,10 +33,9 @@ from cwm_agent.tts.tox import ToxCommand, ToxRefused, read_tox
 PYTEST = "python -m pytest -rA -p no:cacheprovider"
 UNITTEST = "python -m unittest -v"
 _PYTEST_LINE = re.compile(r"^(PASSED|FAILED|ERROR|XFAIL|XPASS|SKIPPED) (\S+)", re.MULTILINE)
-_UNITTEST_LINE = re.compile(
-    r"^(\w+) \(([\w.]+)\)(?:\n[^\n]*)?? \.\.\. "
-    r"(ok|FAIL|ERROR|skipped|expected failure|unexpected success)",
-    re.MULTILINE,
+_UNITTEST_TEST = re.compile(r"^(\w+) \(([\w.]+)\)")
+_UNITTEST_STATUS = re.compile(
+    r"(?:^|\.\.\. )(ok|FAIL|ERROR|skipped|expected failure|unexpected success)\b"
 )
 _TEST_FILES = r"(^|/)(test_[^/]*|[^/]*_test)\.py$"
 _NODE_ID = re.compile(r"^\S+::\S+$")
@@ -184,11 +183,19 @@ def pytest_outcomes(output: str) -> dict[str, bool]:
 
 
 def unittest_outcomes(output: str) -> dict[str, bool]:
-    return {
-        f"{where}.{name}" if not where.endswith(name) else where: status
-        in ("ok", "expected failure")
-        for name, where, status in _UNITTEST_LINE.findall(output)
-    }
+    """`unittest -v` lines: `name (id) ... status`, the status perhaps a few lines
+    on (a docstring, or a warning the test printed, comes between)."""
+    found: dict[str, bool] = {}
+    test = None
+    for line in output.splitlines():
+        start = _UNITTEST_TEST.match(line)
+        if start is not None:
+            name, where = start.groups()
+            test = where if where.endswith(name) else f"{where}.{name}"
+        status = _UNITTEST_STATUS.search(line[start.end() :] if start else line)
+        if test is not None and status is not None:
+            found[test], test = status.group(1) in ("ok", "expected failure"), None
+    return found
 
 
 def node_ids_or_files(ids: list[str]) -> list[str]:
