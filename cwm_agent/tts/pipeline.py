@@ -30,7 +30,7 @@ from cwm_agent.model import PolicyPool
 from cwm_agent.sandbox import LABEL, Sandbox, SandboxInterrupted, teardown
 from cwm_agent.tools import Toolbox
 from cwm_agent.tts import generated, regression
-from cwm_agent.tts.execution import Tree
+from cwm_agent.tts.execution import CommandRun, Tree
 from cwm_agent.tts.options import TTSOptions
 from cwm_agent.tts.regression import RegressionPlan
 from cwm_agent.tts.report import CandidateReport, GeneratedTestReport, GroupReport, TTSReport
@@ -184,11 +184,8 @@ class TTSRun:
                         self.progress(f"regression tests: {way.name} refused: {way.why}")
                         continue
                     run = tree.run(way.command, self.options.regression_timeout)
-                    status, outcomes = regression.judge(way, run)
-                    passing = sorted(test for test, passed in outcomes.items() if passed)
-                    plan.attempts.append(regression.attempt(way, run, status, len(passing)))
+                    status = self._try(plan, way, run, "on the original code")
                     if status == "ok":
-                        self._use(plan, way, passing, f"{len(outcomes)} ran on the original code")
                         break
                     self.progress(f"regression tests: {way.name} gave {status}, trying the next")
                     slow = slow or (way if status == "timed-out" else None)
@@ -200,15 +197,24 @@ class TTSRun:
         self._phase("baseline")
         return plan, slow
 
-    def _use(
-        self, plan: RegressionPlan, way: regression.Method, tests: list[str], note: str
-    ) -> None:
-        """Make `way` the plan, with the tests that passed on the original code."""
+    def _try(
+        self, plan: RegressionPlan, way: regression.Method, run: CommandRun, note: str
+    ) -> regression.Status:
+        """Record what `run` of `way` says; with tests passing, make it the plan."""
+        status, outcomes = regression.judge(way, run)
+        tests = sorted(test for test, passed in outcomes.items() if passed)
+        plan.attempts.append(regression.attempt(way, run, status, len(tests)))
+        if status != "ok":
+            return status
         self.way = way
         plan.status, plan.method, plan.why, plan.runner = "ok", way.name, way.why, way.runner
         plan.command, plan.tests = way.command, tests
         plan.candidate_command = way.command if way.only is None else way.only(tests)
-        self.progress(f"regression tests: {way.name}: {len(tests)} passing ({note}): {way.command}")
+        self.progress(
+            f"regression tests: {way.name}: {len(tests)} passing of {len(outcomes)} ({note}): "
+            f"{way.command}"
+        )
+        return status
 
     def _plan(
         self,
@@ -235,11 +241,7 @@ class TTSRun:
             plan.why += f"; narrowing failed: {type(exc).__name__}: {first_line(exc)}"
             return plan
         plan.baseline_s = round(plan.baseline_s + time.monotonic() - started, 3)
-        status, outcomes = regression.judge(way, run)
-        passing = sorted(test for test, passed in outcomes.items() if passed)
-        plan.attempts.append(regression.attempt(way, run, status, len(passing)))
-        if status == "ok":
-            self._use(plan, way, passing, f"narrowed to {len(plan.narrowed_to)} test files")
+        self._try(plan, way, run, f"narrowed to {len(plan.narrowed_to)} test files")
         return plan
 
     def _check_tests(self, rollouts: list[Future[_Rollout]]) -> _Kept:
