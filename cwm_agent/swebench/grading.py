@@ -16,6 +16,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from pydantic import BaseModel
@@ -62,7 +63,7 @@ from cwm_agent.tts.regression import (
     Refused,
     changed_files,
     detect,
-    node_ids_or_files,
+    pytest_over,
 )
 
 Parser = Callable[[str, TestSpec], dict[str, str]]
@@ -155,7 +156,7 @@ def _instance_way(instance: Instance, tracked: set[str]) -> Method | Refused:
         )
         if isinstance(test_cmd, str) and "pytest" in test_cmd:
             before = "\n".join([*specs.get("eval_commands", []), test_cmd])
-            only = lambda ids: " ".join([before, *map(shlex.quote, node_ids_or_files(ids))])  # noqa: E731
+            only = partial(pytest_over, before)
     why += f", on the original code without the test patch, parsed by {parser.__name__}"
 
     def parse(output: str) -> dict[str, bool]:

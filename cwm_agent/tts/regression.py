@@ -22,6 +22,7 @@ import shlex
 import tomllib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import PurePosixPath
 from typing import Literal
 
@@ -175,7 +176,7 @@ def detect(tree: Tree, test_cmd: str | None) -> list[Method | Refused]:
 def pytest_method(targets: list[str], name: str, why: str) -> Method:
     """pytest at the repository root over `targets` (none: what its config says)."""
     command = " ".join([PYTEST, *map(shlex.quote, targets)])
-    return Method(name, why, command, "pytest", pytest_outcomes, lambda ids: _pytest_only(ids))
+    return Method(name, why, command, "pytest", pytest_outcomes, partial(pytest_over, PYTEST))
 
 
 def pytest_outcomes(output: str) -> dict[str, bool]:
@@ -206,7 +207,8 @@ def node_ids_or_files(ids: list[str]) -> list[str]:
     return sorted({test.split("::")[0] for test in ids})
 
 
-def _pytest_only(ids: list[str], before: str = PYTEST) -> str:
+def pytest_over(before: str, ids: list[str]) -> str:
+    """A pytest command line `before` over just these tests."""
     return " ".join([before, *map(shlex.quote, node_ids_or_files(ids))])
 
 
