@@ -30,13 +30,14 @@ import docker
 import pytest
 
 from cwm_agent.sandbox import LABEL
+from tests.conftest import test_image
 from tests.projects import CASES, Case, build_image, edit_replay, sdist
 from tests.test_fix import committed_copy, git
 
 pytestmark = pytest.mark.docker
 
-IMAGE = "cwm-agent-test/pytest:8.3.5"
-SWEBENCH_IMAGE = "cwm-agent-test/swebench-marshmallow:3.0.0"
+IMAGE = test_image("pytest-8.3.5")
+SWEBENCH_IMAGE = test_image("swebench-marshmallow-3.0.0")
 ISSUE = "Make the change the maintainers asked for without changing behaviour."
 
 
