@@ -9,18 +9,28 @@
    generated tests), the phase after the rollouts (checking the generated
    tests, then testing each candidate in its own container) with one
    container at a time against all at once.
+3. A real repository's suite (pinned sdists of tests/projects.py): K replayed
+   candidates, one breaking a test; the original suite runs once, each
+   candidate only the tests that passed there. Per phase, from tts.json: the
+   original runs (every way tried) and each candidate's run, all in the
+   pipeline beside the other containers; then, alone in one container, the
+   whole command (what each candidate ran before) against the candidates' one.
 
-Run: .venv/bin/python benchmarks/tts.py [--samples 8 --test-samples 8]
+Run: .venv/bin/python benchmarks/tts.py [--samples 8 --test-samples 8] [--only real]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
+import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from generation import small_random_cwm  # type: ignore[import-not-found]
@@ -30,19 +40,80 @@ from cwm_agent.agent import RolloutConfig
 from cwm_agent.model import ModelOptions, PolicyPool
 from cwm_agent.sandbox import docker_client
 from cwm_agent.tts import TTSOptions, TTSRun
+from cwm_agent.tts.execution import Tree
 from cwm_agent.workspace import Workspace
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "clamp"
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "clamp"
+REAL = ("MarkupSafe==2.1.5", "cachetools==5.3.3", "more-itertools==10.2.0")
+
+
+def workspace_of(source: Path, repo: Path, image: str) -> Workspace:
+    """`source` committed as a repository, in a workspace of `image`."""
+    subprocess.run(["cp", "-r", str(source), str(repo)], check=True)
+    git = ["git", "-c", "user.name=b", "-c", "user.email=b@b.invalid", "-C", str(repo)]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "start"]):
+        subprocess.run([*git, *args], check=True)
+    return Workspace(image=image, snapshot=gitrepo.snapshot(gitrepo.open_repo(repo), False).tar)
 
 
 def clamp_workspace(root: Path, image: str) -> tuple[Workspace, str]:
-    repo = root / "clamp"
-    subprocess.run(["cp", "-r", str(EXAMPLE / "repo"), str(repo)], check=True)
-    git = ["git", "-c", "user.name=b", "-c", "user.email=b@b.invalid", "-C", str(repo)]
-    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "clamp"]):
-        subprocess.run([*git, *args], check=True)
-    snapshot = gitrepo.snapshot(gitrepo.open_repo(repo), False)
-    return Workspace(image=image, snapshot=snapshot.tar), (EXAMPLE / "issue.md").read_text()
+    workspace = workspace_of(EXAMPLE / "repo", root / "clamp", image)
+    return workspace, (EXAMPLE / "issue.md").read_text()
+
+
+def real_repositories(root: Path, base: str, samples: int) -> None:
+    """Each real project's regression phases with `samples` replayed candidates."""
+    sys.path.insert(0, str(ROOT))
+    from tests.projects import CASES, build_image
+
+    image = build_image(docker_client(), base, "cwm-agent-bench/pytest:8.3.5", None, root / "ctx")
+    print(f"## real repositories: K={samples} replayed candidates, one breaking a test")
+    print(
+        "| project | method | tests | in the pipeline: original, candidate (mean) "
+        "| alone: whole command, candidate command |"
+    )
+    try:
+        for case in (c for c in CASES.values() if c.spec in REAL):
+            real_repository(root, image, case, samples)
+    finally:
+        docker_client().images.remove(image, force=True)
+
+
+def real_repository(root: Path, image: str, case: Any, samples: int) -> None:
+    """One project: its plan, the original run, the candidates' runs, the whole command."""
+    from tests.projects import edit_replay, sdist
+
+    name = case.spec.split("==")[0]
+    workspace = workspace_of(sdist(case.spec), root / name, image)
+    replays = root / f"{name}-replays"
+    replays.mkdir()
+    for index in range(samples):
+        new = case.breaks if index == 0 else f"{case.line.rstrip()}  # {index}\n"
+        texts = edit_replay(case.path, case.line, new, "Edit.")
+        (replays / f"candidate-{index}.json").write_text(json.dumps(texts))
+    options = TTSOptions(samples=samples, jobs=samples + 1)
+    out = root / f"{name}-run"
+    run = TTSRun(
+        workspace,
+        "bench",
+        PolicyPool(f"replay:{replays}"),
+        options,
+        RolloutConfig(max_turns=6),
+        out,
+        docker_client(),
+    )
+    report = run.run()
+    plan = report.regression
+    mean = statistics.mean(c.regression_s for c in report.candidates if c.eligible)
+    with workspace.open(docker_client()) as opened:  # one container, nothing beside it
+        tree = Tree(opened)
+        whole = tree.run(plan.command or "true", 600).duration_s  # what a candidate cost before
+        only = tree.run(plan.candidate_command or "true", 600).duration_s
+    print(
+        f"| {name} | {plan.method} | {len(plan.tests)} | {plan.baseline_s:.1f} s, {mean:.1f} s "
+        f"| {whole:.1f} s, {only:.1f} s |"
+    )
 
 
 def timed(
@@ -65,6 +136,7 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--reply-tokens", type=int, default=48)
     parser.add_argument("--image", default="cwm-base:bookworm")
+    parser.add_argument("--only", choices=("real",), help="only the real-repository case")
     args = parser.parse_args()
     torch.set_num_threads(2)
     root = Path(tempfile.mkdtemp(prefix="tts-bench-"))
@@ -72,6 +144,9 @@ def main() -> None:
     k, m = args.samples, args.test_samples
     driver = docker_client().info()["Driver"]
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {driver}")
+    if args.only == "real":
+        real_repositories(root, args.image, k)
+        return
 
     model = small_random_cwm(root)
     rollout = RolloutConfig(max_turns=args.turns, max_reply_tokens=args.reply_tokens)
@@ -94,6 +169,7 @@ def main() -> None:
         )
         testing = phases["candidate-tests"] - phases["test-generation"]
         print(f"jobs={jobs}: total {seconds:5.1f} s, tests after the rollouts {testing:5.1f} s")
+    real_repositories(root, args.image, k)
 
 
 if __name__ == "__main__":

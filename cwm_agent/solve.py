@@ -20,6 +20,7 @@ from cwm_agent.sandbox.container import require_image
 from cwm_agent.tools import Toolbox
 from cwm_agent.tts import TTSOptions, TTSReport, TTSRun, chosen
 from cwm_agent.tts.pipeline import Progress
+from cwm_agent.tts.regression import Detector
 from cwm_agent.workspace import Workspace
 
 _CHECK_PATCH = """set -e
@@ -59,13 +60,17 @@ def solve(
     observer: Observer | None = None,
     progress: Progress | None = None,
     cancelled: threading.Event | None = None,
+    detect: Detector | None = None,
 ) -> Solution:
-    """Run the task and write `output/patch.diff` and `output/trajectory.json`."""
+    """Run the task and write `output/patch.diff` and `output/trajectory.json`;
+    `detect` gives the ways to run regression tests (default: the repository's)."""
     require_image(client, workspace.image)
     rollout = rollout.model_copy(update={"repo_root": workspace.workdir})
     report: TTSReport | None = None
     if scaling.enabled:
-        run = TTSRun(workspace, issue, pool, scaling, rollout, output, client, progress, cancelled)
+        run = TTSRun(
+            workspace, issue, pool, scaling, rollout, output, client, progress, cancelled, detect
+        )
         report = run.run()
         trajectory, patch, patch_error = chosen(report, output)
         head = report.start or ""

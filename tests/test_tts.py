@@ -8,6 +8,7 @@ test runs; only the model is scripted.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -29,6 +30,7 @@ from cwm_agent.sandbox import LABEL
 from cwm_agent.tts import generated, regression
 from cwm_agent.tts.execution import CommandRun
 from cwm_agent.tts.selection import Entry, normalized_key, select
+from cwm_agent.tts.tox import ToxRefused, read_tox
 from tests.conftest import run_cli, start_cli, started_containers
 from tests.test_fix import call, committed_copy, git
 
@@ -114,11 +116,12 @@ def test_selection_rules_in_order() -> None:
 def project(tmp_path: Path) -> Path:
     (tmp_path / "tests").mkdir()
     (tmp_path / "tests" / "test_things.py").write_text(
-        "import unittest\n\n\nclass Things(unittest.TestCase):\n"
+        "import unittest\nimport warnings\n\n\nclass Things(unittest.TestCase):\n"
         "    def test_good(self):\n        self.assertTrue(True)\n\n"
         "    def test_bad(self):\n        self.assertTrue(False)\n\n"
         "    def test_documented(self):\n        '''A docstring shown by -v.'''\n\n"
-        "    def test_broken(self):\n        raise RuntimeError('boom')\n"
+        "    def test_broken(self):\n        raise RuntimeError('boom')\n\n"
+        "    def test_warns(self):\n        warnings.warn('old', DeprecationWarning)\n"
     )
     return tmp_path
 
@@ -131,22 +134,24 @@ def host_run(project: Path, command: list[str]) -> CommandRun:
 def test_unittest_and_pytest_outputs_split_into_tests(project: Path) -> None:
     python = sys.executable
     unit = host_run(project, [python, "-m", "unittest", "discover", "-v", "-s", "tests"])
-    outcomes = regression.outcomes("unittest", unit)
-    assert outcomes == {
+    assert regression.unittest_outcomes(unit.output) == {
         "test_things.Things.test_bad": False,
         "test_things.Things.test_broken": False,
         "test_things.Things.test_documented": True,
         "test_things.Things.test_good": True,
+        "test_things.Things.test_warns": True,  # the warning is printed before "ok"
     }
     py = host_run(project, [python, "-m", "pytest", "-rA", "-p", "no:cacheprovider", "tests"])
-    assert regression.outcomes("pytest", py) == {
+    assert regression.pytest_outcomes(py.output) == {
         "tests/test_things.py::Things::test_bad": False,
         "tests/test_things.py::Things::test_broken": False,
         "tests/test_things.py::Things::test_documented": True,
         "tests/test_things.py::Things::test_good": True,
+        "tests/test_things.py::Things::test_warns": True,
     }
     # An unknown runner: the command is one test, passing when it exits 0.
-    assert regression.outcomes("command", unit) == {unit.command: False}
+    whole = regression.Method("given", "", unit.command, "command", None)
+    assert whole.outcomes(unit) == {unit.command: False}
 
 
 def test_changed_files_of_a_patch() -> None:
@@ -155,6 +160,69 @@ def test_changed_files_of_a_patch() -> None:
         b"-a\n+b\ndiff --git a/gone.txt b/gone.txt\ndeleted file mode 100644\n"
     )
     assert regression.changed_files(patch) == ["pkg/mod.py", "gone.txt"]
+
+
+# -- tox.ini without tox ---------------------------------------------------------
+
+TMP = "mkdir -p /tmp/cwm-agent-tox/env /tmp/cwm-agent-tox/tmp"
+
+
+def test_tox_substitutions_as_tox_does_them() -> None:
+    """flask's line, the one that counted zero tests when taken literally."""
+    flask = (
+        "[testenv]\ncommands = python -m pytest -rA -p no:cacheprovider -v --tb=short "
+        "--basetemp={envtmpdir} {posargs:tests}\n"
+    )
+    command = read_tox(flask, "/testbed", {})
+    assert command.shell() == (
+        f"{TMP} && python -m pytest -rA -p no:cacheprovider -v --tb=short "
+        "--basetemp=/tmp/cwm-agent-tox/tmp tests"
+    )
+    assert command.shell(["tests/test_a.py::test_b[x]"]).endswith(" 'tests/test_a.py::test_b[x]'")
+    # pluggy's: a command from {env:...}, lines and setenv entries for other factors.
+    pluggy = (
+        "[testenv]\ncommands=\n  {env:_PLUGGY_TOX_CMD:pytest} {posargs}\n"
+        "  coverage: coverage report -m\nsetenv=\n  _PYTEST_SETUP_SKIP_PLUGGY_DEP=1\n"
+        "  coverage: _PLUGGY_TOX_CMD=coverage run -m pytest\n"
+    )
+    assert read_tox(pluggy, "/r", {}).shell() == (
+        f"export _PYTEST_SETUP_SKIP_PLUGGY_DEP=1 && {TMP} && pytest"
+    )
+    # changedir, setenv over {toxinidir}, the environment, a continued line.
+    ini = (
+        "[testenv]\nchangedir = {toxinidir}/tests\nsetenv =\n  PYTHONPATH = {toxinidir}/src\n"
+        "commands = {envpython} -m unittest \\\n    -v --locals {env:EXTRA:-b} {env:HOME:/x}\n"
+    )
+    assert read_tox(ini, "/r", {"HOME": "/root"}).shell() == (
+        f"export PYTHONPATH=/r/src && {TMP} && cd tests && python -m unittest -v --locals -b /root"
+    )
+
+
+@pytest.mark.parametrize(
+    ("commands", "why"),
+    [
+        ("pytest {[base]opts}", "tox substitution {[base]opts} is not supported"),
+        ("py38: pytest", "runs only in some tox environments"),
+        ("pytest --x={posargs}", "{posargs} inside a word is not supported"),
+        ("pytest 'unclosed", "does not split into words"),
+    ],
+)
+def test_tox_lines_that_need_tox_are_refused(commands: str, why: str) -> None:
+    with pytest.raises(ToxRefused, match=re.escape(why)):
+        read_tox(f"[testenv]\ncommands = {commands}\n", "/r", {})
+
+
+def test_a_run_that_tells_nothing_is_never_counted() -> None:
+    way = regression.pytest_method([], "pytest", "test files")
+    usage = CommandRun(way.command, 4, "ERROR: usage: unrecognized arguments: --cov\n", 1.0)
+    assert regression.judge(way, usage) == ("usage-error", {})
+    assert regression.judge(way, CommandRun(way.command, 5, "no tests ran\n", 1.0))[0] == "no-tests"
+    assert regression.judge(way, CommandRun(way.command, None, "", 9.0))[0] == "timed-out"
+    failing = CommandRun(way.command, 1, "FAILED t.py::a - boom\n", 1.0)
+    assert regression.judge(way, failing) == ("no-passing-tests", {"t.py::a": False})
+    # Node ids survive the command line unless pytest's summary cut them at a space.
+    assert regression.node_ids_or_files(["t.py::a[1]", "u.py::b"]) == ["t.py::a[1]", "u.py::b"]
+    assert regression.node_ids_or_files(["t.py::a[x", "u.py::b"]) == ["t.py", "u.py"]
 
 
 # -- batching many rollouts through one model ---------------------------------
@@ -399,3 +467,41 @@ def test_sigterm_stops_every_rollout_and_removes_their_containers(
     assert process.returncode == 130, stderr
     assert "interrupted: containers removed" in stderr and "Traceback" not in stderr
     assert fix_containers(client) == []
+
+
+# -- SWE-bench rows' own test command -------------------------------------------
+
+
+def test_a_swebench_rows_regression_command_is_its_own() -> None:
+    """Classic: the spec's test_cmd over the harness's directives for the test patch's
+    files present before it; 5.x: its eval script's test command; custom: its test_cmd."""
+    from cwm_agent.swebench.dataset import Instance
+    from cwm_agent.swebench.grading import _instance_way
+
+    patch = "".join(
+        f"diff --git a/{f} b/{f}\n--- a/{f}\n+++ b/{f}\n@@ -1 +1 @@\n-a\n+b\n"
+        for f in ("tests/queries/tests.py", "tests/added/tests.py")
+    )
+    row = {"instance_id": "django__django-1", "problem_statement": "x", "test_patch": patch}
+    classic = Instance(**row, repo="django/django", version="3.2")  # with eval_commands
+    way = _instance_way(classic, {"tests/queries/tests.py", "setup.py"})
+    assert isinstance(way, regression.Method)
+    assert "export LANG=en_US.UTF-8" in way.command.splitlines()  # the spec's eval_commands
+    assert way.command.splitlines()[-1] == (
+        "./tests/runtests.py --verbosity 2 --settings=test_sqlite --parallel 1 queries.tests"
+    )
+    assert "1 of 2 test patch files" in way.why and way.runner == "parse_log_django"
+    log = "test_a (queries.tests.T) ... ok\ntest_b (queries.tests.T) ... FAIL\n"
+    assert way.parse is not None and way.parse(log) == {
+        "test_a (queries.tests.T)": True,
+        "test_b (queries.tests.T)": False,
+    }
+    assert way.only is None  # runtests.py takes labels, not the parser's names
+    script = "git apply -v - <<'EOF'\n...\nEOF\n: '>>>>> Start Test Output'\nmake check\n"
+    script += ": '>>>>> End Test Output'\n"
+    five = Instance(**row, repo="x/y", eval_script=script, log_parser="parse_log_pytest")
+    assert getattr(_instance_way(five, set()), "command", None) == "make check"
+    custom = Instance(**row, repo="x/y", test_cmd="python3 -m unittest -v test_calc")
+    assert getattr(_instance_way(custom, set()), "command", None) == custom.test_cmd
+    unknown = _instance_way(Instance(**row, repo="django/django", version="0.1"), set())
+    assert isinstance(unknown, regression.Refused) and "no harness spec" in unknown.why

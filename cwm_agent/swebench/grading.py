@@ -4,6 +4,11 @@ Only two things differ from the harness, both so custom images work: test
 files are reset to the container's starting HEAD (the image need not hold
 `base_commit`), and rows outside the harness's specs bring their own test
 command or script and name their log parser.
+
+Test-time scaling's regression tests come from here too (`regression_ways`),
+as Agentless and CWM run them: the instance's own test command over the test
+files its test patch touches, on the original code, parsed by the same log
+parser as grading. Only the test patch's file names are used, never its content.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from pydantic import BaseModel
@@ -29,6 +35,7 @@ from swebench.harness.constants import (
     TESTS_TIMEOUT,
     EvalType,
     ResolvedStatus,
+    TestStatus,
 )
 from swebench.harness.grading import get_eval_tests_report, get_resolution_status
 from swebench.harness.log_parsers import (
@@ -48,6 +55,16 @@ from swebench.harness.utils import get_modified_files
 
 from cwm_agent.swebench.dataset import Instance
 from cwm_agent.swebench.errors import SwebenchError
+from cwm_agent.swebench.images import REPO_ROOT
+from cwm_agent.tts.execution import Tree
+from cwm_agent.tts.regression import (
+    Detector,
+    Method,
+    Refused,
+    changed_files,
+    detect,
+    pytest_over,
+)
 
 Parser = Callable[[str, TestSpec], dict[str, str]]
 
@@ -94,6 +111,69 @@ def eval_plan(instance: Instance, head: str, workdir: str = "/testbed") -> EvalP
         f"`eval_script`, or a repo/version the swebench package knows ({instance.repo} "
         f"{instance.version} is not one)"
     )
+
+
+def regression_ways(instance: Instance) -> Detector:
+    """The instance's test command first, then the repository's own ways."""
+
+    def ways(tree: Tree) -> list[Method | Refused]:
+        _, out, _ = tree.box.exec(["git", "ls-files"], workdir=tree.workdir)
+        return [_instance_way(instance, set(out.decode().splitlines())), *detect(tree, None)]
+
+    return ways
+
+
+def _instance_way(instance: Instance, tracked: set[str]) -> Method | Refused:
+    """The command grading runs, without the test patch: for a classic row the
+    spec's `test_cmd` over the directives the harness derives from the test
+    patch's files that exist before it (a file it adds cannot be run yet)."""
+    name, parser, spec = "swebench", _parser(instance), _bare_spec(instance)
+    names = changed_files(instance.test_patch.encode("utf-8", "surrogateescape"))
+    present = [f for f in names if f in tracked]
+    only: Callable[[list[str]], str] | None = None
+    if instance.test_cmd is not None:
+        command, why = instance.test_cmd, "the row's test_cmd"
+    elif instance.eval_script is not None:
+        block = _test_block(instance.eval_script)
+        if block is None:
+            return Refused(name, "its eval script has no test-output markers")
+        command, why = block, "its eval script's test command"
+    else:
+        specs = MAP_REPO_VERSION_TO_SPECS.get(instance.repo, {}).get(instance.version or "")
+        if specs is None:
+            return Refused(name, f"{instance.repo} {instance.version} has no harness spec")
+        if not present:
+            return Refused(name, "none of the files its test patch touches exists before it")
+        headers = "".join(f"diff --git a/{f} b/{f}\n" for f in present)  # file names only
+        row = {**instance.row(), "test_patch": headers}
+        lines = make_eval_script_list(row, specs, "testbed", REPO_ROOT, "HEAD", headers)
+        test_cmd = specs["test_cmd"]
+        command = "\n".join([*specs.get("eval_commands", []), _test_block("\n".join(lines)) or ""])
+        why = (
+            f"the {instance.repo} {instance.version} spec's test_cmd over the "
+            f"{len(present)} of {len(names)} test patch files present before it "
+            "(only the test patch's file names are used)"
+        )
+        if isinstance(test_cmd, str) and "pytest" in test_cmd:
+            before = "\n".join([*specs.get("eval_commands", []), test_cmd])
+            only = partial(pytest_over, before)
+    why += f", on the original code without the test patch, parsed by {parser.__name__}"
+
+    def parse(output: str) -> dict[str, bool]:
+        passed = (TestStatus.PASSED.value, TestStatus.XFAIL.value)
+        return {test: status in passed for test, status in parser(output, spec).items()}
+
+    return Method(name, why, command, parser.__name__, parse, only)
+
+
+def _test_block(script: str) -> str | None:
+    """The lines an eval script runs between its start and end test-output markers."""
+    lines = script.splitlines()
+    starts = [i for i, line in enumerate(lines) if START_TEST_OUTPUT in line]
+    ends = [i for i, line in enumerate(lines) if END_TEST_OUTPUT in line]
+    if not starts or not ends or ends[-1] <= starts[0]:
+        return None
+    return "\n".join(lines[starts[0] + 1 : ends[-1]])
 
 
 def _parser(instance: Instance) -> Parser:

@@ -39,6 +39,7 @@ from cwm_agent.swebench.images import BATCH_LABEL, image_for, workspace_for
 from cwm_agent.swebench.parallel import run_parallel
 from cwm_agent.swebench.predictions import Prediction, PredictionsFile
 from cwm_agent.tts import TTSOptions
+from cwm_agent.tts.regression import Detector
 
 ErrorKind = Literal["image_missing", "sandbox", "model"]
 
@@ -239,6 +240,7 @@ def _run_instance(
             folder,
             client,
             cancelled=stopping,
+            detect=_regression_ways(instance) if options.scaling.enabled else None,
         )
     except PolicyError as exc:
         return _failed(result, "model", str(exc), started), b""
@@ -263,6 +265,12 @@ def _run_instance(
     else:
         result.status = "submitted" if solution.patch else "empty"
     return result, solution.patch
+
+
+def _regression_ways(instance: Instance) -> Detector:
+    from cwm_agent.swebench.grading import regression_ways  # imports the harness (~1 s)
+
+    return regression_ways(instance)
 
 
 def _failure(solution: Solution) -> tuple[ErrorKind, str | None] | None:

@@ -30,7 +30,7 @@ from cwm_agent.model import PolicyPool
 from cwm_agent.sandbox import LABEL, Sandbox, SandboxInterrupted, teardown
 from cwm_agent.tools import Toolbox
 from cwm_agent.tts import generated, regression
-from cwm_agent.tts.execution import Tree
+from cwm_agent.tts.execution import CommandRun, Tree
 from cwm_agent.tts.options import TTSOptions
 from cwm_agent.tts.regression import RegressionPlan
 from cwm_agent.tts.report import CandidateReport, GeneratedTestReport, GroupReport, TTSReport
@@ -82,8 +82,12 @@ class TTSRun:
         client: docker.DockerClient,
         progress: Progress | None = None,
         cancelled: threading.Event | None = None,
+        detect: regression.Detector | None = None,
     ) -> None:
         self.workspace, self.issue, self.pool = workspace, issue, pool
+        # The ways to run the regression tests: a benchmark row's, else the repository's.
+        self.detect = detect or (lambda tree: regression.detect(tree, options.test_cmd))
+        self.way: regression.Method | None = None  # the one the plan uses
         self.options, self.rollout = options, rollout
         self.output, self.client = output, client
         self.progress = progress or (lambda _line: None)
@@ -164,55 +168,80 @@ class TTSRun:
         self.progress(f"{name}: {trajectory.status} after {trajectory.turns} turns")
         return _Rollout(name, trajectory, None)
 
-    def _baseline(self) -> tuple[RegressionPlan, dict[str, bool]]:
-        """The repository's test command on the original code, with its outcomes."""
+    def _baseline(self) -> tuple[RegressionPlan, regression.Method | None]:
+        """The ways to run the repository's tests, tried on the original code in
+        order until one has passing tests; with the way that timed out, if any."""
+        plan, slow = RegressionPlan(), None
+        started = time.monotonic()
         try:
             with self._tree("original") as tree:
                 self.start = tree.head
-                command, runner, why = regression.detect(tree, self.options.test_cmd)
-                plan = RegressionPlan(command=command, runner=runner, why=why)
-                if command is None:
-                    return plan, {}
-                run = tree.run(command, self.options.regression_timeout)
+                for way in self.detect(tree):
+                    if isinstance(way, regression.Refused):
+                        plan.attempts.append(
+                            regression.Attempt(method=way.name, why=way.why, status="refused")
+                        )
+                        self.progress(f"regression tests: {way.name} refused: {way.why}")
+                        continue
+                    run = tree.run(way.command, self.options.regression_timeout)
+                    status = self._try(plan, way, run, "on the original code")
+                    if status == "ok":
+                        break
+                    self.progress(f"regression tests: {way.name} gave {status}, trying the next")
+                    slow = slow or (way if status == "timed-out" else None)
         except Exception as exc:
-            why = f"the baseline could not run: {type(exc).__name__}: {first_line(exc)}"
-            return RegressionPlan(command=None, runner="none", why=why), {}
-        plan.original_exit_code, plan.original_duration_s = run.exit_code, run.duration_s
+            plan.why = f"the baseline could not run: {type(exc).__name__}: {first_line(exc)}"
+        plan.baseline_s = round(time.monotonic() - started, 3)
+        if plan.status != "ok" and plan.attempts:
+            plan.why = "no way of running the tests gave a test passing on the original code"
         self._phase("baseline")
-        if run.timed_out:
-            return plan, {}
-        return plan, regression.outcomes(runner, run)
+        return plan, slow
+
+    def _try(
+        self, plan: RegressionPlan, way: regression.Method, run: CommandRun, note: str
+    ) -> regression.Status:
+        """Record what `run` of `way` says; with tests passing, make it the plan."""
+        status, outcomes = regression.judge(way, run)
+        tests = sorted(test for test, passed in outcomes.items() if passed)
+        plan.attempts.append(regression.attempt(way, run, status, len(tests)))
+        if status != "ok":
+            return status
+        self.way = way
+        plan.status, plan.method, plan.why, plan.runner = "ok", way.name, way.why, way.runner
+        plan.command, plan.tests = way.command, tests
+        plan.candidate_command = way.command if way.only is None else way.only(tests)
+        self.progress(
+            f"regression tests: {way.name}: {len(tests)} passing of {len(outcomes)} ({note}): "
+            f"{way.command}"
+        )
+        return status
 
     def _plan(
         self,
-        baseline: Future[tuple[RegressionPlan, dict[str, bool]]],
+        baseline: Future[tuple[RegressionPlan, regression.Method | None]],
         candidates: list[Future[_Rollout]],
     ) -> RegressionPlan:
-        """The regression tests every candidate runs: those passing on the original."""
-        plan, outcomes = baseline.result()
-        if plan.command is None or plan.original_exit_code is not None:
-            plan.tests = sorted(test for test, passed in outcomes.items() if passed)
+        """The regression tests every candidate runs: those passing on the original;
+        a suite that timed out everywhere, narrowed to the changed modules' tests."""
+        plan, slow = baseline.result()
+        if plan.status == "ok" or slow is None:
             return plan
         limit = self.options.regression_timeout
         patches = [future.result().submission for future in candidates]
+        started = time.monotonic()
         try:
             with self._tree("original-narrowed") as tree:
-                narrowed = regression.narrowed_command(tree, plan.runner, plan.command, patches)
-                if narrowed is None:
-                    plan.why += f"; the suite ran over {limit:.0f}s and nothing narrower was found"
-                    plan.command = None
+                found = regression.narrowed(tree, slow, patches)
+                if found is None:
+                    plan.why += f"; {slow.name} ran over {limit:.0f}s, nothing narrower was found"
                     return plan
-                run = tree.run(narrowed[0], limit)
+                way, plan.narrowed_to = found
+                run = tree.run(way.command, limit)
         except Exception as exc:
             plan.why += f"; narrowing failed: {type(exc).__name__}: {first_line(exc)}"
-            plan.command = None
             return plan
-        plan.why += f"; the suite ran over {limit:.0f}s, narrowed to files naming changed modules"
-        plan.command, plan.narrowed_to = narrowed
-        plan.original_exit_code, plan.original_duration_s = run.exit_code, run.duration_s
-        if not run.timed_out:
-            outcomes = regression.outcomes(plan.runner, run)
-            plan.tests = sorted(test for test, passed in outcomes.items() if passed)
+        plan.baseline_s = round(plan.baseline_s + time.monotonic() - started, 3)
+        self._try(plan, way, run, f"narrowed to {len(plan.narrowed_to)} test files")
         return plan
 
     def _check_tests(self, rollouts: list[Future[_Rollout]]) -> _Kept:
@@ -295,9 +324,11 @@ class TTSRun:
                     report.why_not = "the patch does not apply"
                     return report
                 report.key = normalized_key(_contents(tree, rollout.submission))
-                if plan.command is not None and plan.tests:
-                    run = tree.run(plan.command, self.options.regression_timeout * 1.5)
-                    outcomes = regression.outcomes(plan.runner, run)
+                if plan.candidate_command is not None and plan.tests:
+                    limit = self.options.regression_timeout * 1.5
+                    run = tree.run(plan.candidate_command, limit)
+                    report.regression_s, report.regression_exit_code = run.duration_s, run.exit_code
+                    outcomes = {} if self.way is None else self.way.outcomes(run)
                     report.regression = {test: outcomes.get(test, False) for test in plan.tests}
                 for test, source in kept.sources.items():
                     run = tree.run(

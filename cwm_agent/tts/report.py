@@ -4,7 +4,9 @@ the decision, so a reader can redo the selection by hand."""
 from __future__ import annotations
 
 from pydantic import BaseModel, Field
+from rich.console import Group
 from rich.table import Table
+from rich.text import Text
 
 from cwm_agent.tts.options import TTSOptions
 from cwm_agent.tts.regression import RegressionPlan
@@ -22,6 +24,8 @@ class CandidateReport(BaseModel):
     eligible: bool = False
     why_not: str | None = Field(None, description="why it cannot be selected")
     regression: dict[str, bool] = Field(default_factory=dict, description="test id -> passed")
+    regression_s: float = Field(0.0, description="seconds of its regression run")
+    regression_exit_code: int | None = None
     generated: dict[int, bool] = Field(default_factory=dict, description="kept test -> resolved")
     score: int | None = None
     key: str | None = Field(None, description="fingerprint of the normalised patch")
@@ -49,7 +53,7 @@ class GroupReport(BaseModel):
 
 
 class TTSReport(BaseModel):
-    version: int = 1
+    version: int = 2
     options: TTSOptions
     candidates: list[CandidateReport]
     generated_tests: list[GeneratedTestReport]
@@ -59,11 +63,12 @@ class TTSReport(BaseModel):
     selected: int | None
     decision: str
     duration_s: float
-    phases_s: dict[str, float]
+    phases_s: dict[str, float] = Field(description="seconds from the start to each phase's end")
 
 
-def table(report: TTSReport) -> Table:
-    """Candidates and what they scored, the selected one marked."""
+def table(report: TTSReport) -> Group:
+    """Candidates and what they scored, the selected one marked; then a warning
+    line when no regression test could be used."""
     view = Table(title=f"candidates ({report.decision})", title_justify="left")
     for column in ("#", "status", "patch", "regression", "generated", "score", "votes", "tokens"):
         view.add_column(column, justify="left" if column in ("status", "patch") else "right")
@@ -82,4 +87,5 @@ def table(report: TTSReport) -> Table:
             str(c.tokens),
             c.why_not or "",
         )
-    return view
+    warning = report.regression.warning()
+    return Group(view, *([] if warning is None else [Text(warning, style="yellow")]))
