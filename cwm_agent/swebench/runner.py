@@ -57,6 +57,7 @@ class RunOptions(BaseModel):
     output: Path
     resume: bool = False
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    ray: str | None = Field(None, description="the Ray cluster (`--ray`); None: threads here")
 
 
 class InstanceResult(BaseModel):
@@ -77,6 +78,7 @@ class InstanceResult(BaseModel):
     generation_s: float = 0.0
     tools_s: float = 0.0
     patch_bytes: int = 0
+    node: str | None = Field(None, description="the Ray node it ran on (`--ray`)")
 
 
 class Session(BaseModel):
@@ -110,6 +112,8 @@ def policy_source(options: RunOptions) -> Callable[[Instance], PolicyPool]:
         folder = Path(rest)
         suffix = "" if options.scaling.enabled else ".json"
         return lambda instance: PolicyPool(f"replay:{folder / instance.instance_id}{suffix}")
+    if options.ray is not None:  # each node's tasks open the spec themselves
+        return lambda instance: PolicyPool(options.model, options.model_options)
     shared = PolicyPool(options.model, options.model_options)
     return lambda instance: shared
 
@@ -164,6 +168,9 @@ def run_batch(
         result, patch = _run_instance(instance, options, policy_for, client, run_id, stopping)
         if stopping.is_set():  # its container was torn down under it: not a real outcome
             return None
+        return write_outcome(instance, result, patch)
+
+    def write_outcome(instance: Instance, result: InstanceResult, patch: bytes) -> InstanceResult:
         folder = output / "trajectories" / instance.instance_id
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "result.json").write_text(result.model_dump_json(indent=2) + "\n")
@@ -189,7 +196,12 @@ def run_batch(
             on_done(result)
 
     try:
-        run_parallel(todo, work, options.workers, done)
+        if options.ray is None:
+            run_parallel(todo, work, options.workers, done)
+        else:
+            from cwm_agent.swebench.cluster import run_instances
+
+            run_instances(todo, options, run_id, write_outcome, done)
     except BaseException:
         session.interrupted = True
         raise

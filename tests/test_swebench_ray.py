@@ -1,0 +1,223 @@
+"""`swebench run|eval --ray` on a real three-node Ray cluster on this machine.
+
+The head offers no docker_slots and each of two worker nodes offers one, so
+instances run only on the workers, one at a time each; all three nodes use
+the one local Docker daemon. The SWE-style fixture of test_swebench_run.py
+(gold / wrong / empty / missing image) is graded as with the thread pool.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from tests import test_swebench_run as fixture
+from tests.conftest import run_cli
+from tests.test_swebench_run import batch_containers, predictions, run_args
+
+# The SWE-style fixture's repository, image, dataset and replay policies.
+calc, calc_image = fixture.calc, fixture.calc_image
+dataset, replays = fixture.dataset, fixture.replays
+
+ray = pytest.importorskip("ray")
+from ray.cluster_utils import Cluster  # noqa: E402
+
+pytestmark = pytest.mark.docker
+
+IDS = ["calc__calc-1", "calc__calc-2", "calc__calc-3"]
+
+
+def add_worker(cluster: Cluster) -> object:
+    return cluster.add_node(num_cpus=1, resources={"docker_slots": 1})
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[Cluster]:
+    """A head and two sandbox nodes; nodes lost are noticed within a few seconds."""
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 1,
+            "include_dashboard": False,
+            "_system_config": {"health_check_period_ms": 1000, "health_check_failure_threshold": 3},
+        },
+    )
+    add_worker(cluster)
+    add_worker(cluster)
+    cluster.wait_for_nodes()
+    yield cluster
+    cluster.shutdown()
+
+
+def workers(cluster: Cluster) -> set[str]:
+    return {node.node_id for node in cluster.worker_nodes}
+
+
+def results(output: Path) -> dict[str, dict[str, object]]:
+    return {
+        path.parent.name: json.loads(path.read_text())
+        for path in output.glob("trajectories/*/result.json")
+    }
+
+
+def grade(predicted: Path, dataset: Path, *extra: str) -> dict[str, object]:
+    done = run_cli(
+        "swebench", "eval", "--predictions", str(predicted), "--dataset", str(dataset),
+        "--quiet", *extra,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr + done.stdout
+    return json.loads((predicted.parent / "report.json").read_text())
+
+
+def test_cluster_run_and_eval_match_the_thread_pool(
+    ray_cluster: Cluster,
+    dataset: Path,
+    replays: Path,
+    tmp_path: Path,
+    client: docker.DockerClient,
+) -> None:
+    threads, cluster = tmp_path / "threads", tmp_path / "cluster"
+    done = run_cli(*run_args(dataset, replays, threads, "--workers", "2"))
+    assert done.returncode == 0, done.stderr + done.stdout
+    done = run_cli(*run_args(dataset, replays, cluster, "--ray", ray_cluster.address))
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "3 instance(s) finished, 1 error(s)" in done.stdout
+
+    assert sorted(predictions(cluster), key=lambda p: p["instance_id"]) == sorted(
+        predictions(threads), key=lambda p: p["instance_id"]
+    )
+    ran = results(cluster)
+    same = ("status", "error", "rollout_status", "turns", "patch_bytes", "start")
+    assert {i: [r[k] for k in same] for i, r in ran.items()} == {
+        i: [r[k] for k in same] for i, r in results(threads).items()
+    }
+    # The driver wrote every instance's files, shipped from the node that ran it.
+    for instance_id in IDS:
+        names = {p.name for p in (cluster / "trajectories" / instance_id).iterdir()}
+        assert {"trajectory.json", "patch.diff", "result.json"} <= names
+    nodes = {r["node"] for r in ran.values()}
+    assert nodes == workers(ray_cluster)  # both sandbox nodes, never the head
+    assert all(r["node"] is None for r in results(threads).values())
+    assert batch_containers(client, cluster) == []
+    record = json.loads((cluster / "run.json").read_text())
+    assert record["sessions"][0]["options"]["ray"] == ray_cluster.address
+
+    on_threads = grade(threads / "predictions.jsonl", dataset, "--workers", "2")
+    on_cluster = grade(cluster / "predictions.jsonl", dataset, "--ray", ray_cluster.address)
+    assert on_cluster["counts"] == on_threads["counts"]
+    assert on_cluster["counts"] == {"resolved": 1, "unresolved": 1, "error": 0, "empty_patch": 1}
+    strip = ("duration_s",)
+    assert {
+        i: {k: v for k, v in r.items() if k not in strip}
+        for i, r in on_cluster["instances"].items()
+    } == {
+        i: {k: v for k, v in r.items() if k not in strip}
+        for i, r in on_threads["instances"].items()
+    }
+    log = (cluster / "eval/calc__calc-1/test_output.txt").read_text()
+    assert "Ran 3 tests" in log
+
+
+def owner_node(cluster: Cluster, client: docker.DockerClient, output: Path) -> object | None:
+    """The worker node whose Ray worker (a child of its raylet) owns a container of the run."""
+    raylets = {node.all_processes["raylet"][0].process.pid: node for node in cluster.worker_nodes}
+    label = f"cwm-agent.swebench={output.resolve().name}"
+    for container in client.containers.list(filters={"label": label}):
+        pid = container.labels.get("cwm-agent.pid", "")
+        try:
+            parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent in raylets:
+            return raylets[parent]
+    return None
+
+
+def test_a_lost_worker_node_loses_no_instance_and_repeats_none(
+    ray_cluster: Cluster,
+    dataset: Path,
+    replays: Path,
+    tmp_path: Path,
+    client: docker.DockerClient,
+) -> None:
+    output = tmp_path / "lost"
+    args = run_args(dataset, replays, output, "--ray", ray_cluster.address)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cwm_agent.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    try:
+        victim = None
+        while victim is None:
+            assert process.poll() is None and time.monotonic() < deadline
+            victim = owner_node(ray_cluster, client, output)
+            time.sleep(0.05)
+        ray_cluster.remove_node(victim, allow_graceful=False)  # its raylet and workers killed
+        before = (
+            {p["instance_id"] for p in predictions(output)}
+            if (output / "predictions.jsonl").exists()
+            else set()
+        )
+        out, err = process.communicate(timeout=240)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        add_worker(ray_cluster)  # two sandbox nodes again for the other tests
+    assert process.returncode == 0, err + out
+    assert "3 instance(s) finished, 1 error(s)" in out
+    lines = [p["instance_id"] for p in predictions(output)]
+    assert sorted(lines) == IDS  # each exactly once
+    ran = results(output)
+    assert ran["calc__calc-4"]["error"] == "image_missing"
+    assert all(r["status"] != "error" for i, r in ran.items() if i in IDS)
+    # What finished after the loss ran on the surviving node, the lost one's retried there.
+    assert {r["node"] for i, r in ran.items() if i in IDS and i not in before} <= (
+        workers(ray_cluster) - {victim.node_id}
+    )
+    deadline = time.monotonic() + 30
+    while batch_containers(client, output) and time.monotonic() < deadline:
+        time.sleep(0.5)  # the lost node's containers stop with their owner's keep-alive
+    assert batch_containers(client, output) == []
+
+
+def test_without_the_flag_ray_is_never_imported() -> None:
+    code = (
+        "import sys, cwm_agent.cli, cwm_agent.swebench.commands, cwm_agent.swebench.runner, "
+        "cwm_agent.swebench.evaluate; print('ray' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip() == "False", done.stderr
+
+
+def test_ray_flag_without_the_extra_is_one_line(
+    dataset: Path, replays: Path, tmp_path: Path
+) -> None:
+    """Ray made unimportable the way Python spells it (a None entry in sys.modules)."""
+    output = tmp_path / "no-ray"
+    code = (
+        "import sys; sys.modules['ray'] = None; from cwm_agent.cli import app; "
+        "sys.argv = ['cwm-agent', *sys.argv[1:]]; app()"
+    )
+    args = run_args(dataset, replays, output, "--ray", "local")
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "error: --ray needs Ray: pip install 'cwm-agent[ray]'"
+    ]
+    assert not output.exists()
