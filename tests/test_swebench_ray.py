@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -221,3 +222,89 @@ def test_ray_flag_without_the_extra_is_one_line(
         "error: --ray needs Ray: pip install 'cwm-agent[ray]'"
     ]
     assert not output.exists()
+
+
+@pytest.fixture
+def driver(ray_cluster: Cluster) -> Iterator[None]:
+    """This test process as a driver of the cluster."""
+    ray.init(address=ray_cluster.address, logging_level="WARNING", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def pid_of(actor: object) -> int:
+    return ray.get(actor.__ray_call__.remote(lambda _: os.getpid()))  # type: ignore[attr-defined]
+
+
+def test_a_replica_killed_mid_reply_is_restarted_and_the_reply_still_comes(
+    driver: None, tiny_cwm_dir: Path
+) -> None:
+    from cwm_agent.model import ModelOptions, load_policy
+    from cwm_agent.model.replicas import ReplicaPool, alive, start_replicas
+    from cwm_agent.protocol.chat import Message
+
+    options = ModelOptions(greedy=True, offline=True)
+    conversation = [Message.user("hello")]
+    expected = load_policy(str(tiny_cwm_dir), options).complete([conversation], 300)[0]
+    assert expected.finish_reason == "length"  # a long reply: there is time to kill it
+
+    handles = start_replicas(str(tiny_cwm_dir), options, count=1, gpus=0)
+    try:
+        pool = ReplicaPool(handles)
+        replies: list[object] = []
+        with pool.rollout("candidate-0") as policy:
+            asking = threading.Thread(
+                target=lambda: replies.extend(policy.complete([conversation], 300))
+            )
+            asking.start()
+            deadline = time.monotonic() + 60
+            while ray.get(handles[0].load.remote()) == 0:  # the reply is being decoded
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            before = pid_of(handles[0])
+            ray.kill(handles[0], no_restart=False)
+            asking.join(timeout=120)
+            # A new process answered, and it learnt of the rollout from the retried call.
+            assert pid_of(handles[0]) != before and ray.get(handles[0].load.remote()) == 1
+        [reply] = replies
+        assert reply.text == expected.text and reply.completion_tokens == 300
+        assert alive(handles, timeout_s=30) == 1
+    finally:
+        for handle in handles:
+            ray.kill(handle)
+
+
+def test_a_local_model_runs_on_replicas(
+    ray_cluster: Cluster,
+    dataset: Path,
+    tiny_cwm_dir: Path,
+    tmp_path: Path,
+    client: docker.DockerClient,
+) -> None:
+    output = tmp_path / "replicas"
+    done = run_cli(
+        "swebench", "run", "--dataset", str(dataset), "--model", str(tiny_cwm_dir), "--offline",
+        "--greedy", "--output", str(output), "--instances", "calc__calc-1,calc__calc-3",
+        "--max-turns", "2", "--max-reply-tokens", "24", "--quiet",
+        "--ray", ray_cluster.address, "--replicas", "2", "--replica-gpus", "0",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "2 instance(s) finished, 0 error(s)" in done.stdout
+    assert sorted(p["instance_id"] for p in predictions(output)) == IDS[::2]
+    ran = results(output)
+    assert all(r["turns"] >= 1 and r["tokens_used"] > 0 for r in ran.values())
+    assert batch_containers(client, output) == []
+
+
+def test_replicas_without_ray_or_gpus_are_one_line(
+    ray_cluster: Cluster, dataset: Path, tiny_cwm_dir: Path, tmp_path: Path
+) -> None:
+    base = ["swebench", "run", "--dataset", str(dataset), "--model", str(tiny_cwm_dir), "--quiet"]
+    done = run_cli(*base, "--output", str(tmp_path / "a"), "--replicas", "2")
+    assert (
+        done.returncode == 1 and done.stderr == "error: --replicas and --replica-gpus need --ray\n"
+    )
+    done = run_cli(*base, "--output", str(tmp_path / "b"), "--ray", ray_cluster.address)
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: --replicas 1 of 1 GPU(s) each need 1 GPU(s); the Ray ")
+    assert len(done.stderr.splitlines()) == 1

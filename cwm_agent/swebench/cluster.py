@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from pydantic import BaseModel, Field
+
 from cwm_agent.errors import first_line
 from cwm_agent.sandbox import docker_client, remove_leftovers, teardown
 from cwm_agent.swebench.errors import SwebenchError
@@ -39,6 +41,15 @@ NAMESPACE = "cwm-agent"  # named replica actors live here
 
 T = TypeVar("T")
 R = TypeVar("R")
+_replicas: list[Any] = []  # this run's model replicas, for the progress line
+
+
+class ClusterOptions(BaseModel):
+    """`--ray` and how a local `--model` is served on the cluster."""
+
+    address: str = Field(description="local, auto or HOST:PORT")
+    replicas: int = Field(1, ge=1, description="copies of a local --model, one Ray actor each")
+    replica_gpus: float = Field(1.0, ge=0, description="GPUs each replica holds")
 
 
 @dataclass(frozen=True)
@@ -95,7 +106,11 @@ def nodes_alive() -> str:
     import ray
 
     nodes = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get(SLOTS, 0) > 0]
-    return f"{len(nodes)} node(s)"
+    if not _replicas:
+        return f"{len(nodes)} node(s)"
+    from cwm_agent.model.replicas import alive
+
+    return f"{len(nodes)} node(s) · {alive(_replicas)}/{len(_replicas)} replica(s)"
 
 
 def run_on_cluster(
@@ -196,21 +211,42 @@ def run_instances(
         )
         return result, b""
 
-    work = functools.partial(_run_on_node, options, run_id)
+    import ray
+
+    assert options.ray is not None
+    if options.model.partition(":")[0] not in ("replay", "openai"):  # a local model
+        from cwm_agent.model.replicas import start_replicas
+
+        settings = options.ray
+        _replicas[:] = start_replicas(
+            options.model, options.model_options, settings.replicas, settings.replica_gpus
+        )
+    work = functools.partial(_run_on_node, options, run_id, list(_replicas))
     slots = slots_for(options.scaling)
-    run_on_cluster(instances, work, options.output, slots, landed, lost)
+    try:
+        run_on_cluster(instances, work, options.output, slots, landed, lost)
+    finally:
+        for handle in _replicas:
+            ray.kill(handle)
+        _replicas.clear()
 
 
 def _run_on_node(
-    options: RunOptions, run_id: str, instance: Instance, scratch: Path
+    options: RunOptions, run_id: str, replicas: list[Any], instance: Instance, scratch: Path
 ) -> tuple[InstanceResult, bytes]:
+    from cwm_agent.model.replicas import ReplicaPool
     from cwm_agent.swebench.runner import _run_instance, policy_source
 
     here = options.model_copy(update={"output": scratch})
     client = docker_client()
     # Containers of this run whose owner died here (a worker lost with its raylet).
     remove_leftovers(client, label=f"{BATCH_LABEL}={run_id}")
-    return _run_instance(instance, here, policy_source(here), client, run_id, threading.Event())
+    if replicas:
+        pool = ReplicaPool(replicas)
+        policy_for: Callable[[Instance], Any] = lambda _: pool  # noqa: E731
+    else:
+        policy_for = policy_source(here)
+    return _run_instance(instance, here, policy_for, client, run_id, threading.Event())
 
 
 def grade_instances(

@@ -101,13 +101,26 @@ def make_app(guard: Callable[[F], F]) -> typer.Typer:
         greedy: flags.Greedy = False,
         seed: flags.Seed = None,
         ray: RayAddress = None,
+        replicas: Annotated[
+            int | None, typer.Option(help="with --ray: copies of a local --model [default: 1]")
+        ] = None,
+        replica_gpus: Annotated[
+            float | None, typer.Option(help="with --ray: GPUs per replica [default: 1]")
+        ] = None,
         quiet: Annotated[bool, typer.Option("--quiet", help="no progress display")] = False,
     ) -> None:
         """Run the agent on each instance in its own container; write predictions.jsonl."""
         if instances is not None and instances_file is not None:
             raise SwebenchError("give --instances or --instances-file, not both")
         scaling = TTSOptions(samples=samples, test_samples=test_samples, jobs=jobs)
+        on_cluster = None
+        if ray is None and (replicas, replica_gpus) != (None, None):
+            raise SwebenchError("--replicas and --replica-gpus need --ray")
         if ray is not None:
+            given = {"replicas": replicas, "replica_gpus": replica_gpus}
+            on_cluster = cluster.ClusterOptions(
+                address=ray, **{k: v for k, v in given.items() if v is not None}
+            )
             cluster.connect(ray, local_slots=workers * cluster.slots_for(scaling))
         ids = instances.split(",") if instances is not None else None
         if instances_file is not None:
@@ -139,7 +152,7 @@ def make_app(guard: Callable[[F], F]) -> typer.Typer:
                 max_reply_tokens=max_reply_tokens,
                 session_timeout=session_timeout,
             ),
-            ray=ray,
+            ray=on_cluster,
         )
         tally = {"submitted": 0, "empty": 0, "error": 0}
         with _progress(quiet) as progress:

@@ -32,6 +32,7 @@ from cwm_agent.errors import first_line
 from cwm_agent.model import ModelOptions, PolicyError, PolicyPool
 from cwm_agent.sandbox import ImageNotFoundError, SandboxError, docker_client, remove_leftovers
 from cwm_agent.solve import Solution, solve
+from cwm_agent.swebench.cluster import ClusterOptions
 from cwm_agent.swebench.dataset import Instance, load_instances, select
 from cwm_agent.swebench.errors import SwebenchError
 from cwm_agent.swebench.images import BATCH_LABEL, image_for, workspace_for
@@ -57,7 +58,7 @@ class RunOptions(BaseModel):
     output: Path
     resume: bool = False
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
-    ray: str | None = Field(None, description="the Ray cluster (`--ray`); None: threads here")
+    ray: ClusterOptions | None = Field(None, description="`--ray`; None: threads here")
 
 
 class InstanceResult(BaseModel):
@@ -112,7 +113,7 @@ def policy_source(options: RunOptions) -> Callable[[Instance], PolicyPool]:
         folder = Path(rest)
         suffix = "" if options.scaling.enabled else ".json"
         return lambda instance: PolicyPool(f"replay:{folder / instance.instance_id}{suffix}")
-    if options.ray is not None:  # each node's tasks open the spec themselves
+    if options.ray is not None:  # each node's tasks open the spec (a local one: replicas)
         return lambda instance: PolicyPool(options.model, options.model_options)
     shared = PolicyPool(options.model, options.model_options)
     return lambda instance: shared
