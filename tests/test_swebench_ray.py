@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -28,6 +29,11 @@ from tests.test_swebench_run import batch_containers, predictions, run_args
 calc, calc_image = fixture.calc, fixture.calc_image
 dataset, replays = fixture.dataset, fixture.replays
 
+# Token authentication, as remote clusters have it: the nodes and every driver of these
+# tests hold the token. Set before Ray is imported, which reads the mode once.
+TOKEN = "cwm-agent-test-" + "0" * 32
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ["RAY_AUTH_TOKEN"] = TOKEN
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
@@ -308,3 +314,66 @@ def test_replicas_without_ray_or_gpus_are_one_line(
     assert done.returncode == 1
     assert done.stderr.startswith("error: --replicas 1 of 1 GPU(s) each need 1 GPU(s); the Ray ")
     assert len(done.stderr.splitlines()) == 1
+
+
+def test_a_driver_killed_mid_run_resumes_on_the_cluster(
+    ray_cluster: Cluster,
+    dataset: Path,
+    replays: Path,
+    tmp_path: Path,
+    client: docker.DockerClient,
+) -> None:
+    output = tmp_path / "killed"
+    args = run_args(dataset, replays, output, "--ray", ray_cluster.address)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cwm_agent.cli", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while not (output / "predictions.jsonl").exists():
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    before = predictions(output)
+    assert 1 <= len(before) < 3
+
+    again = run_cli(*args, "--resume")
+    assert again.returncode == 0, again.stderr + again.stdout
+    after = predictions(output)
+    assert after[: len(before)] == before
+    assert sorted(p["instance_id"] for p in after) == IDS
+    deadline = time.monotonic() + 30
+    while batch_containers(client, output) and time.monotonic() < deadline:
+        time.sleep(0.5)  # the dead driver's tasks are ended by Ray, their containers with them
+    assert batch_containers(client, output) == []
+
+
+def test_a_wrong_token_is_one_line(
+    ray_cluster: Cluster, dataset: Path, replays: Path, tmp_path: Path
+) -> None:
+    output = tmp_path / "refused"
+    args = run_args(dataset, replays, output, "--ray", ray_cluster.address)
+    done = run_cli(*args, env={"RAY_AUTH_TOKEN": "not-the-token-" + "1" * 32})
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"error: --ray {ray_cluster.address}: the cluster refused this driver's token: set "
+        "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the token its "
+        "nodes use"
+    ]
+    assert not output.exists()
+
+
+def test_ray_local_runs_and_grades_on_one_machine(
+    dataset: Path, replays: Path, tmp_path: Path, client: docker.DockerClient
+) -> None:
+    output = tmp_path / "local"
+    local = ("--ray", "local", "--instances", "calc__calc-1")
+    done = run_cli(*run_args(dataset, replays, output, *local))
+    assert done.returncode == 0, done.stderr + done.stdout
+    [result] = results(output).values()
+    assert result["status"] == "submitted" and result["node"]
+    report = grade(output / "predictions.jsonl", dataset, "--ray", "local")
+    assert report["counts"]["resolved"] == 1
+    assert batch_containers(client, output) == []

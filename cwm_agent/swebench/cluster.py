@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -71,27 +73,44 @@ def connect(address: str, local_slots: int) -> None:
     if ray.is_initialized():
         return
     quiet: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
+    if address == "local":  # token authentication as Ray sets it up for local clusters
+        settings = {"resources": {SLOTS: local_slots}, "include_dashboard": False, **quiet}
+    else:
+        settings = quiet
     try:
-        if address == "local":  # token authentication on, as Ray sets it up for local clusters
-            ray.init(
-                address="local",
-                resources={SLOTS: local_slots},
-                include_dashboard=False,
-                namespace=NAMESPACE,
-                **quiet,
-            )
-        else:
-            ray.init(address=address, namespace=NAMESPACE, **quiet)
-    except ray.exceptions.AuthenticationError as exc:
-        raise SwebenchError(
-            f"--ray {address}: the cluster refused this driver's token ({first_line(exc)}): "
-            "set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH to the token its nodes use"
-        ) from None
+        with _stderr_silenced():  # a refused driver's C++ client logs every retry there
+            ray.init(address=address, namespace=NAMESPACE, **settings)
     except (ConnectionError, RuntimeError, ValueError) as exc:
+        if _refused_token(exc):
+            raise SwebenchError(
+                f"--ray {address}: the cluster refused this driver's token: set RAY_AUTH_MODE="
+                "token and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the token its nodes use"
+            ) from None
         raise SwebenchError(
             f"--ray {address}: no Ray cluster to join ({first_line(exc)}): start one with "
             "`ray start --head`, give its HOST:PORT, or use --ray local"
         ) from None
+
+
+@contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _refused_token(exc: BaseException | None) -> bool:
+    """Ray reports a wrong or missing token as a failure to connect, caused by it."""
+    while exc is not None:
+        if "AuthenticationError" in str(exc) or type(exc).__name__ == "AuthenticationError":
+            return True
+        exc = exc.__cause__
+    return False
 
 
 def slots_for(scaling: TTSOptions) -> int:
