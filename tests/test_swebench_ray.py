@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from tests.test_swebench_run import batch_containers, predictions, run_args
 
 # The SWE-style fixture's repository, image, dataset and replay policies.
 calc, calc_image = fixture.calc, fixture.calc_image
-dataset, replays = fixture.dataset, fixture.replays
+calc_dataset, replays = fixture.dataset, fixture.replays
 
 # Token authentication, as remote clusters have it: the nodes and every driver of these
 # tests hold the token. Set before Ray is imported, which reads the mode once.
@@ -40,6 +41,22 @@ from ray.cluster_utils import Cluster  # noqa: E402
 pytestmark = pytest.mark.docker
 
 IDS = ["calc__calc-1", "calc__calc-2", "calc__calc-3"]
+
+
+@pytest.fixture(scope="module")
+def ray_image(client: docker.DockerClient, calc_image: str) -> Iterator[str]:
+    """The fixture's image under a name of this module's own: test sessions sharing the
+    Docker daemon build and remove the fixture's name as they start and end."""
+    name = f"cwm-agent-test/swebench-calc-ray:{uuid.uuid4().hex[:8]}"
+    client.images.get(calc_image).tag(*name.split(":"))
+    yield name
+    client.images.remove(name, force=True)
+
+
+@pytest.fixture
+def dataset(calc_dataset: Path, calc_image: str, ray_image: str) -> Path:
+    calc_dataset.write_text(calc_dataset.read_text().replace(calc_image, ray_image))
+    return calc_dataset
 
 
 def add_worker(cluster: Cluster) -> object:
@@ -115,7 +132,7 @@ def test_cluster_run_and_eval_match_the_thread_pool(
     assert all(r["node"] is None for r in results(threads).values())
     assert batch_containers(client, cluster) == []
     record = json.loads((cluster / "run.json").read_text())
-    assert record["sessions"][0]["options"]["ray"] == ray_cluster.address
+    assert record["sessions"][0]["options"]["ray"]["address"] == ray_cluster.address
 
     on_threads = grade(threads / "predictions.jsonl", dataset, "--workers", "2")
     on_cluster = grade(cluster / "predictions.jsonl", dataset, "--ray", ray_cluster.address)
@@ -148,6 +165,22 @@ def owner_node(cluster: Cluster, client: docker.DockerClient, output: Path) -> o
     return None
 
 
+def start_run(args: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "cwm_agent.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def no_containers_soon(client: docker.DockerClient, output: Path, wait_s: float = 30) -> bool:
+    deadline = time.monotonic() + wait_s
+    while batch_containers(client, output) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return batch_containers(client, output) == []
+
+
 def test_a_lost_worker_node_loses_no_instance_and_repeats_none(
     ray_cluster: Cluster,
     dataset: Path,
@@ -156,13 +189,7 @@ def test_a_lost_worker_node_loses_no_instance_and_repeats_none(
     client: docker.DockerClient,
 ) -> None:
     output = tmp_path / "lost"
-    args = run_args(dataset, replays, output, "--ray", ray_cluster.address)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cwm_agent.cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_run(run_args(dataset, replays, output, "--ray", ray_cluster.address))
     deadline = time.monotonic() + 120
     try:
         victim = None
@@ -192,10 +219,8 @@ def test_a_lost_worker_node_loses_no_instance_and_repeats_none(
     assert {r["node"] for i, r in ran.items() if i in IDS and i not in before} <= (
         workers(ray_cluster) - {victim.node_id}
     )
-    deadline = time.monotonic() + 30
-    while batch_containers(client, output) and time.monotonic() < deadline:
-        time.sleep(0.5)  # the lost node's containers stop with their owner's keep-alive
-    assert batch_containers(client, output) == []
+    # The lost node's containers stop with their owner's keep-alive.
+    assert no_containers_soon(client, output)
 
 
 def test_without_the_flag_ray_is_never_imported() -> None:
@@ -325,11 +350,7 @@ def test_a_driver_killed_mid_run_resumes_on_the_cluster(
 ) -> None:
     output = tmp_path / "killed"
     args = run_args(dataset, replays, output, "--ray", ray_cluster.address)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cwm_agent.cli", *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = start_run(args)
     deadline = time.monotonic() + 120
     while not (output / "predictions.jsonl").exists():
         assert process.poll() is None and time.monotonic() < deadline
@@ -344,10 +365,8 @@ def test_a_driver_killed_mid_run_resumes_on_the_cluster(
     after = predictions(output)
     assert after[: len(before)] == before
     assert sorted(p["instance_id"] for p in after) == IDS
-    deadline = time.monotonic() + 30
-    while batch_containers(client, output) and time.monotonic() < deadline:
-        time.sleep(0.5)  # the dead driver's tasks are ended by Ray, their containers with them
-    assert batch_containers(client, output) == []
+    # Ray ends the dead driver's tasks, and their containers go with them.
+    assert no_containers_soon(client, output)
 
 
 def test_a_wrong_token_is_one_line(

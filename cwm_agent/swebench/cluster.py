@@ -142,8 +142,9 @@ def run_on_cluster(
 ) -> None:
     """`work(item, scratch)` as one task per item on a node with `slots` free docker
     slots; its files under `scratch` land at the same places under `output`, then
-    `on_result` is called in this thread. An item whose task failed for good gets
-    `lost(item, reason)`. An interrupt cancels the tasks (their containers go with them)."""
+    `on_result` is called in this thread. An item whose task raised or was lost too
+    often gets `lost(item, reason)`. An interrupt cancels the tasks (their containers
+    go with them)."""
     import ray
 
     _require_slots(slots)
@@ -160,9 +161,12 @@ def run_on_cluster(
                 item = refs[ref]
                 try:
                     shipped: Shipped[R] = ray.get(ref)
-                except ray.exceptions.RayError as exc:
-                    reason = f"{type(exc).__name__}: {first_line(exc)}"
+                except ray.exceptions.RayTaskError as exc:  # raised by the task itself
+                    reason = f"{type(exc.cause).__name__}: {first_line(exc.cause)}"
                     shipped = Shipped(lost(item, reason), "", {})
+                except ray.exceptions.RayError as exc:  # its node or worker died, too often
+                    reason = f"lost {MAX_RETRIES + 1} times: {type(exc).__name__}"
+                    shipped = Shipped(lost(item, f"{reason}: {first_line(exc)}"), "", {})
                 for name, data in shipped.files.items():
                     path = output / name
                     path.parent.mkdir(parents=True, exist_ok=True)
@@ -226,7 +230,7 @@ def run_instances(
             image=image_for(instance, options.image_template),
             status="error",
             error="sandbox",
-            reason=f"lost on the cluster {MAX_RETRIES + 1} times: {reason}",
+            reason=f"on the cluster: {reason}",
         )
         return result, b""
 
@@ -286,7 +290,7 @@ def grade_instances(
             repo=instance.repo,
             difficulty=instance.difficulty,
             status="error",
-            reason=f"lost on the cluster {MAX_RETRIES + 1} times: {reason}",
+            reason=f"on the cluster: {reason}",
         )
 
     work = functools.partial(_grade_on_node, patches, run_id, timeout, image_template)

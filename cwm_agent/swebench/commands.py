@@ -102,10 +102,10 @@ def make_app(guard: Callable[[F], F]) -> typer.Typer:
         seed: flags.Seed = None,
         ray: RayAddress = None,
         replicas: Annotated[
-            int | None, typer.Option(help="with --ray: copies of a local --model [default: 1]")
+            int | None, typer.Option(help="with --ray: copies of a local --model (default 1)")
         ] = None,
         replica_gpus: Annotated[
-            float | None, typer.Option(help="with --ray: GPUs per replica [default: 1]")
+            float | None, typer.Option(help="with --ray: GPUs per replica (default 1)")
         ] = None,
         quiet: Annotated[bool, typer.Option("--quiet", help="no progress display")] = False,
     ) -> None:
