@@ -396,3 +396,15 @@ def test_ray_local_runs_and_grades_on_one_machine(
     report = grade(output / "predictions.jsonl", dataset, "--ray", "local")
     assert report["counts"]["resolved"] == 1
     assert batch_containers(client, output) == []
+
+
+def test_ray_grades_with_the_local_backend_only(tmp_path: Path) -> None:
+    predicted = tmp_path / "predictions.jsonl"
+    predicted.write_text("")
+    done = run_cli(
+        "swebench", "eval", "--predictions", str(predicted), "--dataset", str(tmp_path / "d.jsonl"),
+        "--backend", "official", "--ray", "local",
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr == "error: --ray grades with --backend local only\n"
+    assert not (tmp_path / "report.json").exists()

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 SLOTS = "docker_slots"
 MAX_RETRIES = 3  # attempts after the first, for a task whose node or worker died
-NAMESPACE = "cwm-agent"  # named replica actors live here
+NAMESPACE = "cwm-agent"  # this project's jobs, apart from others on a shared cluster
 
 T = TypeVar("T")
 R = TypeVar("R")
