@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything cwm-agent and its tests need, idempotently:
 # a Docker engine that answers, the offline base image, and .venv with the
-# project and its dev, swebench and quant extras. Quick when all of it is in place.
+# project and its dev, swebench, quant and ray extras. Quick when all of it is in place.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -68,8 +68,8 @@ stamp=.venv/.cwm-agent-installed
 want="lock=${#lock[@]}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt "$stamp" ] \
   || [ "$(cat "$stamp")" != "$want" ]; then
-  log "installing cwm-agent with its dev, swebench and quant extras$([ ${#lock[@]} = 0 ] && echo ' (unlocked)')"
-  .venv/bin/pip install -q "${lock[@]}" -e '.[dev,swebench,quant]'
+  log "installing cwm-agent with its dev, swebench, quant and ray extras$([ ${#lock[@]} = 0 ] && echo ' (unlocked)')"
+  .venv/bin/pip install -q "${lock[@]}" -e '.[dev,swebench,quant,ray]'
   echo "$want" >"$stamp"
 fi
 log "ready: .venv/bin/cwm-agent"

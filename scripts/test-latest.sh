@@ -11,7 +11,7 @@ rm -rf "$venv"
 python3 -m venv "$venv"
 # shellcheck disable=SC2086  # TORCH_SPEC is words: a requirement and pip options
 "$venv/bin/pip" install -q ${TORCH_SPEC:-torch==2.13.0}
-"$venv/bin/pip" install -q -e '.[dev,swebench,quant]'
+"$venv/bin/pip" install -q -e '.[dev,swebench,quant,ray]'
 # Every declared dependency but torch and swebench (held at 4.1.0 on purpose: 5.x
 # dropped the per-repo specs), upgraded to its newest release whatever our bounds say.
 mapfile -t newest < <("$venv/bin/python" - <<'PY'

@@ -18,7 +18,7 @@ digest=$(python3 scripts/lock_digest.py)
 {
   echo "# The lock: every dependency of cwm-agent and its extras, one version each."
   echo "# Made by scripts/update-lock.sh (uv $uv_version); do not edit by hand."
-  echo "# Used as pip constraints: pip install -c constraints.txt -e '.[dev,swebench,quant]'"
+  echo "# Used as pip constraints: pip install -c constraints.txt -e '.[dev,swebench,quant,ray]'"
   echo "# pyproject-dependencies-sha256: $digest"
   "$tools/venv/bin/uv" pip compile pyproject.toml --universal --python-version 3.11 \
     --all-extras --fork-strategy fewest --constraint "$tools/torch.txt" --no-header --no-annotate --quiet \

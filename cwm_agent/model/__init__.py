@@ -2,6 +2,7 @@
 
 - `replay:PATH` — scripted replies (`replay.py`);
 - `openai:URL` — an OpenAI-compatible completions server such as vLLM (`openai_api.py`);
+  `openai:URL,URL,...` — several of them, requests routed over them (`routing.py`);
 - anything else — a Hugging Face model id or a local directory (`hf.py`, transformers).
 """
 
@@ -43,13 +44,16 @@ def load_policy(spec: str, options: ModelOptions | None = None) -> Policy:
         return ReplayPolicy(Path(rest))
     if kind == "openai" and rest:
         from cwm_agent.model.openai_api import OpenAIPolicy
+        from cwm_agent.model.routing import EndpointRouter
 
-        return OpenAIPolicy(
-            rest,
-            temperature=0.0 if options.greedy else options.temperature,
-            top_p=options.top_p,
-            seed=options.seed,
-        )
+        sampling = {
+            "temperature": 0.0 if options.greedy else options.temperature,
+            "top_p": options.top_p,
+            "seed": options.seed,
+        }
+        if "," in rest:
+            return EndpointRouter(rest.split(","), **sampling)
+        return OpenAIPolicy(rest, **sampling)
     if not spec.strip():
         raise PolicyError("--model is empty: give replay:PATH, openai:URL or a model id/directory")
     # Imported here: torch and transformers take seconds to import, and replay or
@@ -100,8 +104,9 @@ class PolicyPool:
         policy = load_policy(spec, options)
         self.name = policy.name
         from cwm_agent.model.openai_api import OpenAIPolicy
+        from cwm_agent.model.routing import EndpointRouter
 
-        if isinstance(policy, OpenAIPolicy):
+        if isinstance(policy, OpenAIPolicy | EndpointRouter):
             self.shared = policy
         else:
             self.batching = BatchingPolicy(policy)

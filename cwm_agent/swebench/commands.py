@@ -24,6 +24,7 @@ from rich.progress import (
 from cwm_agent import flags
 from cwm_agent.agent import RolloutConfig
 from cwm_agent.model import ModelOptions
+from cwm_agent.swebench import cluster
 from cwm_agent.swebench.dataset import load_instances, read_ids
 from cwm_agent.swebench.errors import SwebenchError
 from cwm_agent.swebench.evaluate import InstanceReport, evaluate
@@ -35,6 +36,14 @@ from cwm_agent.tts import TTSOptions
 
 F = TypeVar("F", bound=Callable[..., object])
 console = Console()
+RayAddress = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        help="run instances as tasks on a Ray cluster: local, auto or HOST:PORT",
+        show_default=False,
+    ),
+]
 
 
 def _progress(quiet: bool) -> Progress:
@@ -48,6 +57,11 @@ def _progress(quiet: bool) -> Progress:
         TimeRemainingColumn(),
         console=Console(quiet=True) if quiet else console,
     )
+
+
+def _tally(counts: dict[str, int], ray: str | None) -> str:
+    text = " · ".join(f"{count} {name}" for name, count in counts.items())
+    return text if ray is None else f"{text} · {cluster.nodes_alive()}"
 
 
 def make_app(guard: Callable[[F], F]) -> typer.Typer:
@@ -87,11 +101,28 @@ def make_app(guard: Callable[[F], F]) -> typer.Typer:
         compile: flags.Compile = None,
         greedy: flags.Greedy = False,
         seed: flags.Seed = None,
+        ray: RayAddress = None,
+        replicas: Annotated[
+            int | None, typer.Option(help="with --ray: copies of a local --model (default 1)")
+        ] = None,
+        replica_gpus: Annotated[
+            float | None, typer.Option(help="with --ray: GPUs per replica (default 1)")
+        ] = None,
         quiet: Annotated[bool, typer.Option("--quiet", help="no progress display")] = False,
     ) -> None:
         """Run the agent on each instance in its own container; write predictions.jsonl."""
         if instances is not None and instances_file is not None:
             raise SwebenchError("give --instances or --instances-file, not both")
+        scaling = TTSOptions(samples=samples, test_samples=test_samples, jobs=jobs)
+        on_cluster = None
+        if ray is None and (replicas, replica_gpus) != (None, None):
+            raise SwebenchError("--replicas and --replica-gpus need --ray")
+        if ray is not None:
+            given = {"replicas": replicas, "replica_gpus": replica_gpus}
+            on_cluster = cluster.ClusterOptions(
+                address=ray, **{k: v for k, v in given.items() if v is not None}
+            )
+            cluster.connect(ray, local_slots=workers * cluster.slots_for(scaling))
         ids = instances.split(",") if instances is not None else None
         if instances_file is not None:
             ids = read_ids(instances_file)
@@ -111,7 +142,7 @@ def make_app(guard: Callable[[F], F]) -> typer.Typer:
                 greedy=greedy,
                 seed=seed,
             ),
-            scaling=TTSOptions(samples=samples, test_samples=test_samples, jobs=jobs),
+            scaling=scaling,
             workers=workers,
             image_template=image_template,
             output=output,
@@ -122,6 +153,7 @@ def make_app(guard: Callable[[F], F]) -> typer.Typer:
                 max_reply_tokens=max_reply_tokens,
                 session_timeout=session_timeout,
             ),
+            ray=on_cluster,
         )
         tally = {"submitted": 0, "empty": 0, "error": 0}
         with _progress(quiet) as progress:
@@ -133,8 +165,7 @@ def make_app(guard: Callable[[F], F]) -> typer.Typer:
 
             def done(result: InstanceResult) -> None:
                 tally[result.status] += 1
-                text = " · ".join(f"{count} {name}" for name, count in tally.items())
-                progress.update(task, advance=1, tally=text)
+                progress.update(task, advance=1, tally=_tally(tally, ray))
                 if result.status == "error":
                     progress.console.print(
                         f"[red]error[/] {result.instance_id}: {result.error}: "
@@ -170,9 +201,14 @@ def make_app(guard: Callable[[F], F]) -> typer.Typer:
         image_template: Annotated[
             str | None, typer.Option(help="image name with {instance_id} or {official_id}")
         ] = None,
+        ray: RayAddress = None,
         quiet: Annotated[bool, typer.Option("--quiet", help="no progress display")] = False,
     ) -> None:
         """Grade predictions: apply each patch, run the tests, judge as the harness does."""
+        if ray is not None:
+            if backend != "local":
+                raise SwebenchError("--ray grades with --backend local only")
+            cluster.connect(ray, local_slots=workers)
         found = read_predictions(predictions)
         rows = load_instances(dataset, split)
         tally = {"resolved": 0, "unresolved": 0, "error": 0, "empty_patch": 0}
@@ -181,8 +217,7 @@ def make_app(guard: Callable[[F], F]) -> typer.Typer:
 
             def done(report: InstanceReport) -> None:
                 tally[report.status] += 1
-                text = " · ".join(f"{count} {name}" for name, count in tally.items())
-                progress.update(task, advance=1, tally=text)
+                progress.update(task, advance=1, tally=_tally(tally, ray))
 
             report = evaluate(
                 rows,
@@ -195,6 +230,7 @@ def make_app(guard: Callable[[F], F]) -> typer.Typer:
                 timeout=timeout,
                 image_template=image_template,
                 on_done=done,
+                ray=ray,
             )
         console.print(
             f"resolved {report.resolved}/{report.total} ({report.resolved_rate:.1%}); "

@@ -89,8 +89,10 @@ def evaluate(
     timeout: int = 1800,
     image_template: str | None = None,
     on_done: Callable[[InstanceReport], None] | None = None,
+    ray: str | None = None,
 ) -> EvalReport:
-    """Grade every prediction whose instance is in `instances`; write `output/report.json`."""
+    """Grade every prediction whose instance is in `instances`; write `output/report.json`.
+    With `ray` (connected to by the caller), local grading runs as tasks on its nodes."""
     try:
         import swebench.harness.grading  # noqa: F401  (the parsers and grading we rely on)
     except ImportError:
@@ -116,7 +118,7 @@ def evaluate(
     harness_report = None
     if patched and backend == "local":
         reports |= _local(
-            patched, predictions, output, run_id, workers, timeout, image_template, on_done
+            patched, predictions, output, run_id, workers, timeout, image_template, on_done, ray
         )
     elif patched:
         found, harness_report = _official(
@@ -169,9 +171,22 @@ def _local(
     timeout: int,
     image_template: str | None,
     on_done: Callable[[InstanceReport], None] | None,
+    ray: str | None,
 ) -> dict[str, InstanceReport]:
-    client = docker_client()
     reports: dict[str, InstanceReport] = {}
+
+    def done(report: InstanceReport) -> None:
+        reports[report.instance_id] = report
+        if on_done is not None:
+            on_done(report)
+
+    if ray is not None:
+        from cwm_agent.swebench.cluster import grade_instances
+
+        patches = {i.instance_id: predictions[i.instance_id].model_patch or "" for i in instances}
+        grade_instances(instances, patches, output, run_id, timeout, image_template, done)
+        return reports
+    client = docker_client()
 
     def work(instance: Instance, stopping: threading.Event) -> InstanceReport | None:
         if stopping.is_set():
@@ -180,11 +195,6 @@ def _local(
         patch = predictions[instance.instance_id].model_patch or ""
         report = evaluate_instance(instance, patch, folder, client, run_id, timeout, image_template)
         return None if stopping.is_set() else report
-
-    def done(report: InstanceReport) -> None:
-        reports[report.instance_id] = report
-        if on_done is not None:
-            on_done(report)
 
     run_parallel(instances, work, workers, done)
     return reports

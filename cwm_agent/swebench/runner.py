@@ -33,6 +33,7 @@ from cwm_agent.errors import first_line
 from cwm_agent.model import ModelOptions, PolicyError, PolicyPool
 from cwm_agent.sandbox import ImageNotFoundError, docker_client, remove_leftovers
 from cwm_agent.solve import Solution, solve
+from cwm_agent.swebench.cluster import ClusterOptions
 from cwm_agent.swebench.dataset import ALIASES, Instance, load_instances, select
 from cwm_agent.swebench.errors import SwebenchError
 from cwm_agent.swebench.images import BATCH_LABEL, image_for, workspace_for
@@ -59,6 +60,7 @@ class RunOptions(BaseModel):
     output: Path
     resume: bool = False
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    ray: ClusterOptions | None = Field(None, description="`--ray`; None: threads here")
 
 
 class InstanceResult(BaseModel):
@@ -79,6 +81,7 @@ class InstanceResult(BaseModel):
     generation_s: float = 0.0
     tools_s: float = 0.0
     patch_bytes: int = 0
+    node: str | None = Field(None, description="the Ray node it ran on (`--ray`)")
 
 
 class Session(BaseModel):
@@ -115,6 +118,8 @@ def policy_source(options: RunOptions) -> Callable[[Instance], PolicyPool]:
         folder = Path(rest)
         suffix = "" if options.scaling.enabled else ".json"
         return lambda instance: PolicyPool(f"replay:{folder / instance.instance_id}{suffix}")
+    if options.ray is not None:  # each node's tasks open the spec (a local one: replicas)
+        return lambda instance: PolicyPool(options.model, options.model_options)
     shared = PolicyPool(options.model, options.model_options)
     return lambda instance: shared
 
@@ -170,6 +175,9 @@ def run_batch(
         result, patch = _run_instance(instance, options, policy_for, client, run_id, stopping)
         if stopping.is_set():  # its container was torn down under it: not a real outcome
             return None
+        return write_outcome(instance, result, patch)
+
+    def write_outcome(instance: Instance, result: InstanceResult, patch: bytes) -> InstanceResult:
         folder = output / "trajectories" / instance.instance_id
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "result.json").write_text(result.model_dump_json(indent=2) + "\n")
@@ -195,7 +203,12 @@ def run_batch(
             on_done(result)
 
     try:
-        run_parallel(todo, work, options.workers, done)
+        if options.ray is None:
+            run_parallel(todo, work, options.workers, done)
+        else:
+            from cwm_agent.swebench.cluster import run_instances
+
+            run_instances(todo, options, run_id, write_outcome, done)
     except BaseException:
         session.interrupted = True
         raise

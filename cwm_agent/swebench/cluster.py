@@ -1,0 +1,314 @@
+"""`--ray`: instances as Ray tasks on the nodes of a cluster that run sandboxes.
+
+A node declares how many containers its Docker daemon may run at once with the
+custom resource `docker_slots` (`ray start --resources='{"docker_slots": 8}'`);
+each instance task asks for as many slots as it holds containers at once, so
+Ray never overfills a node. A task works in a scratch folder on its node and
+ships the instance's files back with its outcome: the driver alone writes the
+run folder, so predictions.jsonl stays exactly-once and `--resume` works as
+without Ray. A task whose node or worker dies is retried elsewhere by Ray (up
+to MAX_RETRIES times); one lost more often comes back as an error, retried by
+`--resume`. Ray is imported only here, and only once `--ray` is given.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from pydantic import BaseModel, Field
+
+from cwm_agent.errors import first_line
+from cwm_agent.sandbox import docker_client, remove_leftovers, teardown
+from cwm_agent.swebench.errors import SwebenchError
+from cwm_agent.swebench.images import BATCH_LABEL
+from cwm_agent.tts import TTSOptions
+
+if TYPE_CHECKING:
+    from cwm_agent.swebench.dataset import Instance
+    from cwm_agent.swebench.evaluate import InstanceReport
+    from cwm_agent.swebench.runner import InstanceResult, RunOptions
+
+SLOTS = "docker_slots"
+MAX_RETRIES = 3  # attempts after the first, for a task whose node or worker died
+NAMESPACE = "cwm-agent"  # this project's jobs, apart from others on a shared cluster
+
+T = TypeVar("T")
+R = TypeVar("R")
+_replicas: list[Any] = []  # this run's model replicas, for the progress line
+
+
+class ClusterOptions(BaseModel):
+    """`--ray` and how a local `--model` is served on the cluster."""
+
+    address: str = Field(description="local, auto or HOST:PORT")
+    replicas: int = Field(1, ge=1, description="copies of a local --model, one Ray actor each")
+    replica_gpus: float = Field(1.0, ge=0, description="GPUs each replica holds")
+
+
+@dataclass(frozen=True)
+class Shipped(Generic[R]):
+    """What a task brings back: its value, the node it ran on, the files it wrote."""
+
+    value: R
+    node: str
+    files: dict[str, bytes]
+
+
+def connect(address: str, local_slots: int) -> None:
+    """Join the cluster `--ray` names: `local` starts one here offering `local_slots`,
+    `auto` finds RAY_ADDRESS or the cluster `ray start` joined, else HOST:PORT."""
+    try:
+        import ray
+    except ImportError:
+        raise SwebenchError("--ray needs Ray: pip install 'cwm-agent[ray]'") from None
+    if ray.is_initialized():
+        return
+    quiet: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
+    if address == "local":  # token authentication as Ray sets it up for local clusters
+        settings = {"resources": {SLOTS: local_slots}, "include_dashboard": False, **quiet}
+    else:
+        settings = quiet
+    try:
+        with _stderr_silenced():  # a refused driver's C++ client logs every retry there
+            ray.init(address=address, namespace=NAMESPACE, **settings)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        if _refused_token(exc):
+            raise SwebenchError(
+                f"--ray {address}: the cluster refused this driver's token: set RAY_AUTH_MODE="
+                "token and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the token its nodes use"
+            ) from None
+        raise SwebenchError(
+            f"--ray {address}: no Ray cluster to join ({first_line(exc)}): start one with "
+            "`ray start --head`, give its HOST:PORT, or use --ray local"
+        ) from None
+
+
+@contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _refused_token(exc: BaseException | None) -> bool:
+    """Ray reports a wrong or missing token as a failure to connect, caused by it."""
+    while exc is not None:
+        if "AuthenticationError" in str(exc) or type(exc).__name__ == "AuthenticationError":
+            return True
+        exc = exc.__cause__
+    return False
+
+
+def slots_for(scaling: TTSOptions) -> int:
+    """Containers one instance holds at once: one rollout, or up to --jobs of its rollouts."""
+    if not scaling.enabled:
+        return 1
+    return min(scaling.jobs, scaling.samples + scaling.test_samples)
+
+
+def nodes_alive() -> str:
+    """For the progress line: the sandbox nodes alive, and the model replicas when any."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get(SLOTS, 0) > 0]
+    if not _replicas:
+        return f"{len(nodes)} node(s)"
+    from cwm_agent.model.replicas import alive
+
+    return f"{len(nodes)} node(s) · {alive(_replicas)}/{len(_replicas)} replica(s)"
+
+
+def run_on_cluster(
+    items: list[T],
+    work: Callable[[T, Path], R],
+    output: Path,
+    slots: int,
+    on_result: Callable[[T, Shipped[R]], None],
+    lost: Callable[[T, str], R],
+) -> None:
+    """`work(item, scratch)` as one task per item on a node with `slots` free docker
+    slots; its files under `scratch` land at the same places under `output`, then
+    `on_result` is called in this thread. An item whose task raised or was lost too
+    often gets `lost(item, reason)`. An interrupt cancels the tasks (their containers
+    go with them)."""
+    import ray
+
+    _require_slots(slots)
+    teardown.install_signal_handlers()
+    remote = ray.remote(_on_node).options(
+        num_cpus=0, resources={SLOTS: slots}, max_retries=MAX_RETRIES
+    )
+    refs = {remote.remote(work, item): item for item in items}
+    pending = list(refs)
+    try:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+            for ref in ready:
+                item = refs[ref]
+                try:
+                    shipped: Shipped[R] = ray.get(ref)
+                except ray.exceptions.RayTaskError as exc:  # raised by the task itself
+                    reason = f"{type(exc.cause).__name__}: {first_line(exc.cause)}"
+                    shipped = Shipped(lost(item, reason), "", {})
+                except ray.exceptions.RayError as exc:  # its node or worker died, too often
+                    reason = f"lost {MAX_RETRIES + 1} times: {type(exc).__name__}"
+                    shipped = Shipped(lost(item, f"{reason}: {first_line(exc)}"), "", {})
+                for name, data in shipped.files.items():
+                    path = output / name
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_bytes(data)
+                on_result(item, shipped)
+    except BaseException:
+        for ref in pending:
+            ray.cancel(ref, force=True)  # the worker dies, and its containers' keep-alive
+        raise
+
+
+def _require_slots(slots: int) -> None:
+    import ray
+
+    offered = [n["Resources"].get(SLOTS, 0) for n in ray.nodes() if n["Alive"]]
+    if max(offered, default=0) < slots:
+        raise SwebenchError(
+            f"no node of the Ray cluster offers {slots} {SLOTS} (the most is "
+            f"{max(offered, default=0):g}): start sandbox nodes with "
+            f"`ray start --resources='{{\"{SLOTS}\": N}}'`, or lower --jobs"
+        )
+
+
+def _on_node(work: Callable[[T, Path], R], item: T) -> Shipped[R]:
+    """The task's body: `work` in a scratch folder, whose files are shipped back."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    with tempfile.TemporaryDirectory(prefix="cwm-agent-") as scratch:
+        root = Path(scratch)
+        value = work(item, root)
+        files = {
+            str(path.relative_to(root)): path.read_bytes()
+            for path in sorted(root.rglob("*"))
+            if path.is_file()
+        }
+    return Shipped(value, node, files)
+
+
+def run_instances(
+    instances: list[Instance],
+    options: RunOptions,
+    run_id: str,
+    write_outcome: Callable[[Instance, InstanceResult, bytes], InstanceResult],
+    on_done: Callable[[InstanceResult], None],
+) -> None:
+    """`swebench run`'s instances on the cluster; `write_outcome` records each one here."""
+    from cwm_agent.swebench.images import image_for
+    from cwm_agent.swebench.runner import InstanceResult
+
+    def landed(instance: Instance, shipped: Shipped[tuple[InstanceResult, bytes]]) -> None:
+        result, patch = shipped.value
+        result.node = shipped.node or None
+        on_done(write_outcome(instance, result, patch))
+
+    def lost(instance: Instance, reason: str) -> tuple[InstanceResult, bytes]:
+        result = InstanceResult(
+            instance_id=instance.instance_id,
+            repo=instance.repo,
+            difficulty=instance.difficulty,
+            image=image_for(instance, options.image_template),
+            status="error",
+            error="sandbox",
+            reason=f"on the cluster: {reason}",
+        )
+        return result, b""
+
+    import ray
+
+    assert options.ray is not None
+    if options.model.partition(":")[0] not in ("replay", "openai"):  # a local model
+        from cwm_agent.model.replicas import start_replicas
+
+        settings = options.ray
+        _replicas[:] = start_replicas(
+            options.model, options.model_options, settings.replicas, settings.replica_gpus
+        )
+    work = functools.partial(_run_on_node, options, run_id, list(_replicas))
+    slots = slots_for(options.scaling)
+    try:
+        run_on_cluster(instances, work, options.output, slots, landed, lost)
+    finally:
+        for handle in _replicas:
+            ray.kill(handle)
+        _replicas.clear()
+
+
+def _run_on_node(
+    options: RunOptions, run_id: str, replicas: list[Any], instance: Instance, scratch: Path
+) -> tuple[InstanceResult, bytes]:
+    from cwm_agent.model.replicas import ReplicaPool
+    from cwm_agent.swebench.runner import _run_instance, policy_source
+
+    here = options.model_copy(update={"output": scratch})
+    client = docker_client()
+    # Containers of this run whose owner died here (a worker lost with its raylet).
+    remove_leftovers(client, label=f"{BATCH_LABEL}={run_id}")
+    if replicas:
+        pool = ReplicaPool(replicas)
+        policy_for: Callable[[Instance], Any] = lambda _: pool  # noqa: E731
+    else:
+        policy_for = policy_source(here)
+    return _run_instance(instance, here, policy_for, client, run_id, threading.Event())
+
+
+def grade_instances(
+    instances: list[Instance],
+    patches: dict[str, str],
+    output: Path,
+    run_id: str,
+    timeout: int,
+    image_template: str | None,
+    on_done: Callable[[InstanceReport], None],
+) -> None:
+    """`swebench eval`'s instances on the cluster, their logs in `output/eval/<id>/`."""
+    from cwm_agent.swebench.evaluate import InstanceReport
+
+    def lost(instance: Instance, reason: str) -> InstanceReport:
+        return InstanceReport(
+            instance_id=instance.instance_id,
+            repo=instance.repo,
+            difficulty=instance.difficulty,
+            status="error",
+            reason=f"on the cluster: {reason}",
+        )
+
+    work = functools.partial(_grade_on_node, patches, run_id, timeout, image_template)
+    run_on_cluster(instances, work, output, 1, lambda _, shipped: on_done(shipped.value), lost)
+
+
+def _grade_on_node(
+    patches: dict[str, str],
+    run_id: str,
+    timeout: int,
+    image_template: str | None,
+    instance: Instance,
+    scratch: Path,
+) -> InstanceReport:
+    from cwm_agent.swebench.evaluate import evaluate_instance
+
+    folder = scratch / "eval" / instance.instance_id
+    client = docker_client()
+    remove_leftovers(client, label=f"{BATCH_LABEL}={run_id}")
+    patch = patches[instance.instance_id]
+    return evaluate_instance(instance, patch, folder, client, run_id, timeout, image_template)
