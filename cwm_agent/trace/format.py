@@ -53,8 +53,8 @@ OUTPUT_TOKENS = (*TRACE_TOKENS, END_OF_TEXT, BEGIN_OF_TEXT)  # what a model may 
 _TOKEN_SPELLING = re.compile("(" + "|".join(re.escape(t) for t in OUTPUT_TOKENS) + ")")
 
 
-class SourceError(ValueError):
-    """The source has no such entry function; the message is meant for users."""
+class TraceError(Exception):
+    """A trace cannot be made (no such function, a bad call); the message is for users."""
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ def mark_source(source: str, function: str) -> str:
     try:
         tree = ast.parse(source)
     except SyntaxError as exc:
-        raise SourceError(f"the source does not parse: {exc.msg} (line {exc.lineno})") from None
+        raise TraceError(f"the source does not parse: {exc.msg} (line {exc.lineno})") from None
     for node in tree.body:
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == function:
             lines = source.splitlines(keepends=True)
@@ -120,7 +120,7 @@ def mark_source(source: str, function: str) -> str:
             body = line.rstrip("\r\n")
             lines[node.lineno - 1] = body + START_MARKER + line[len(body) :]
             return "".join(lines)
-    raise SourceError(f"no top-level function {function!r} in the source: check --function")
+    raise TraceError(f"no top-level function {function!r} in the source: check --function")
 
 
 def special(token: str) -> Piece:
