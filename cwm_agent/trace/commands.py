@@ -71,7 +71,8 @@ def real_trace(
     """The real trace (just its call frame unless `full`); a failed call is the user's error."""
     (trace,) = run_tracer([TraceJob(source, function, args)], limits, max_frames=0 if full else 1)
     if not trace.frames:
-        raise TraceError(f"cannot trace {function}({args}): {trace.error or trace.status}")
+        why = trace.error or trace.raised or trace.status
+        raise TraceError(f"cannot trace {function}({args}): {why}")
     return trace
 
 
