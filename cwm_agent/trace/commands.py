@@ -20,6 +20,7 @@ from cwm_agent import flags
 from cwm_agent.model import ModelOptions
 from cwm_agent.trace.actual import ActualTrace, TraceJob, TracerLimits, run_tracer
 from cwm_agent.trace.cruxeval import EvalSettings, run_cruxeval
+from cwm_agent.trace.debugger import Debugger, repl
 from cwm_agent.trace.format import TraceError, mark_source
 from cwm_agent.trace.models import TraceModel, load_trace_model
 from cwm_agent.trace.predict import PredictLimits, TraceTask, predict_traces
@@ -135,6 +136,41 @@ def register(app: typer.Typer, guard: Callable[[F], F]) -> None:
             if prediction.error is not None:
                 console.print(f"[red]malformed frame:[/red] {prediction.error.reason}")
             console.print(scores_table(summarize([score]), paper=False))
+
+    @app.command()
+    @guard
+    def debug(
+        file: File,
+        function: Function,
+        args: Args = "",
+        model: Model = "facebook/cwm",
+        greedy: flags.Greedy = False,
+        seed: flags.Seed = None,
+        tokenizer: Tokenizer = None,
+        image: Image = TRACER.image,
+        timeout: Timeout = TRACER.timeout_s,
+        max_frame_tokens: MaxFrameTokens = PREDICT.max_frame_tokens,
+        dtype: flags.Dtype = "auto",
+        quantization: flags.Quantization = None,
+        device_map: flags.DeviceMap = None,
+        offline: flags.Offline = False,
+    ) -> None:
+        """A neural debugger: step through CWM's prediction of FUNCTION(ARGS) (`help` inside)."""
+        source = _read(file, function)
+        local = {"dtype": dtype, "quantization": quantization, "device_map": device_map}
+        predictor = _model(model, not greedy, seed, tokenizer, {**local, "offline": offline})
+        limits = TracerLimits(image=image, timeout_s=timeout)
+        call = real_trace(source, function, args, limits, full=False).frames[0]
+        full: list[ActualTrace] = []
+
+        def reality() -> ActualTrace:
+            if not full:
+                full.append(real_trace(source, function, args, limits, full=True))
+            return full[0]
+
+        task = TraceTask("trace", source, function, (call,))
+        budget = PredictLimits(max_frame_tokens=max_frame_tokens)
+        repl(Debugger(predictor, task, reality, budget), console)
 
     eval_app = typer.Typer(help="Benchmarks of CWM as a world model.")
     app.add_typer(eval_app, name="eval")
