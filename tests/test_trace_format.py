@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 from transformers import PreTrainedTokenizerFast
 
+from cwm_agent.model import ModelOptions
 from cwm_agent.model.hf import SamplingParams, TransformersPolicy
 from cwm_agent.model.policy import PolicyError
+from cwm_agent.model.server import serve
 from cwm_agent.protocol.chat import END_OF_TEXT, Piece, encode_pieces
 from cwm_agent.trace import tracer
 from cwm_agent.trace.actual import ActualTrace
@@ -32,7 +34,12 @@ from cwm_agent.trace.format import (
     split_ids,
     split_text,
 )
-from cwm_agent.trace.models import LocalTraceModel, ReplayTraceModel, replay_script
+from cwm_agent.trace.models import (
+    LocalTraceModel,
+    ReplayTraceModel,
+    load_trace_model,
+    replay_script,
+)
 from cwm_agent.trace.predict import PredictLimits, TraceTask, next_frame, predict_traces
 from cwm_agent.trace.scoring import same_value, score_trace, summarize
 
@@ -201,3 +208,27 @@ def test_tiny_model_predictions_end_cleanly(tiny_cwm_dir: Path) -> None:
         assert not prediction.valid
         assert prediction.error is not None or prediction.cut
         assert prediction.frames[0] == frames[0]
+
+
+def test_server_gets_token_ids_and_predicts_as_the_local_model(tiny_cwm_dir: Path) -> None:
+    """`openai:` sends the prompt as ids to our completions server (as to vLLM): greedy,
+    its frames are the in-process model's, token for token."""
+    policy = TransformersPolicy(str(tiny_cwm_dir), offline=True)
+    server, thread = serve(policy)
+    try:
+        options = ModelOptions(offline=True)
+        remote = load_trace_model(
+            f"openai:{server.url}", options, sample=False, tokenizer=str(tiny_cwm_dir)
+        )
+        local = load_trace_model(str(tiny_cwm_dir), options, sample=False)
+        frames = real().frames
+        task = TraceTask("t", SOURCE, "f", (frames[0],))
+        limits = PredictLimits(max_frames=3, max_frame_tokens=24)
+        (over_http,) = predict_traces(remote, [task], limits)
+        (in_process,) = predict_traces(local, [task], limits)
+        assert over_http.to_json() == in_process.to_json()
+        assert over_http.error is not None or over_http.cut
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
