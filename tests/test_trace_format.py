@@ -35,8 +35,8 @@ from cwm_agent.trace.format import (
     split_text,
 )
 from cwm_agent.trace.models import (
-    LocalTraceModel,
     ReplayTraceModel,
+    TokenTraceModel,
     load_trace_model,
     replay_script,
 )
@@ -203,7 +203,7 @@ def test_tiny_model_predictions_end_cleanly(tiny_cwm_dir: Path) -> None:
     frames = real().frames
     tasks = [TraceTask(str(i), SOURCE, "f", (frames[0],)) for i in range(2)]
     limits = PredictLimits(max_frames=4, max_frame_tokens=12)
-    predictions = predict_traces(LocalTraceModel(policy), tasks, limits)
+    predictions = predict_traces(TokenTraceModel(policy, policy.tokenizer), tasks, limits)
     for prediction in predictions:
         assert not prediction.valid
         assert prediction.error is not None or prediction.cut

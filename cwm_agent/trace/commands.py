@@ -14,6 +14,7 @@ from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cwm_agent import flags
@@ -46,15 +47,10 @@ Sample = Annotated[
 ]
 
 
-def _model(
-    spec: str,
-    sample: bool,
-    seed: int | None,
-    tokenizer: str | None,
-    local: dict[str, object],
-) -> TraceModel:
-    options = ModelOptions(seed=seed, **local)  # type: ignore[arg-type]
-    return load_trace_model(spec, options, sample=sample, tokenizer=tokenizer)
+def _model(spec: str, sample: bool, tokenizer: str | None, **options: object) -> TraceModel:
+    """The trace model; `options` are ModelOptions fields (seed and the local-model flags)."""
+    model_options = ModelOptions.model_validate(options)
+    return load_trace_model(spec, model_options, sample=sample, tokenizer=tokenizer)
 
 
 def _read(file: Path, function: str) -> str:
@@ -103,10 +99,18 @@ def register(app: typer.Typer, guard: Callable[[F], F]) -> None:
     ) -> None:
         """Predict how FUNCTION(ARGS) runs, line by line; --actual runs it for real."""
         source = _read(file, function)
-        local = {"dtype": dtype, "quantization": quantization, "device_map": device_map}
         predictor = None
         if compare or not actual:
-            predictor = _model(model, sample, seed, tokenizer, {**local, "offline": offline})
+            predictor = _model(
+                model,
+                sample,
+                tokenizer,
+                seed=seed,
+                dtype=dtype,
+                quantization=quantization,
+                device_map=device_map,
+                offline=offline,
+            )
         limits = TracerLimits(image=image, timeout_s=timeout)
         real = real_trace(source, function, args, limits, full=actual or compare)
         result: dict[str, object] = {"function": function, "args": args}
@@ -134,7 +138,11 @@ def register(app: typer.Typer, guard: Callable[[F], F]) -> None:
         if compare:
             console.print(compare_table(prediction.frames, real.frames, score))
             if prediction.error is not None:
-                console.print(f"[red]malformed frame:[/red] {prediction.error.reason}")
+                console.print(f"[red]malformed frame:[/red] {escape(prediction.error.reason)}")
+            if not real.complete:
+                console.print(
+                    f"the real trace is incomplete ({real.status}): compared as far as it goes"
+                )
             console.print(scores_table(summarize([score]), paper=False))
 
     @app.command()
@@ -157,8 +165,16 @@ def register(app: typer.Typer, guard: Callable[[F], F]) -> None:
     ) -> None:
         """A neural debugger: step through CWM's prediction of FUNCTION(ARGS) (`help` inside)."""
         source = _read(file, function)
-        local = {"dtype": dtype, "quantization": quantization, "device_map": device_map}
-        predictor = _model(model, not greedy, seed, tokenizer, {**local, "offline": offline})
+        predictor = _model(
+            model,
+            not greedy,
+            tokenizer,
+            seed=seed,
+            dtype=dtype,
+            quantization=quantization,
+            device_map=device_map,
+            offline=offline,
+        )
         limits = TracerLimits(image=image, timeout_s=timeout)
         call = real_trace(source, function, args, limits, full=False).frames[0]
         full: list[ActualTrace] = []
@@ -200,8 +216,16 @@ def register(app: typer.Typer, guard: Callable[[F], F]) -> None:
         offline: flags.Offline = False,
     ) -> None:
         """CRUXEval-O by full trace prediction, with the CWM paper's figures beside ours."""
-        local = {"dtype": dtype, "quantization": quantization, "device_map": device_map}
-        predictor = _model(model, sample, seed, tokenizer, {**local, "offline": offline})
+        predictor = _model(
+            model,
+            sample,
+            tokenizer,
+            seed=seed,
+            dtype=dtype,
+            quantization=quantization,
+            device_map=device_map,
+            offline=offline,
+        )
         folder = output or Path("cwm-agent-runs") / time.strftime("cruxeval-%Y%m%d-%H%M%S")
         settings = EvalSettings(data, folder, limit, workers, sample, seed)
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())

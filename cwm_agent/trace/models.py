@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cwm_agent.model import ModelOptions, PolicyError, load_policy
+from cwm_agent.model.openai_api import OpenAIPolicy
 from cwm_agent.protocol.chat import END_OF_TEXT, Piece, encode_pieces, special_token_id
-from cwm_agent.trace.format import FRAME_SEP, TOKEN_EVENTS, special, split_ids, split_text
+from cwm_agent.trace.format import FRAME_SEP, TOKEN_EVENTS, split_ids, split_text
 
 # The release's demo samples traces at temperature 0.6, top-p 0.95; scores are greedy.
 TRACE_TEMPERATURE = 0.6
@@ -63,46 +64,13 @@ def load_trace_model(
         from cwm_agent.model.hf import _load_tokenizer
 
         source = tokenizer or "facebook/cwm"
-        return ServerTraceModel(policy, _load_tokenizer(source, options.offline))
-    return LocalTraceModel(policy)
+        return TokenTraceModel(policy, _load_tokenizer(source, options.offline))
+    return TokenTraceModel(policy, policy.tokenizer)
 
 
-class _TokenModel:
-    """Shared by the id-continuing backends: pieces to ids and back."""
-
-    tokenizer: Any
-
-    def stop_ids(self) -> list[int]:
-        return [special_token_id(self.tokenizer, token) for token in STOP_TOKENS]
-
-    def encode(self, request: FrameRequest) -> list[int]:
-        return encode_pieces(request.prompt, self.tokenizer)
-
-
-class LocalTraceModel(_TokenModel):
-    """CWM in-process (`TransformersPolicy`), prompts as ids, stopping on `<|frame_sep|>`."""
-
-    def __init__(self, policy: Any) -> None:
-        self.policy = policy
-        self.tokenizer = policy.tokenizer
-
-    @property
-    def name(self) -> str:
-        return str(self.policy.name)
-
-    def continue_frames(
-        self, requests: Sequence[FrameRequest], max_new_tokens: int
-    ) -> list[list[Piece]]:
-        prompts = [self.encode(request) for request in requests]
-        generated = self.policy.generate_ids(prompts, max_new_tokens, stop_ids=self.stop_ids())
-        return [
-            split_ids(g.token_ids, self.tokenizer) + ([special(g.stop)] if g.stop else [])
-            for g in generated
-        ]
-
-
-class ServerTraceModel(_TokenModel):
-    """An OpenAI-compatible server sent token ids (`OpenAIPolicy.complete_ids`)."""
+class TokenTraceModel:
+    """A policy that continues token ids: the in-process model (`generate_ids`) or a
+    server (`OpenAIPolicy.complete_ids`); prompts are encoded with `tokenizer`."""
 
     def __init__(self, policy: Any, tokenizer: Any) -> None:
         self.policy = policy
@@ -115,9 +83,17 @@ class ServerTraceModel(_TokenModel):
     def continue_frames(
         self, requests: Sequence[FrameRequest], max_new_tokens: int
     ) -> list[list[Piece]]:
-        prompts = [self.encode(request) for request in requests]
-        replies = self.policy.complete_ids(prompts, max_new_tokens, self.stop_ids())
+        prompts = [encode_pieces(request.prompt, self.tokenizer) for request in requests]
+        stops = [special_token_id(self.tokenizer, token) for token in STOP_TOKENS]
+        if isinstance(self.policy, OpenAIPolicy):
+            replies = self.policy.complete_ids(prompts, max_new_tokens, stops)
+        else:
+            generated = self.policy.generate_ids(prompts, max_new_tokens, stop_ids=stops)
+            replies = [[*g.token_ids, *self.ids(g.stop)] for g in generated]
         return [split_ids(ids, self.tokenizer) for ids in replies]
+
+    def ids(self, stop: str | None) -> list[int]:
+        return [] if stop is None else [special_token_id(self.tokenizer, stop)]
 
 
 class ReplayTraceModel:
