@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--image", default=TracerLimits().image)
+    parser.add_argument("--image", default="cwm-base:bookworm")
     args = parser.parse_args()
     rows = load_rows(args.data, None)
     jobs = [TraceJob(row.code, FUNCTION, row.input) for row in rows]

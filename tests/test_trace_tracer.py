@@ -11,6 +11,7 @@ import pytest
 from transformers import PreTrainedTokenizerFast
 
 from cwm_agent.protocol.chat import encode_pieces
+from cwm_agent.sandbox import SandboxError
 from cwm_agent.trace import tracer
 from cwm_agent.trace.actual import ActualTrace, TraceJob, TracerLimits, run_tracer
 from cwm_agent.trace.format import (
@@ -254,3 +255,13 @@ def test_tracer_in_process_matches_its_json_contract() -> None:
     json.dumps(result)
     trace = ActualTrace.from_json(result)
     assert trace.output == "2" and trace.frames[0].locals == {"n": "2"}
+
+
+@pytest.mark.docker
+def test_an_image_without_python_is_one_clear_error(
+    client: docker.DockerClient, bash_only_image: str
+) -> None:
+    limits = TracerLimits(image=bash_only_image)
+    with pytest.raises(SandboxError, match="it needs python3"):
+        run_tracer([JOBS["fact"]], limits, client=client)
+    assert client.containers.list(all=True, filters={"label": "cwm-agent.purpose=trace"}) == []

@@ -15,7 +15,8 @@ from importlib import resources
 import docker
 from pydantic import BaseModel, Field
 
-from cwm_agent.sandbox import Sandbox, SandboxConfig, SandboxError
+from cwm_agent.sandbox import Sandbox, SandboxConfig, SandboxError, docker_client
+from cwm_agent.sandbox.image import DEFAULT_IMAGE, ensure_image
 from cwm_agent.trace.format import Frame
 
 TRACER_PATH = "/tmp/cwm_tracer.py"
@@ -31,7 +32,7 @@ class TracerLimits(BaseModel):
     timeout_s: float = Field(10.0, gt=0, description="per job, inside the sandbox")
     memory_mb: int = Field(1024, gt=0, description="address space of one job")
     workers: int = Field(2, gt=0, description="jobs run at once inside the sandbox")
-    image: str = "cwm-base:bookworm"
+    image: str = DEFAULT_IMAGE
     container_memory: str = "2g"
     pids_limit: int = Field(256, gt=0)
 
@@ -111,6 +112,8 @@ def run_tracer(
         "memory_mb": limits.memory_mb,
     }
     results: list[ActualTrace] = []
+    client = client or docker_client()
+    ensure_image(client, limits.image)  # the default image is built on first use
     with Sandbox(config, client) as sandbox:
         sandbox.write_file(TRACER_PATH, tracer_source(), mode=0o644)
         for start in range(0, len(jobs), chunk):

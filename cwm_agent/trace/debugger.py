@@ -20,8 +20,7 @@ from cwm_agent.trace.actual import ActualTrace
 from cwm_agent.trace.format import End, Event, Frame, FrameError, resolve
 from cwm_agent.trace.models import TraceModel
 from cwm_agent.trace.predict import PredictLimits, TraceTask, next_frame
-from cwm_agent.trace.scoring import same_action, same_state
-from cwm_agent.trace.view import what, where
+from cwm_agent.trace.view import matches, what, where
 
 HELP = """commands:
   s, step          next frame, into calls
@@ -147,7 +146,7 @@ def check_table(debugger: Debugger, actual: list[Frame]) -> tuple[Table, int | N
     for index, at in debugger.aligned(actual):
         frame = debugger.frames[index]
         real = actual[at] if at is not None else None
-        same = real is not None and same_state(frame, real) and same_action(frame, real)
+        same = real is not None and matches(frame, real)
         if not same and first is None:
             first = index
         cells = [f"{f.event} {where(f)}\n{what(f)}" if f else "(ended)" for f in (frame, real)]

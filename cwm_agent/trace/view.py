@@ -8,7 +8,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cwm_agent.trace.format import Frame, FrameError, changed
-from cwm_agent.trace.scoring import PAPER_TABLE_9, TraceScore
+from cwm_agent.trace.scoring import PAPER_TABLE_9, TraceScore, same_action, same_state
 
 _NAMES = {
     "valid": "valid trace format",
@@ -28,6 +28,10 @@ def what(frame: Frame) -> str:
     if frame.has_locals:
         return ", ".join(f"{k}={v}" for k, v in changed(frame).items())
     return f"{'->' if frame.event == 'return' else 'raises'} {frame.value}"
+
+
+def matches(predicted: Frame, actual: Frame) -> bool:
+    return same_state(predicted, actual) and same_action(predicted, actual)
 
 
 def trace_table(frames: Sequence[Frame], title: str, error: FrameError | None = None) -> Table:
@@ -52,7 +56,7 @@ def compare_table(predicted: Sequence[Frame], actual: Sequence[Frame], score: Tr
         for frames in (predicted, actual):
             frame = frames[step] if step < len(frames) else None
             cells.append("" if frame is None else f"{frame.event} {where(frame)}\n{what(frame)}")
-        same = step < min(len(predicted), len(actual)) and predicted[step] == actual[step]
+        same = step < min(len(predicted), len(actual)) and matches(predicted[step], actual[step])
         mark = Text("") if same else Text("≠", style="red")
         if step == score.first_divergence:
             mark = Text("≠ first divergence", style="bold red")
