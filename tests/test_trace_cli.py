@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import docker
@@ -66,7 +67,20 @@ def replay_from(trace: dict, path: Path) -> Path:
 
 
 def no_trace_containers(client: docker.DockerClient) -> bool:
-    return not client.containers.list(all=True, filters={"label": "cwm-agent.purpose=trace"})
+    """No tracer container outlived the command that made it (a run of another test
+    session on the same daemon may still be going: its process is alive)."""
+    found = client.containers.list(all=True, filters={"label": "cwm-agent.purpose=trace"})
+    return all(process_alive(int(c.labels.get("cwm-agent.pid", "0"))) for c in found)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid > 0
 
 
 def test_trace_actual_then_compare_a_perfect_replay(

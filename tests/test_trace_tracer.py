@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 from pathlib import Path
 
 import docker
@@ -119,9 +120,14 @@ JOBS = {
 def traces(client: docker.DockerClient, base_image: str) -> dict[str, ActualTrace]:
     limits = TracerLimits(image=base_image, timeout_s=5, workers=2)
     results = run_tracer(list(JOBS.values()), limits, client=client)
-    found = client.containers.list(all=True, filters={"label": "cwm-agent.purpose=trace"})
-    assert found == []  # the sandbox is gone
+    assert own_trace_containers(client) == []  # the sandbox is gone
     return dict(zip(JOBS, results, strict=True))
+
+
+def own_trace_containers(client: docker.DockerClient) -> list[str]:
+    """Tracer containers this process made (other test sessions may share the daemon)."""
+    labels = ["cwm-agent.purpose=trace", f"cwm-agent.pid={os.getpid()}"]
+    return [c.id for c in client.containers.list(all=True, filters={"label": labels})]
 
 
 def events(trace: ActualTrace) -> list[tuple[str, str]]:
@@ -264,4 +270,4 @@ def test_an_image_without_python_is_one_clear_error(
     limits = TracerLimits(image=bash_only_image)
     with pytest.raises(SandboxError, match="it needs python3"):
         run_tracer([JOBS["fact"]], limits, client=client)
-    assert client.containers.list(all=True, filters={"label": "cwm-agent.purpose=trace"}) == []
+    assert own_trace_containers(client) == []
