@@ -88,3 +88,15 @@ def test_a_wrong_prediction_is_found_by_check(tmp_path: Path, base_image: str) -
     assert "first difference at step 2" in out
     assert "usage: set NAME VALUE" in out and "unknown command 'foo'" in out
     assert "next line, a call's return predicted without stepping in" in out
+
+
+def test_out_at_a_call_leaves_the_callee(tmp_path: Path, base_image: str) -> None:
+    frames = real_frames()
+    calls = [i for i, frame in enumerate(frames) if frame.event == Event.CALL]
+    ret = next(i for i, frame in enumerate(frames) if frame.event == Event.RETURN)
+    over = [*frames[: calls[1] + 1], *frames[ret:]]
+    out = debug(tmp_path, over, "s\ns\no\ncheck\no\n", base_image)
+    after_out = out.split("-> [call]   1 def double(x):", 1)[1]
+    assert after_out.index("-> [line]   8 c = b + 1") < after_out.index("prediction and reality")
+    assert "prediction and reality agree so far" in out
+    assert out.rstrip().endswith(">>") and "end of trace" in out  # out of f: the trace ends

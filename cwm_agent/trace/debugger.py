@@ -79,28 +79,36 @@ class Debugger:
     def next(self) -> FrameError | None:
         error = self.step() if self.current.event == Event.CALL else self.advance_free()
         if error is None and not self.done and self.current.event == Event.CALL:
-            error = self.advance(Event.RETURN)
-            if error is None:
-                self.skipped.add(len(self.frames) - 1)
-                error = self.advance_free()
+            error = self.skip_call() or self.advance_free()
         return error
 
-    def advance_free(self) -> FrameError | None:
-        return None if self.done else self.advance()
-
     def out(self) -> FrameError | None:
+        """To the frame after the current function's return; at a call, that function is
+        the callee (as in the release's demo)."""
+        if self.at_inner_call():
+            return self.skip_call() or self.advance_free()
         while not self.done:
-            if self.current.event == Event.CALL and len(self.frames) > len(self.task.given):
-                error = self.advance(Event.RETURN)  # a call made on the way: not entered
-                if error is None:
-                    self.skipped.add(len(self.frames) - 1)
-            else:
-                error = self.advance_free()
+            error = self.skip_call() if self.at_inner_call() else self.advance_free()
             if error is not None:
                 return error
             if self.current.event == Event.RETURN and len(self.frames) - 1 not in self.skipped:
                 return self.advance_free()
         return None
+
+    def advance_free(self) -> FrameError | None:
+        return None if self.done else self.advance()
+
+    def at_inner_call(self) -> bool:
+        """At the call of a function entered from the trace (not the given entry call)."""
+        called = len(self.frames) > len(self.task.given)
+        return not self.done and called and self.current.event == Event.CALL
+
+    def skip_call(self) -> FrameError | None:
+        """Predict the current call's return without stepping through its body."""
+        error = self.advance(Event.RETURN)
+        if error is None:
+            self.skipped.add(len(self.frames) - 1)
+        return error
 
     def back(self) -> None:
         if len(self.frames) > len(self.task.given):
