@@ -92,6 +92,10 @@ def test_trace_actual_then_compare_a_perfect_replay(
     result = json.loads(actual.stdout)
     assert "predicted" not in result and result["actual"]["output"] == ROWS[0]["output"]
     replay = replay_from(result["actual"], tmp_path / "replay.json")
+    predicted = run_cli("trace", *common, "--model", f"replay:{replay}")
+    assert predicted.returncode == 0, predicted.stderr
+    assert predicted.stdout.startswith("predicted") and "(replay:" in predicted.stdout
+    assert "-> [(2, 1), (2, 1), (1, 3)]" in predicted.stdout
     shown = run_cli("trace", *common, "--compare", "--model", f"replay:{replay}")
     assert shown.returncode == 0, shown.stderr
     assert "predicted vs actual" in shown.stdout and "first divergence" not in shown.stdout
