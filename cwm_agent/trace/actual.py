@@ -19,8 +19,9 @@ from cwm_agent.sandbox import Sandbox, SandboxConfig, SandboxError, docker_clien
 from cwm_agent.sandbox.image import DEFAULT_IMAGE, ensure_image
 from cwm_agent.trace.format import Frame
 
-TRACER_PATH = "/tmp/cwm_tracer.py"
-JOBS_PATH = "/tmp/cwm_trace_jobs.json"
+WORKDIR = "/cwm-trace"  # inside the container: root's, read-only to the traced code
+TRACER_PATH = f"{WORKDIR}/tracer.py"
+JOBS_PATH = f"{WORKDIR}/jobs.json"
 NOBODY = "65534:65534"
 
 
@@ -98,7 +99,7 @@ def run_tracer(
     limits = limits or TracerLimits()
     config = SandboxConfig(
         image=limits.image,
-        workdir="/tmp",
+        workdir=WORKDIR,
         memory=limits.container_memory,
         pids_limit=limits.pids_limit,
         cpus=float(limits.workers),
