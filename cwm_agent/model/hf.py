@@ -219,7 +219,7 @@ class TransformersPolicy:
         self._lock = threading.Lock()
         source = os.path.expanduser(model)
         config = _load_config(source, offline)
-        self.tokenizer = _load_tokenizer(source, offline)
+        self.tokenizer = load_tokenizer(source, offline)
         try:
             self._stop_ids = stop_token_ids(self.tokenizer)
         except ValueError as exc:
@@ -499,7 +499,8 @@ def _load_config(model: str, offline: bool) -> PreTrainedConfig:
     return config
 
 
-def _load_tokenizer(model: str, offline: bool) -> Any:
+def load_tokenizer(model: str, offline: bool) -> Any:
+    """CWM's tokenizer from a Hub id or directory; failures are one PolicyError line."""
     try:
         return AutoTokenizer.from_pretrained(model, local_files_only=offline)
     except Exception as exc:

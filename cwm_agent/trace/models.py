@@ -61,10 +61,10 @@ def load_trace_model(
         return ReplayTraceModel(Path(rest))
     policy: Any = load_policy(spec, trace_options(options, sample))
     if kind == "openai" and rest:
-        from cwm_agent.model.hf import _load_tokenizer
+        from cwm_agent.model.hf import load_tokenizer
 
         source = tokenizer or "facebook/cwm"
-        return TokenTraceModel(policy, _load_tokenizer(source, options.offline))
+        return TokenTraceModel(policy, load_tokenizer(source, options.offline))
     return TokenTraceModel(policy, policy.tokenizer)
 
 
