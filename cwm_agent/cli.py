@@ -46,6 +46,8 @@ from cwm_agent.sandbox.image import DEFAULT_IMAGE
 from cwm_agent.swebench.commands import make_app as make_swebench_app
 from cwm_agent.swebench.errors import SwebenchError
 from cwm_agent.terminal import shown
+from cwm_agent.trace.commands import register as register_trace_commands
+from cwm_agent.trace.format import TraceError
 from cwm_agent.tts import TTSOptions, TTSReport
 from cwm_agent.tts import table as candidates_table
 
@@ -67,7 +69,15 @@ def user_errors(command: F) -> F:
     def wrapper(*args: object, **kwargs: object) -> object:
         try:
             return command(*args, **kwargs)
-        except (SandboxError, FixError, RepoError, PolicyError, SwebenchError, CIError) as exc:
+        except (
+            SandboxError,
+            FixError,
+            RepoError,
+            PolicyError,
+            SwebenchError,
+            CIError,
+            TraceError,
+        ) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
         except ValidationError as exc:
@@ -487,6 +497,7 @@ def cleanup(
 
 
 app.add_typer(make_swebench_app(user_errors), name="swebench")
+register_trace_commands(app, user_errors)
 
 if __name__ == "__main__":
     app()

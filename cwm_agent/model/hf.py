@@ -219,7 +219,7 @@ class TransformersPolicy:
         self._lock = threading.Lock()
         source = os.path.expanduser(model)
         config = _load_config(source, offline)
-        self.tokenizer = _load_tokenizer(source, offline)
+        self.tokenizer = load_tokenizer(source, offline)
         try:
             self._stop_ids = stop_token_ids(self.tokenizer)
         except ValueError as exc:
@@ -268,8 +268,10 @@ class TransformersPolicy:
         prompts: Sequence[Sequence[int]],
         max_new_tokens: TokenLimit,
         sampling: SamplingParams | None = None,
+        stop_ids: Sequence[int] | None = None,
     ) -> list[Generated]:
-        """Continue each prompt until a stop token or `max_new_tokens`.
+        """Continue each prompt until a stop token (CWM's chat stop tokens unless
+        `stop_ids` names others, e.g. `<|frame_sep|>` for traces) or `max_new_tokens`.
 
         Eagerly, one prompt runs through `generate()`; several are decoded as one batch,
         each from its own cache and leaving the batch when it stops (`batch.py`).
@@ -280,18 +282,23 @@ class TransformersPolicy:
         if min(limits, default=1) < 1:
             raise ValueError(f"max_new_tokens must be >= 1, not {min(limits)}")
         sampling = sampling or self.sampling
+        stops = tuple(stop_ids or self._stop_ids)
         with self._lock:
             if sampling.seed is not None:
                 torch.manual_seed(sampling.seed)
             if len(prompts) > 1 or self.decoder is not None:
-                return self._generate_batch([tuple(p) for p in prompts], limits, sampling)
+                return self._generate_batch([tuple(p) for p in prompts], limits, sampling, stops)
             return [
-                self._generate_one(tuple(prompt), self._generation_config(limit, sampling))
-                for prompt, limit in zip(prompts, limits, strict=True)
+                self._generate_one(tuple(p), self._generation_config(limit, sampling, stops), stops)
+                for p, limit in zip(prompts, limits, strict=True)
             ]
 
     def _generate_batch(
-        self, prompts: list[tuple[int, ...]], limits: list[int], sampling: SamplingParams
+        self,
+        prompts: list[tuple[int, ...]],
+        limits: list[int],
+        sampling: SamplingParams,
+        stops: tuple[int, ...],
     ) -> list[Generated]:
         if not all(prompts):
             raise ValueError("cannot continue an empty prompt")
@@ -302,14 +309,14 @@ class TransformersPolicy:
             rows.append(row)
             reused.append(held)
         if self.decoder is not None:
-            compiled.decode(self.decoder, rows, self._stop_ids, _sampler(sampling))
+            compiled.decode(self.decoder, rows, stops, _sampler(sampling))
         else:
-            decode(self.model, rows, self._stop_ids, _sampler(sampling))
+            decode(self.model, rows, stops, _sampler(sampling))
         duration = time.monotonic() - started
         results = []
         for prompt, row, held in zip(prompts, rows, reused, strict=True):
             self.kv_cache.put(prompt + tuple(row.generated[:-1]), row.cache, shared=False)
-            results.append(self._generated(prompt, row.generated, held, duration))
+            results.append(self._generated(prompt, row.generated, held, duration, stops))
         return results
 
     def _row(self, prompt: tuple[int, ...], limit: int) -> tuple[Row, int]:
@@ -320,10 +327,12 @@ class TransformersPolicy:
             self._prefill(cache, prompt[cache.get_seq_length() : -1])
         return Row(cache, prompt[-1], limit, []), held
 
-    def _generation_config(self, max_new_tokens: int, sampling: SamplingParams) -> GenerationConfig:
+    def _generation_config(
+        self, max_new_tokens: int, sampling: SamplingParams, stops: tuple[int, ...]
+    ) -> GenerationConfig:
         common: dict[str, Any] = {
             "max_new_tokens": max_new_tokens,
-            "eos_token_id": list(self._stop_ids),
+            "eos_token_id": list(stops),
             "pad_token_id": self._stop_ids[0],
         }
         if sampling.is_greedy:
@@ -337,7 +346,9 @@ class TransformersPolicy:
             **common,
         )
 
-    def _generate_one(self, prompt: tuple[int, ...], config: GenerationConfig) -> Generated:
+    def _generate_one(
+        self, prompt: tuple[int, ...], config: GenerationConfig, stops: tuple[int, ...]
+    ) -> Generated:
         if not prompt:
             raise ValueError("cannot continue an empty prompt")
         started = time.monotonic()
@@ -352,7 +363,8 @@ class TransformersPolicy:
             )[0].tolist()
         # The cache lacks the last sampled token: it was never fed back.
         self.kv_cache.put(tuple(output[: cache.get_seq_length()]), cache, shared=False)
-        return self._generated(prompt, output[len(prompt) :], reused, time.monotonic() - started)
+        duration = time.monotonic() - started
+        return self._generated(prompt, output[len(prompt) :], reused, duration, stops)
 
     def _cache_for(self, prompt: tuple[int, ...]) -> tuple[DynamicCache, int]:
         """The cache to extend, and how many prompt ids it held when found. A prompt
@@ -383,9 +395,14 @@ class TransformersPolicy:
             )
 
     def _generated(
-        self, prompt: tuple[int, ...], new: list[int], reused: int, duration_s: float
+        self,
+        prompt: tuple[int, ...],
+        new: list[int],
+        reused: int,
+        duration_s: float,
+        stops: tuple[int, ...],
     ) -> Generated:
-        stopped = bool(new) and new[-1] in self._stop_ids
+        stopped = bool(new) and new[-1] in stops
         token_ids = tuple(new[:-1] if stopped else new)
         self.stats.prompts += 1
         self.stats.prompt_tokens += len(prompt)
@@ -482,7 +499,8 @@ def _load_config(model: str, offline: bool) -> PreTrainedConfig:
     return config
 
 
-def _load_tokenizer(model: str, offline: bool) -> Any:
+def load_tokenizer(model: str, offline: bool) -> Any:
+    """CWM's tokenizer from a Hub id or directory; failures are one PolicyError line."""
     try:
         return AutoTokenizer.from_pretrained(model, local_files_only=offline)
     except Exception as exc:

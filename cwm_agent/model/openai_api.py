@@ -174,6 +174,56 @@ class OpenAIPolicy:
             duration_s=time.monotonic() - started,
         )
 
+    def complete_ids(
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop_ids: Sequence[int]
+    ) -> list[list[int]]:
+        """Continue token-id prompts (vLLM takes ids, so special tokens are exact) until one
+        of `stop_ids`: each reply's ids, with the stop id when it stopped on one."""
+        model = self._model()
+        seeds = [
+            None if self.seed is None else self.seed + next(self._request_numbers) for _ in prompts
+        ]
+        with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(prompts)))) as pool:
+            jobs = [
+                pool.submit(self._complete_ids_one, p, seed, model, max_new_tokens, stop_ids)
+                for p, seed in zip(prompts, seeds, strict=True)
+            ]
+            return [job.result() for job in jobs]
+
+    def _complete_ids_one(
+        self,
+        prompt: Sequence[int],
+        seed: int | None,
+        model: str,
+        max_new_tokens: int,
+        stop_ids: Sequence[int],
+    ) -> list[int]:
+        body: dict[str, Any] = {
+            "model": model,
+            "prompt": list(prompt),
+            "max_tokens": max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "stop_token_ids": list(stop_ids),
+            "skip_special_tokens": False,
+            "return_token_ids": True,
+            **({} if seed is None else {"seed": seed}),
+        }
+        reply = self._request("POST", "/v1/completions", body)
+        try:
+            choice = reply["choices"][0]
+            ids = [int(i) for i in choice["token_ids"]]
+            stop_reason = choice.get("stop_reason")
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise PolicyError(
+                f"{self.name}: the reply has no token_ids (the server must accept "
+                f"return_token_ids, as vLLM does): {_one_line(json.dumps(reply))}"
+            ) from None
+        named = isinstance(stop_reason, int) and stop_reason in stop_ids
+        if named and (not ids or ids[-1] != stop_reason):
+            ids.append(stop_reason)  # servers that leave the stop id out of token_ids
+        return ids
+
     def _stop_token(self, stop_reason: object) -> str:
         """vLLM names the stop string, or the id of a stop token from the model's
         generation config, or nothing for the tokenizer's own end token."""

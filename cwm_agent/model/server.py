@@ -21,7 +21,7 @@ from typing import Any, get_args
 
 from cwm_agent.model.hf import DTYPES, Quantization, SamplingParams, TransformersPolicy
 from cwm_agent.model.policy import PolicyError
-from cwm_agent.protocol.chat import STOP_TOKENS
+from cwm_agent.protocol.chat import STOP_TOKENS, stop_token_ids
 
 _MAX_BODY_BYTES = 64 * 1024 * 1024
 _UNSUPPORTED = ("stream", "echo", "logprobs", "suffix")
@@ -59,11 +59,19 @@ class CompletionServer(ThreadingHTTPServer):
         if model is not None and model != self.model_name:
             raise RequestError(HTTPStatus.NOT_FOUND, f"the model {model!r} does not exist", "model")
         prompt = request.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1:
+        if isinstance(prompt, list) and len(prompt) == 1 and not isinstance(prompt[0], int):
             prompt = prompt[0]
-        if not isinstance(prompt, str) or not prompt:
+        is_ids = isinstance(prompt, list) and all(type(i) is int for i in prompt)
+        if not (isinstance(prompt, str) or is_ids) or not prompt:
             raise RequestError(
-                HTTPStatus.BAD_REQUEST, "prompt must be one non-empty string", "prompt"
+                HTTPStatus.BAD_REQUEST,
+                "prompt must be one non-empty string or list of token ids",
+                "prompt",
+            )
+        extra_stops = request.get("stop_token_ids") or []
+        if not isinstance(extra_stops, list) or not all(type(i) is int for i in extra_stops):
+            raise RequestError(
+                HTTPStatus.BAD_REQUEST, "stop_token_ids must be token ids", "stop_token_ids"
             )
         max_tokens = _number(request, "max_tokens", 16, int, minimum=1)
         temperature = _number(request, "temperature", 1.0, float, minimum=0)
@@ -88,8 +96,11 @@ class CompletionServer(ThreadingHTTPServer):
 
         sampling = SamplingParams(temperature=temperature, top_p=top_p, seed=seed)  # 0 is greedy
         with self.generation_lock:  # also guards the tokenizer, which is not thread-safe
-            ids = self.policy.tokenizer.encode(
-                prompt, add_special_tokens=False, split_special_tokens=False
+            tokenizer = self.policy.tokenizer
+            ids = (
+                prompt
+                if is_ids
+                else tokenizer.encode(prompt, add_special_tokens=False, split_special_tokens=False)
             )
             if len(ids) + max_tokens > self.context_size:
                 raise RequestError(
@@ -98,8 +109,15 @@ class CompletionServer(ThreadingHTTPServer):
                     f"but {len(ids)} prompt tokens + max_tokens {max_tokens} were requested",
                     "max_tokens",
                 )
-            generated = self.policy.generate_ids([ids], max_tokens, sampling)[0]
+            stops = [*stop_token_ids(tokenizer), *extra_stops]
+            generated = self.policy.generate_ids([ids], max_tokens, sampling, stop_ids=stops)[0]
+            stop_id = (
+                None if generated.stop is None else tokenizer.convert_tokens_to_ids(generated.stop)
+            )
         completion_tokens = len(generated.token_ids) + (generated.stop is not None)
+        # As vLLM: a stop on a requested id is named by the id, on a stop string by the string.
+        stop_reason = stop_id if stop_id in extra_stops else generated.stop
+        token_ids = [*generated.token_ids, *([] if stop_id is None else [stop_id])]
         return {
             "id": f"cmpl-{uuid.uuid4().hex}",
             "object": "text_completion",
@@ -111,7 +129,8 @@ class CompletionServer(ThreadingHTTPServer):
                     "text": generated.text,
                     "logprobs": None,
                     "finish_reason": generated.finish_reason,
-                    "stop_reason": generated.stop,
+                    "stop_reason": stop_reason,
+                    **({"token_ids": token_ids} if request.get("return_token_ids") else {}),
                 }
             ],
             "usage": {

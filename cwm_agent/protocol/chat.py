@@ -98,7 +98,7 @@ class Message:
 
 
 @dataclass(frozen=True)
-class _Piece:
+class Piece:
     """A special token, or text to encode as plain text (or its already known ids)."""
 
     text: str
@@ -106,23 +106,23 @@ class _Piece:
     ids: tuple[int, ...] | None = None
 
 
-def _special(token: str) -> _Piece:
-    return _Piece(token, special=True)
+def _special(token: str) -> Piece:
+    return Piece(token, special=True)
 
 
-def _header(role: str) -> list[_Piece]:
-    return [_special(START_HEADER), _Piece(role), _special(END_HEADER), _Piece("\n\n")]
+def _header(role: str) -> list[Piece]:
+    return [_special(START_HEADER), Piece(role), _special(END_HEADER), Piece("\n\n")]
 
 
-def _message_pieces(message: Message, think: bool) -> list[_Piece]:
+def _message_pieces(message: Message, think: bool) -> list[Piece]:
     pieces = _header(message.role)
     if message.role != ASSISTANT:
         # Tool results are kept as is; system and user bodies are stripped.
         body = message.content if message.tool_name else message.content.strip()
-        return [*pieces, _Piece(body), _special(EOT)]
+        return [*pieces, Piece(body), _special(EOT)]
     if think:
-        pieces.append(_Piece(THINK_START))
-    pieces.append(_Piece(message.content, ids=message.token_ids))
+        pieces.append(Piece(THINK_START))
+    pieces.append(Piece(message.content, ids=message.token_ids))
     if message.stop is not None:
         pieces.append(_special(message.stop))
     if message.stop != EOT:
@@ -133,18 +133,18 @@ def _message_pieces(message: Message, think: bool) -> list[_Piece]:
 
 def _conversation_pieces(
     messages: Sequence[Message], add_generation_prompt: bool, think: bool
-) -> list[_Piece]:
+) -> list[Piece]:
     pieces = [_special(BEGIN_OF_TEXT)]
     for message in messages:
         pieces += _message_pieces(message, think)
     if add_generation_prompt:
         pieces += _header(ASSISTANT)
         if think:
-            pieces.append(_Piece(THINK_START))
+            pieces.append(Piece(THINK_START))
     return pieces
 
 
-def _encode(pieces: Sequence[_Piece], tokenizer: ChatTokenizer) -> list[int]:
+def encode_pieces(pieces: Sequence[Piece], tokenizer: ChatTokenizer) -> list[int]:
     ids: list[int] = []
     for piece in pieces:
         if piece.special:
@@ -171,7 +171,7 @@ def render_ids(
     think: bool = True,
 ) -> list[int]:
     """Token ids of :func:`render_text`; message text never yields a special token."""
-    return _encode(_conversation_pieces(messages, add_generation_prompt, think), tokenizer)
+    return encode_pieces(_conversation_pieces(messages, add_generation_prompt, think), tokenizer)
 
 
 def message_token_counter(
@@ -181,7 +181,7 @@ def message_token_counter(
     token included: the size CWM's message length limits refer to."""
 
     def count(body: str) -> int:
-        return len(_encode(_message_pieces(Message(role, body), think), tokenizer))
+        return len(encode_pieces(_message_pieces(Message(role, body), think), tokenizer))
 
     return count
 
