@@ -46,6 +46,8 @@ from cwm_agent.swebench.commands import make_app as make_swebench_app
 from cwm_agent.swebench.errors import SwebenchError
 from cwm_agent.tts import TTSOptions, TTSReport
 from cwm_agent.tts import table as candidates_table
+from cwm_agent.view import PAGE, ViewError, how_to_open
+from cwm_agent.view import write as write_view
 
 app = typer.Typer(
     help="Fix software issues with Meta's Code World Model (CWM).",
@@ -65,7 +67,15 @@ def user_errors(command: F) -> F:
     def wrapper(*args: object, **kwargs: object) -> object:
         try:
             return command(*args, **kwargs)
-        except (SandboxError, FixError, RepoError, PolicyError, SwebenchError, CIError) as exc:
+        except (
+            SandboxError,
+            FixError,
+            RepoError,
+            PolicyError,
+            SwebenchError,
+            CIError,
+            ViewError,
+        ) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
         except ValidationError as exc:
@@ -254,7 +264,9 @@ def _outcome(result: FixResult) -> str:
     branch = (
         f"; branch {result.branch} at {result.branch_commit[:12]}" if result.branch_commit else ""
     )
-    return f"{line}{branch}\noutputs: {result.output_dir}/"
+    return (
+        f"{line}{branch}\noutputs: {result.output_dir}/\n{escape(how_to_open(result.output_dir))}"
+    )
 
 
 @app.command()
@@ -467,6 +479,34 @@ def cleanup(
     console.print(
         f"removed {len(removed)} container(s)" + (f": {' '.join(removed)}" if removed else "")
     )
+
+
+@app.command()
+@user_errors
+def view(
+    path: Annotated[Path, typer.Argument(help="a run folder: fix, ci, or swebench run")],
+    out: Annotated[
+        Path | None, typer.Option(help=f"the page to write (default PATH/{PAGE})")
+    ] = None,
+    serve: Annotated[bool, typer.Option("--serve", help="serve on 127.0.0.1 instead")] = False,
+    port: Annotated[int, typer.Option(help="with --serve (0: any free port)")] = 8765,
+) -> None:
+    """Write a run folder as one self-contained HTML page, or serve it on localhost."""
+    if serve:
+        from cwm_agent.view.server import ViewServer
+
+        server = ViewServer(path, port)
+        typer.echo(f"serving {path} at {server.url} (Ctrl-C stops)")
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
+        return
+    written = write_view(path, out or path / PAGE)
+    more = f" (and {len(written) - 1} instance pages)" if len(written) > 1 else ""
+    typer.echo(f"wrote {written[0]}{more}: open {written[0].resolve().as_uri()}")
 
 
 app.add_typer(make_swebench_app(user_errors), name="swebench")

@@ -31,6 +31,7 @@ from cwm_agent.swebench.predictions import read_predictions
 from cwm_agent.swebench.report import render, summarize
 from cwm_agent.swebench.runner import InstanceResult, RunOptions, run_batch
 from cwm_agent.tts import TTSOptions
+from cwm_agent.view import how_to_open
 
 F = TypeVar("F", bound=Callable[..., object])
 console = Console()
@@ -147,6 +148,7 @@ def make_app(guard: Callable[[F], F]) -> typer.Typer:
             f"predictions: {output / 'predictions.jsonl'}"
             + (" (add --resume to retry the errors)" if errors else "")
         )
+        console.print(how_to_open(output), highlight=False)
 
     @app.command(name="eval")
     @guard

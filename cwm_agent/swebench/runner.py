@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -77,6 +78,7 @@ class InstanceResult(BaseModel):
     generation_s: float = 0.0
     tools_s: float = 0.0
     patch_bytes: int = 0
+    worker: str | None = Field(None, description="host/thread that ran it")
 
 
 class Session(BaseModel):
@@ -218,6 +220,7 @@ def _run_instance(
         difficulty=instance.difficulty,
         image=image,
         status="error",
+        worker=f"{socket.gethostname()}/{threading.current_thread().name}",
     )
     started = time.monotonic()
     workspace = workspace_for(
