@@ -139,6 +139,8 @@ class Row:
     result: InstanceResult
     outcome: Outcome
 
+    has_page: bool  # it left a trajectory (an instance that failed to start did not)
+
     @property
     def worker(self) -> str:
         return self.result.worker or ""
@@ -154,7 +156,8 @@ def rows(batch: BatchRun) -> list[Row]:
             outcome = report.status if report is not None else "submitted"
         if outcome == "empty_patch":
             outcome = "empty"
-        found.append(Row(result, outcome))
+        folder = batch.folder / "trajectories" / result.instance_id
+        found.append(Row(result, outcome, (folder / "trajectory.json").is_file()))
     return found
 
 
