@@ -98,7 +98,7 @@ def test_a_rollout_page_shows_every_turn(calc_run: Path, tmp_path: Path) -> None
     chart = dom.one("figure", "tokens")
     assert len(chart.one("polyline").attrs["points"].split()) == trajectory.turns
     assert f"{trajectory.tokens_used:,} tokens" in chart.text
-    shot(page.as_uri(), "rollout", tmp_path)
+    shot(page.as_uri(), "rollout", tmp_path, height=1100)
 
     # The page's script reads its filters from the address.
     problems = shown(dump_dom(page.as_uri() + "#only=problems").all("li", "turn"))
@@ -165,7 +165,7 @@ def test_a_scaling_page_explains_the_choice(clamp_run: Path, tmp_path: Path) -> 
     matrix = dom.one("table", "matrix")
     kept = [t for t in report["generated_tests"] if t["kept"]]
     regression = sorted({name for c in report["candidates"] for name in c["regression"]})
-    heads = matrix.one("thead").all("th")[1:]
+    heads = matrix.one("thead").all("tr")[-1].all("th")[1:]
     assert len(heads) == len(regression) + len(kept)
     assert len([h for h in heads if "top" in h.classes]) == sum(t["in_top_groups"] for t in kept)
     for row, candidate in zip(matrix.one("tbody").all("tr"), report["candidates"], strict=True):
@@ -179,7 +179,7 @@ def test_a_scaling_page_explains_the_choice(clamp_run: Path, tmp_path: Path) -> 
     assert [r.all("td")[4].text for r in dropped] == [
         t["dropped_because"] for t in report["generated_tests"] if not t["kept"]
     ]
-    shot(page.as_uri(), "tts", tmp_path, height=1300)
+    shot(page.as_uri(), "tts", tmp_path, height=1250)
 
     # Each candidate's trajectory is one click away, in the same file.
     worst = report["candidates"][3]
@@ -240,7 +240,7 @@ def test_a_batch_page_and_its_instances(
         "resolved by repo", "resolved by difficulty", "turns", "tokens", "wall time",
         "errors by kind",
     ]  # fmt: skip
-    shot(page.as_uri(), "batch", tmp_path, height=1000)
+    shot(page.as_uri(), "batch", tmp_path, height=800)
 
     unresolved = dump_dom(page.as_uri() + "#outcome=unresolved")
     assert [r.attrs["data-id"] for r in shown(unresolved.all("tr", "searchable"))] == [

@@ -90,10 +90,15 @@ def prompt(trajectory: Trajectory) -> str:
     return next((m.content for m in trajectory.messages if m.role == "user"), trajectory.issue)
 
 
-def token_chart(trajectory: Trajectory, shown: list[Turn]) -> plots.Chart:
+def token_chart(trajectory: Trajectory, shown: list[Turn], prefix: str = "") -> plots.Chart:
+    """Tokens in the context after each turn; turns that went wrong are marked."""
     limit = trajectory.config.get("context_size")
     return plots.running(
-        "tokens used so far", [t.tokens for t in shown], limit if isinstance(limit, int) else None
+        "tokens used so far",
+        [t.tokens for t in shown],
+        limit if isinstance(limit, int) else None,
+        kinds=[t.kind if t.kind in ("failed", "format-error") else "" for t in shown],
+        links=[f"#{prefix}turn-{t.number}" for t in shown],
     )
 
 
@@ -109,6 +114,11 @@ class Matrix:
 
     columns: list[tuple[str, str, bool]] = field(default_factory=list)  # (key, name, top-5)
     rows: list[tuple[int, list[Cell]]] = field(default_factory=list)
+
+    @property
+    def regression(self) -> int:
+        """How many of the columns, from the left, are regression tests."""
+        return sum(key.startswith("r:") for key, _, _ in self.columns)
 
 
 def matrix(report: TTSReport) -> Matrix:

@@ -19,6 +19,8 @@ class Rect:
     width: float
     height: float
     title: str  # the tooltip: what the shape stands for, in words
+    kind: str = ""  # a class the page styles (a failed turn's dot is red)
+    href: str = ""  # where a click on it goes
 
 
 @dataclass(frozen=True)
@@ -92,8 +94,15 @@ def histogram(title: str, values: Sequence[float], unit: str = "", bins: int = 1
     return chart
 
 
-def running(title: str, values: Sequence[int], limit: int | None = None) -> Chart:
-    """A line of a running total (tokens used so far) over turns, from zero."""
+def running(
+    title: str,
+    values: Sequence[int],
+    limit: int | None = None,
+    kinds: Sequence[str] = (),
+    links: Sequence[str] = (),
+) -> Chart:
+    """A line of a running total (tokens used so far) over turns, from zero; each turn's
+    dot can carry a kind and a link."""
     height, base = 70, 56
     chart = Chart(title, WIDTH, height)
     if not values:
@@ -105,7 +114,10 @@ def running(title: str, values: Sequence[int], limit: int | None = None) -> Char
     )
     for i, v in enumerate(values):
         y = base - (base - 6) * v / top
-        chart.rects.append(Rect(10 + i * step - 2.5, y - 2.5, 5, 5, f"turn {i + 1}: {v:,} tokens"))
+        kind = kinds[i] if i < len(kinds) else ""
+        href = links[i] if i < len(links) else ""
+        words = f"turn {i + 1}: {v:,} tokens" + (f" ({kind})" if kind else "")
+        chart.rects.append(Rect(10 + i * step - 3, y - 3, 6, 6, words, kind, href))
     share = f" ({values[-1] / limit:.1%} of {limit:,})" if limit else ""
     chart.labels.append(Label(10, base + 12, "turn 1"))
     chart.labels.append(Label(WIDTH - 10, base + 12, f"turn {len(values)}", "end"))

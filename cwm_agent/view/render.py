@@ -41,6 +41,14 @@ def _seconds(value: float | None) -> str:
     return f"{value:.1f} s" if value < 120 else f"{value / 60:.1f} min"
 
 
+def _short(spec: str) -> str:
+    """A model or dataset without the folders of a local path (the page's title has it whole)."""
+    kind, colon, rest = spec.partition(":")
+    if colon and kind == "replay":
+        return f"replay:{Path(rest).name}"
+    return Path(spec).name if spec.startswith("/") else spec
+
+
 _env = Environment(
     loader=PackageLoader("cwm_agent.view", "templates"),
     autoescape=select_autoescape(default=True, default_for_string=True),
@@ -48,7 +56,9 @@ _env = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-_env.filters.update(diff=highlight.diff, tool_argument=highlight.tool_argument, seconds=_seconds)
+_env.filters.update(
+    diff=highlight.diff, tool_argument=highlight.tool_argument, seconds=_seconds, short=_short
+)
 _env.globals.update(
     css=_asset("view.css") + Markup(highlight.stylesheet()),
     script=_asset("view.js"),
