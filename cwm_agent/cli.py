@@ -6,6 +6,7 @@ a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
 import json
@@ -495,14 +496,9 @@ def view(
     if serve:
         from cwm_agent.view.server import ViewServer
 
-        server = ViewServer(path, port)
-        typer.echo(f"serving {path} at {server.url} (Ctrl-C stops)")
-        try:
+        with ViewServer(path, port) as server, contextlib.suppress(KeyboardInterrupt):
+            typer.echo(f"serving {path} at {server.url} (Ctrl-C stops)")
             server.serve_forever()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            server.server_close()
         return
     written = write_view(path, out or path / PAGE)
     more = f" (and {len(written) - 1} instance pages)" if len(written) > 1 else ""

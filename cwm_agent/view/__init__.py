@@ -11,5 +11,5 @@ __all__ = ["PAGE", "ViewError", "how_to_open", "kind_of", "write"]
 
 
 def how_to_open(folder: Path | str) -> str:
-    """The line runs end with, so the view is one command away."""
-    return f"view: cwm-agent view {folder}  (writes {Path(folder) / PAGE})"
+    """The line runs end with, so their page is one command away."""
+    return f"view: cwm-agent view {folder}"

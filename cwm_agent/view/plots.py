@@ -71,11 +71,13 @@ def counts(title: str, groups: Sequence[tuple[str, int]]) -> Chart:
 
 
 def histogram(title: str, values: Sequence[float], unit: str = "", bins: int = 12) -> Chart:
-    """How many values fall in each of `bins` equal ranges between the least and the most."""
-    height, base = 90, 72
+    """How many values fall in each of `bins` equal ranges between the least and the most
+    (fewer bins when there are fewer distinct values); each bar is labelled with its count."""
+    height, base = 96, 78
     chart = Chart(title, WIDTH, height)
     if not values:
         return chart
+    bins = min(bins, len(set(values)))
     low, high = min(values), max(values)
     width = (high - low) / bins or 1.0
     tally = [0] * bins
@@ -84,10 +86,13 @@ def histogram(title: str, values: Sequence[float], unit: str = "", bins: int = 1
     top = max(tally)
     step = (WIDTH - 20) / bins
     for i, n in enumerate(tally):
-        tall = (base - 8) * n / top
+        tall = (base - 16) * n / top
         start, end = low + i * width, low + (i + 1) * width
         words = f"{n} between {_number(start)} and {_number(end)}{unit}"
-        chart.rects.append(Rect(10 + i * step + 1, base - tall, step - 2, tall, words))
+        gap = max(2.0, step * 0.15)
+        chart.rects.append(Rect(10 + i * step + gap / 2, base - tall, step - gap, tall, words))
+        if n:
+            chart.labels.append(Label(10 + (i + 0.5) * step, base - tall - 3, str(n), "middle"))
     chart.labels.append(Label(10, base + 14, f"{_number(low)}{unit}"))
     chart.labels.append(Label(WIDTH - 10, base + 14, f"{_number(high)}{unit}", "end"))
     chart.labels.append(Label(WIDTH / 2, base + 14, f"{len(values)} values", "middle"))
