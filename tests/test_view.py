@@ -112,6 +112,22 @@ def test_a_rollout_page_shows_every_turn(calc_run: Path, tmp_path: Path) -> None
     assert searched.one("span", id="search-count").text == f"{len(expected)} / {trajectory.turns}"
 
 
+@pytest.mark.docker
+def test_a_restarted_shell_is_flagged(tmp_path: Path, base_image: str) -> None:
+    """A command that outlives --session-timeout: bash restarts the shell, the page says so."""
+    repo = test_fix.committed_copy(test_fix.EXAMPLE / "repo", tmp_path / "calc")
+    replay = tmp_path / "replay.json"
+    replay.write_text(json.dumps([test_fix.call("bash", "sleep 30"), test_fix.call("bash", "pwd")]))
+    output = tmp_path / "run"
+    args = test_fix.fix_args(repo, base_image, output, f"replay:{replay}")
+    done = run_cli(*args, "--session-timeout", "1", "--max-turns", "2")
+    assert done.returncode == 1 and (output / "trajectory.json").is_file(), done.stderr
+    dom = dump_dom(view(output).as_uri() + "#only=problems")
+    assert turn_numbers(shown(dom.all("li", "turn"))) == [1]
+    assert dom.one("li", id="turn-1").one("span", "restart").text == "shell restarted (timeout)"
+    assert "k-ok" in dom.one("li", id="turn-2").classes
+
+
 def test_bad_folders_get_one_line(tmp_path: Path) -> None:
     missing = run_cli("view", str(tmp_path / "nope"))
     assert missing.returncode == 1 and missing.stdout == ""
@@ -190,6 +206,7 @@ def test_a_scaling_page_explains_the_choice(clamp_run: Path, tmp_path: Path) -> 
     turns = load(clamp_run / worst["trajectory"]).turns
     assert turn_numbers(rollout.all("li", "turn")) == list(range(1, turns + 1))
     assert "max turns" in rollout.one("section", "summary").text
+    assert rollout.one("p", "back").text.endswith(f"candidate 3: {worst['why_not']}")
 
 
 # -- a SWE-bench batch ---------------------------------------------------------

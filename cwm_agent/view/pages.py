@@ -7,12 +7,13 @@ from dataclasses import dataclass, field
 
 from cwm_agent.agent.trajectory import MessageRecord, ToolCallRecord, ToolResultRecord, Trajectory
 from cwm_agent.swebench.runner import InstanceResult
+from cwm_agent.tools.bash import FAILURE_MESSAGES
 from cwm_agent.tts import TTSReport
 from cwm_agent.view import plots
 from cwm_agent.view.runs import BatchRun
 
 FOLD_LINES = 30  # longer tool outputs are folded, their first lines shown
-RESTARTED = "A fresh session has started"  # how the bash tool says its shell was restarted
+_RESTARTS = {message: why for why, message in FAILURE_MESSAGES.items()}
 
 
 @dataclass
@@ -28,7 +29,7 @@ class Turn:
     format_error: str | None = None
     generation_s: float | None = None
     tokens: int = 0  # tokens in the context after this turn
-    restarted: bool = False
+    restarted: str | None = None  # why bash restarted its shell: timeout, output, terminated
 
     @property
     def folded(self) -> bool:
@@ -59,7 +60,7 @@ def turns(trajectory: Trajectory) -> list[Turn]:
         elif found and message.tool_result is not None:
             found[-1].result = message.tool_result
             found[-1].budget = _budget(message.content)
-            found[-1].restarted = RESTARTED in message.tool_result.output
+            found[-1].restarted = _RESTARTS.get(message.tool_result.output)
         if found:
             found[-1].tokens = used
     return found
@@ -133,6 +134,19 @@ def matrix(report: TTSReport) -> Matrix:
         cells += [Cell(c.generated.get(t.index), t.in_top_groups) for t in kept]
         table.rows.append((c.index, cells))
     return table
+
+
+def notes(report: TTSReport) -> dict[str, str]:
+    """What became of each rollout, for the top of its trajectory: "candidate-2": "score 3"."""
+    found = {}
+    for c in report.candidates:
+        score = "" if c.score is None else f"score {c.score}"
+        verdict = "selected" if c.index == report.selected else c.why_not or "outranked"
+        found[f"candidate-{c.index}"] = ", ".join(part for part in (score, verdict) if part)
+    for t in report.generated_tests:
+        kept = f"kept, behaviour group {t.group}" if t.kept else f"dropped: {t.dropped_because}"
+        found[f"testgen-{t.index}"] = kept
+    return found
 
 
 def _short(test: str) -> str:

@@ -82,6 +82,7 @@ def tts_page(run: TTSRun, instance: InstanceResult | None = None) -> str:
         report=report,
         matrix=pages.matrix(report),
         rollouts={name: r for name, r in rollouts.items() if r is not None},
+        notes=pages.notes(report),
         instance=instance,
     )
 
