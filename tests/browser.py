@@ -63,9 +63,12 @@ def screenshot(url: str, path: Path, width: int = 1280, height: int = 1400) -> P
 class Element:
     tag: str
     attrs: dict[str, str]
-    children: list[Element] = field(default_factory=list)
     parent: Element | None = None
-    texts: list[str] = field(default_factory=list)
+    content: list[Element | str] = field(default_factory=list)  # in document order
+
+    @property
+    def children(self) -> list[Element]:
+        return [part for part in self.content if isinstance(part, Element)]
 
     @property
     def classes(self) -> set[str]:
@@ -73,7 +76,7 @@ class Element:
 
     @property
     def text(self) -> str:
-        return "".join(self.texts) + "".join(child.text for child in self.children)
+        return "".join(part if isinstance(part, str) else part.text for part in self.content)
 
     def all(self, tag: str | None = None, cls: str | None = None, **attrs: str) -> list[Element]:
         """Descendants with this tag, class and attributes (`data_x` for `data-x`)."""
@@ -122,7 +125,7 @@ class Dom(HTMLParser):
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         element = Element(tag, {k: v or "" for k, v in attrs}, parent=self.at)
-        self.at.children.append(element)
+        self.at.content.append(element)
         if tag not in VOID:
             self.at = element
 
@@ -134,4 +137,4 @@ class Dom(HTMLParser):
             self.at = node.parent
 
     def handle_data(self, data: str) -> None:
-        self.at.texts.append(data)
+        self.at.content.append(data)
