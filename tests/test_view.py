@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import pytest
 
 from cwm_agent.agent import Trajectory
 from cwm_agent.swebench.report import summarize
+from cwm_agent.swebench.runner import InstanceResult
 from tests import test_fix, test_tts
 from tests.browser import Element, dump_dom, screenshot
 from tests.conftest import run_cli
@@ -207,6 +209,34 @@ def test_a_scaling_page_explains_the_choice(clamp_run: Path, tmp_path: Path) -> 
     assert turn_numbers(rollout.all("li", "turn")) == list(range(1, turns + 1))
     assert "max turns" in rollout.one("section", "summary").text
     assert rollout.one("p", "back").text.endswith(f"candidate 3: {worst['why_not']}")
+
+
+@pytest.mark.docker
+def test_a_batch_instance_run_with_scaling_gets_the_scaling_page(
+    clamp_run: Path, tmp_path: Path
+) -> None:
+    """`swebench run --samples` leaves tts.json in the instance's folder; --out elsewhere."""
+    batch = tmp_path / "batch"
+    shutil.copytree(clamp_run, batch / "trajectories" / "acme__clamp-1")
+    result = InstanceResult(
+        instance_id="acme__clamp-1",
+        repo="acme/clamp",
+        difficulty=None,
+        image="x",
+        status="submitted",
+    )
+    (batch / "trajectories" / "acme__clamp-1" / "result.json").write_text(result.model_dump_json())
+    page = tmp_path / "pages" / "batch.html"
+    page.parent.mkdir()
+    view(batch, "--out", str(page))
+    link = dump_dom(page.as_uri()).one("tr", data_id="acme__clamp-1").one("a").attrs["href"]
+    assert link == "../batch/trajectories/acme__clamp-1/index.html"
+    instance = dump_dom((page.parent / link).resolve().as_uri())
+    selected = json.loads((clamp_run / "tts.json").read_text())["selected"]
+    assert instance.one("table", "candidates").one("tr", "selected").attrs["data-candidate"] == str(
+        selected
+    )
+    assert "acme__clamp-1" in instance.one("span", "crumb").text
 
 
 # -- a SWE-bench batch ---------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cwm_agent.agent.trajectory import MessageRecord, ToolCallRecord, ToolResultRecord, Trajectory
+from cwm_agent.swebench.report import summary_of
 from cwm_agent.swebench.runner import InstanceResult
 from cwm_agent.tools.bash import FAILURE_MESSAGES
 from cwm_agent.tts import TTSReport
@@ -155,14 +156,10 @@ def _short(test: str) -> str:
     return name.replace("::", ".").rsplit(".", 1)[-1]
 
 
-Outcome = str  # resolved, unresolved, empty, error; "submitted" until graded
-
-
 @dataclass
 class Row:
     result: InstanceResult
-    outcome: Outcome
-
+    outcome: str  # resolved, unresolved, empty or error; submitted until graded
     has_page: bool  # it left a trajectory (an instance that failed to start did not)
 
     @property
@@ -173,8 +170,8 @@ class Row:
 def rows(batch: BatchRun) -> list[Row]:
     graded = batch.graded
     found = []
-    for result in batch.results:
-        outcome: Outcome = result.status
+    for result in batch.results.values():
+        outcome: str = result.status
         if result.status == "submitted" and graded is not None:
             report = graded.instances.get(result.instance_id)
             outcome = report.status if report is not None else "submitted"
@@ -185,31 +182,25 @@ def rows(batch: BatchRun) -> list[Row]:
     return found
 
 
-def batch_charts(batch: BatchRun, shown: list[Row]) -> list[plots.Chart]:
-    """Resolved rate by repo and by difficulty (once graded), spreads, errors by kind."""
+def batch_charts(batch: BatchRun) -> list[plots.Chart]:
+    """What `swebench report` prints, drawn: resolved rate by repo and by difficulty (once
+    graded), the turns, tokens and wall-time distributions, errors by kind."""
+    results = list(batch.results.values())
+    summary = summary_of(results, batch.graded)
     charts = []
-    if batch.graded is not None:
-        for title, key in (("resolved by repo", "repo"), ("resolved by difficulty", "difficulty")):
-            groups: dict[str, list[Row]] = {}
-            for row in shown:
-                groups.setdefault(getattr(row.result, key) or "(none)", []).append(row)
-            charts.append(
-                plots.rates(
-                    title,
-                    [
-                        (name, sum(r.outcome == "resolved" for r in members), len(members))
-                        for name, members in sorted(groups.items())
-                    ],
-                )
-            )
-    ran = [r.result for r in shown if r.outcome != "error"]
+    for title, groups in (
+        ("resolved by repo", summary.by_repo),
+        ("resolved by difficulty", summary.by_difficulty),
+    ):
+        rates = [
+            (name, g.resolved, g.instances) for name, g in groups.items() if g.resolved is not None
+        ]
+        if rates:
+            charts.append(plots.rates(title, rates))
+    ran = [r for r in results if r.status != "error"]
     charts.append(plots.histogram("turns", [r.turns for r in ran]))
     charts.append(plots.histogram("tokens", [r.tokens_used for r in ran]))
     charts.append(plots.histogram("wall time", [r.duration_s for r in ran], " s"))
-    errors: dict[str, int] = {}
-    for row in shown:
-        if row.outcome == "error":
-            errors[row.result.error or "?"] = errors.get(row.result.error or "?", 0) + 1
-    if errors:
-        charts.append(plots.counts("errors by kind", sorted(errors.items())))
+    if summary.errors_by_kind:
+        charts.append(plots.counts("errors by kind", sorted(summary.errors_by_kind.items())))
     return charts

@@ -88,9 +88,8 @@ def tts_page(run: TTSRun, instance: InstanceResult | None = None) -> str:
 
 
 def batch_page(run: BatchRun, link: InstanceLink) -> str:
-    shown = pages.rows(run)
     return _env.get_template("batch.html.j2").render(
-        run=run, rows=shown, charts=pages.batch_charts(run, shown), link=link
+        run=run, rows=pages.rows(run), charts=pages.batch_charts(run), link=link
     )
 
 
@@ -99,7 +98,7 @@ def instance_page(run: BatchRun, instance_id: str) -> str | None:
     folder = run.instance_folder(instance_id)
     if folder is None or not (folder / "trajectory.json").is_file():
         return None
-    result = next(r for r in run.results if r.instance_id == instance_id)
+    result = run.results[instance_id]
     found = load_instance(folder)
     if isinstance(found, TTSRun):
         return tts_page(found, result)
@@ -122,10 +121,10 @@ def write(folder: Path, out: Path) -> list[Path]:
     run = BatchRun(folder)
     prefix = Path(_relative(folder, out.parent))
     written = [_write(out, batch_page(run, lambda i: (prefix / static_link(i)).as_posix()))]
-    for result in run.results:
-        page = instance_page(run, result.instance_id)
+    for instance_id in run.results:
+        page = instance_page(run, instance_id)
         if page is not None:
-            written.append(_write(folder / static_link(result.instance_id), page))
+            written.append(_write(folder / static_link(instance_id), page))
     return written
 
 

@@ -9,6 +9,7 @@ run, one candidate, one SWE-bench instance), a test-time scaling run
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -19,12 +20,15 @@ from pydantic import BaseModel, ValidationError
 from cwm_agent.agent import Trajectory
 from cwm_agent.errors import first_line
 from cwm_agent.fix import FixResult
+from cwm_agent.swebench.errors import SwebenchError
 from cwm_agent.swebench.evaluate import EvalReport
+from cwm_agent.swebench.report import read_graded, read_results
 from cwm_agent.swebench.runner import InstanceResult, RunRecord
 from cwm_agent.tts import TTSReport
 
 Kind = Literal["rollout", "tts", "batch"]
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 
 class ViewError(Exception):
@@ -135,17 +139,24 @@ class BatchRun:
 
     @cached_property
     def graded(self) -> EvalReport | None:
-        return _optional(self.folder / "report.json", EvalReport)
+        return _reading(read_graded, self.folder)
 
     @cached_property
-    def results(self) -> list[InstanceResult]:
-        paths = sorted(self.folder.glob("trajectories/*/result.json"))
-        return [read(path, InstanceResult) for path in paths]
+    def results(self) -> dict[str, InstanceResult]:
+        return {r.instance_id: r for r in _reading(read_results, self.folder)}
 
     def instance_folder(self, instance_id: str) -> Path | None:
         """The instance's folder, only for an id this run has (never a path from outside)."""
-        known = {r.instance_id for r in self.results}
-        return self.folder / "trajectories" / instance_id if instance_id in known else None
+        known = instance_id in self.results
+        return self.folder / "trajectories" / instance_id if known else None
+
+
+def _reading(reader: Callable[[Path], T], folder: Path) -> T:
+    """What `swebench report` reads, with its one-line errors as the view's."""
+    try:
+        return reader(folder)
+    except SwebenchError as exc:
+        raise ViewError(str(exc)) from None
 
 
 def load_instance(folder: Path) -> RolloutRun | TTSRun:

@@ -39,6 +39,7 @@ class ViewServer(ThreadingHTTPServer):
         """The HTML for a path, or None when there is no such page."""
         if path == "/":
             if self.batch is not None:
+                self.batch = BatchRun(self.folder)  # read again: a run may still be going
                 return batch_page(self.batch, instance_link)
             if self.kind == "tts":
                 return tts_page(load_tts(self.folder))
