@@ -4,8 +4,9 @@
 #   docker build --build-arg BASE_IMAGE=cwm-base:bookworm -t cwm-agent .   (offline)
 ARG BASE_IMAGE=debian:bookworm-slim
 FROM ${BASE_IMAGE}
-# Installed from the lock (constraints.txt). The CPU wheel by default; pass e.g.
-# TORCH_SPEC="torch==2.13.0 --extra-index-url ..." for another build of the locked version.
+# Installed from the lock (constraints.txt). TORCH_SPEC picks the build of the locked
+# torch: PyPI's is the CUDA one; for the CPU wheel pass
+# TORCH_SPEC="torch==2.13.0 --extra-index-url https://download.pytorch.org/whl/cpu".
 ARG TORCH_SPEC="torch==2.13.0"
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \

@@ -70,7 +70,8 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="tts-bench-"))
     workspace, issue = clamp_workspace(root, args.image)
     k, m = args.samples, args.test_samples
-    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}")
+    driver = docker_client().info()["Driver"]
+    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {driver}")
 
     model = small_random_cwm(root)
     rollout = RolloutConfig(max_turns=args.turns, max_reply_tokens=args.reply_tokens)

@@ -23,8 +23,20 @@ from transformers import PreTrainedTokenizerFast
 from cwm_agent.sandbox import LABEL, Sandbox, SandboxConfig, SandboxError, docker_client
 
 BASE_IMAGE = os.environ.get("CWM_AGENT_TEST_IMAGE", "cwm-base:bookworm")
-BASH_ONLY_IMAGE = "cwm-agent-test/bash-only:latest"
-NO_BASH_IMAGE = "cwm-agent-test/no-bash:latest"
+# Images the tests make are tagged per test session, so that sessions sharing one
+# daemon (CI beside a developer, parallel worktrees) never remove each other's.
+# (The pid, not a random id: this module is also imported as `tests.conftest`.)
+SESSION_TAG = f"session-{os.getpid()}"
+
+
+def test_image(name: str) -> str:
+    """The name of an image this test session makes."""
+    return f"cwm-agent-test/{name}:{SESSION_TAG}"
+
+
+test_image.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+BASH_ONLY_IMAGE = test_image("bash-only")
+NO_BASH_IMAGE = test_image("no-bash")
 
 
 @pytest.fixture(scope="session")
@@ -106,6 +118,23 @@ def run_cli(
 def containers_of(client: docker.DockerClient, run: str) -> list[str]:
     found = client.containers.list(all=True, filters={"label": f"{LABEL}.run={run}"})
     return [container.id for container in found]
+
+
+def leftover_containers(client: docker.DockerClient, job: str) -> list[str]:
+    """Containers of `job` whose owning process has ended: what a finished run left behind.
+    Runs still going (other test sessions on the same daemon) are not ours to judge."""
+    found = client.containers.list(all=True, filters={"label": f"{LABEL}.job={job}"})
+    return [c.id for c in found if not _alive(c.labels.get(f"{LABEL}.pid", ""))]
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import contextlib
 import os
 import socket
 import subprocess
+import uuid
 
 import docker
 import pytest
@@ -32,6 +33,7 @@ def test_cleanup_removes_only_orphans(client: docker.DockerClient, base_image: s
     dead_pid = str(subprocess.Popen(["true"]).pid)
     assert finished.returncode == 0
     made = {}
+    run = f"cleanup-test-{uuid.uuid4().hex[:8]}"  # only this test's: the daemon may be shared
     for name, pid in (("orphan", dead_pid), ("live", str(os.getpid()))):
         container = client.containers.create(
             base_image,
@@ -40,17 +42,16 @@ def test_cleanup_removes_only_orphans(client: docker.DockerClient, base_image: s
                 LABEL: "1",
                 f"{LABEL}.pid": pid,
                 f"{LABEL}.host": socket.gethostname(),
-                f"{LABEL}.run": f"cleanup-test-{name}",
+                f"{LABEL}.run": run,
             },
         )
         made[name] = container.id
     try:
-        done = cli("cleanup")
+        done = cli("cleanup", "--run", run)
         assert done.returncode == 0 and "removed 1 container(s)" in done.stdout
         remaining = {c.id for c in client.containers.list(all=True, filters={"label": LABEL})}
         assert made["orphan"] not in remaining and made["live"] in remaining
-        # --all, scoped to this test's run: other runs on this daemon are not ours
-        assert cli("cleanup", "--all", "--run", "cleanup-test-live").returncode == 0
+        assert cli("cleanup", "--all", "--run", run).returncode == 0
         remaining = {c.id for c in client.containers.list(all=True, filters={"label": LABEL})}
         assert made["live"] not in remaining
     finally:

@@ -16,6 +16,7 @@ import pytest
 
 from cwm_agent.fix import patch_stats
 from cwm_agent.sandbox import LABEL
+from tests.conftest import leftover_containers, test_image
 from tests.conftest import run_cli as cli
 
 pytestmark = pytest.mark.docker
@@ -71,10 +72,6 @@ def fix_args(repo: Path, base_image: str, output: Path, model: str) -> list[str]
     ]
 
 
-def our_containers(client: docker.DockerClient) -> list[str]:
-    return [c.id for c in client.containers.list(all=True, filters={"label": f"{LABEL}.job=fix"})]
-
-
 def tree_state(repo: Path) -> dict[str, object]:
     """Everything of the user's that `fix` must leave alone."""
     files = {
@@ -111,7 +108,7 @@ def test_example_fix_end_to_end_with_branch(
     assert "fixed: 1 file(s), +1 -1 in 9 turns" in done.stdout
     assert "turn   4 edit calc.py" in done.stdout
     assert tree_state(calc_repo) == before, "the user's tree, index, branch and stash"
-    assert our_containers(client) == []
+    assert leftover_containers(client, "fix") == []
 
     result = json.loads((output / "result.json").read_text())
     assert result["status"] == "finished" and result["success"] is True
@@ -319,7 +316,7 @@ def test_bad_input_is_one_clear_line(
         assert done.stderr.count("\n") == 1, done.stderr
     assert "Traceback" not in done.stderr + done.stdout
     assert tree_state(calc_repo) == before
-    assert our_containers(client) == []
+    assert leftover_containers(client, "fix") == []
     if case == "output not empty":
         assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
     elif case != "replay exhausted":
@@ -336,7 +333,7 @@ def test_repository_already_inside_an_image(
         detach=True,
         labels={LABEL: "1", f"{LABEL}.job": "test-image"},
     )
-    image = "cwm-agent-test/calc-inside:latest"
+    image = test_image("calc-inside")
     try:
         archive = subprocess.run(
             ["tar", "-C", str(EXAMPLE / "repo"), "-c", "."], capture_output=True, check=True
@@ -345,7 +342,7 @@ def test_repository_already_inside_an_image(
         maker.put_archive("/srv/calc", archive)
         script = "git init -q && git add -A && git -c user.name=a -c user.email=a@b commit -qm c"
         assert maker.exec_run(["bash", "-c", script], workdir="/srv/calc").exit_code == 0
-        maker.commit(repository=image.split(":")[0], tag="latest")
+        maker.commit(*image.split(":"))
     finally:
         maker.remove(force=True)
     try:

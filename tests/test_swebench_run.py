@@ -24,12 +24,12 @@ import docker
 import pytest
 
 from cwm_agent.sandbox import LABEL
-from tests.conftest import run_cli
+from tests.conftest import run_cli, test_image
 from tests.test_fix import call, git
 
 pytestmark = pytest.mark.docker
 
-IMAGE = "cwm-agent-test/swebench-calc:latest"
+IMAGE = test_image("swebench-calc")
 CALC = """def mean(values):
     return sum(values) / len(values)
 

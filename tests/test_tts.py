@@ -29,7 +29,7 @@ from cwm_agent.sandbox import LABEL
 from cwm_agent.tts import generated, regression
 from cwm_agent.tts.execution import CommandRun
 from cwm_agent.tts.selection import Entry, normalized_key, select
-from tests.conftest import run_cli
+from tests.conftest import leftover_containers, run_cli
 from tests.test_fix import call, committed_copy, git
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "clamp"
@@ -271,11 +271,6 @@ def fix_args(repo: Path, image: str, output: Path, replays: Path, *extra: str) -
     ]
 
 
-def fix_containers(client: docker.DockerClient) -> list[str]:
-    found = client.containers.list(all=True, filters={"label": f"{LABEL}.job=fix"})
-    return [c.id for c in found]
-
-
 @pytest.mark.docker
 def test_selects_the_right_candidate_and_explains_every_decision(
     clamp_repo: Path, base_image: str, tmp_path: Path, client: docker.DockerClient
@@ -332,7 +327,7 @@ def test_selects_the_right_candidate_and_explains_every_decision(
     shown = git(clamp_repo, "show", "fix-clamp:mathutil.py")
     assert "return max(low, min(value, high))" in shown
     assert "candidates" in done.stdout and "→0" in done.stdout
-    assert fix_containers(client) == []
+    assert leftover_containers(client, "fix") == []
 
 
 def start_fix(args: list[str]) -> subprocess.Popen[str]:
@@ -352,7 +347,8 @@ def wait_for_calls(
     deadline = time.monotonic() + 180
     while set(found) != roles and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.5)
-        for container in client.containers.list(filters={"label": f"{LABEL}.job=fix"}):
+        mine = {"label": [f"{LABEL}.job=fix", f"{LABEL}.pid={process.pid}"]}
+        for container in client.containers.list(filters=mine):
             try:  # a container may end between the listing and this look
                 processes = container.top()["Processes"]
             except docker.errors.APIError:
@@ -384,7 +380,7 @@ def test_a_candidate_whose_container_dies_fails_alone(
     assert dead["reason"].startswith("sandbox:")
     assert report["selected"] == 0 and report["candidates"][0]["score"] == 2
     assert "candidate-1: error" in stdout
-    assert fix_containers(client) == []
+    assert leftover_containers(client, "fix") == []
 
 
 @pytest.mark.docker
@@ -403,4 +399,4 @@ def test_sigterm_stops_every_rollout_and_removes_their_containers(
     _, stderr = process.communicate(timeout=90)  # well before any `sleep 300` ends
     assert process.returncode == 130, stderr
     assert "interrupted: containers removed" in stderr and "Traceback" not in stderr
-    assert fix_containers(client) == []
+    assert leftover_containers(client, "fix") == []

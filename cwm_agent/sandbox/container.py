@@ -120,7 +120,7 @@ class Sandbox:
             )
             self.session.start()
         except (DockerException, SandboxError) as exc:
-            created, running = self.id is not None, self._running()
+            created, running = self.id is not None, self._still_running(within=2.0)
             self.close()
             if not created:
                 raise SandboxError(
@@ -152,6 +152,16 @@ class Sandbox:
             return bool(self.id) and self.api.inspect_container(self.id)["State"]["Running"]
         except DockerException:
             return False
+
+    def _still_running(self, within: float) -> bool:
+        """Whether the container is still up after up to `within` seconds: without bash
+        its init exits at once, but on a loaded machine not before our first exec fails."""
+        deadline = time.monotonic() + within
+        while self._running():
+            if time.monotonic() > deadline:
+                return True
+            time.sleep(0.05)
+        return False
 
     def _create(self) -> None:
         cfg = self.config
