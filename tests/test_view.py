@@ -233,9 +233,8 @@ def test_a_batch_instance_run_with_scaling_gets_the_scaling_page(
     assert link == "../batch/trajectories/acme__clamp-1/index.html"
     instance = dump_dom((page.parent / link).resolve().as_uri())
     selected = json.loads((clamp_run / "tts.json").read_text())["selected"]
-    assert instance.one("table", "candidates").one("tr", "selected").attrs["data-candidate"] == str(
-        selected
-    )
+    candidates = instance.one("table", "candidates")
+    assert candidates.one("tr", "selected").attrs["data-candidate"] == str(selected)
     assert "acme__clamp-1" in instance.one("span", "crumb").text
 
 
