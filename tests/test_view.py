@@ -292,6 +292,9 @@ def test_a_batch_page_and_its_instances(
     assert [r.attrs["data-id"] for r in shown(unresolved.all("tr", "searchable"))] == [
         i for i, o in outcome.items() if o == "unresolved"
     ]
+    both = dump_dom(page.as_uri() + "#repo=calc%2Fcalc&outcome=resolved")
+    assert [r.attrs["data-id"] for r in shown(both.all("tr", "searchable"))] == ["calc__calc-1"]
+    assert both.one("span", id="shown").text == "1 of 4 instances"
     by_tokens = dump_dom(page.as_uri() + "#sort=-tokens")
     order = [r.attrs["data-id"] for r in by_tokens.one("table", "instances").one("tbody").all("tr")]
     assert order == sorted(results, key=lambda i: -results[i]["tokens_used"])

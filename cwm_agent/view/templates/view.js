@@ -10,7 +10,7 @@
 
   function state() {
     const params = new URLSearchParams(location.search);
-    const raw = decodeURIComponent(location.hash.slice(1));
+    const raw = location.hash.slice(1);
     if (raw.includes("=")) new URLSearchParams(raw).forEach((v, k) => params.set(k, v));
     return params;
   }
