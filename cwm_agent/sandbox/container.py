@@ -270,6 +270,11 @@ class Sandbox:
         teardown.unregister(self)
 
     @property
+    def closed(self) -> bool:
+        """Closed (perhaps from another thread, on an interrupt): nothing more may run."""
+        return self._closed
+
+    @property
     def failure(self) -> str | None:
         """Why the sandbox stopped itself (its disk limit), if it did."""
         return self._watchdog.exceeded if self._watchdog is not None else None

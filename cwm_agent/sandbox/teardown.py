@@ -51,11 +51,20 @@ def unregister(sandbox: _Closable) -> None:
 
 
 def close_all() -> None:
+    """Close every live sandbox at once: one slow removal must not leave the others
+    running their rollouts meanwhile."""
     with _lock:
         live = list(_live)
-    for sandbox in live:
-        with contextlib.suppress(Exception):  # best effort; the keep-alive guard still applies
-            sandbox.close()
+    closers = [threading.Thread(target=_close, args=(sandbox,), daemon=True) for sandbox in live]
+    for closer in closers:
+        closer.start()
+    for closer in closers:
+        closer.join()
+
+
+def _close(sandbox: _Closable) -> None:
+    with contextlib.suppress(Exception):  # best effort; the keep-alive guard still applies
+        sandbox.close()
 
 
 atexit.register(close_all)

@@ -14,7 +14,7 @@ from docker.errors import DockerException
 
 from cwm_agent.errors import first_line
 from cwm_agent.sandbox import Sandbox, SandboxError
-from cwm_agent.sandbox.errors import DiskLimitExceeded
+from cwm_agent.sandbox.errors import DiskLimitExceeded, SandboxClosed
 from cwm_agent.tools.bash import run_bash
 from cwm_agent.tools.create import run_create
 from cwm_agent.tools.edit import run_edit
@@ -37,7 +37,9 @@ class Toolbox:
         self.submit_kind: SubmitKind = submit_kind
 
     def run(self, name: str, argument: str) -> ToolResult:
-        """One call; raises `DiskLimitExceeded` once the sandbox has stopped itself."""
+        """One call; raises `DiskLimitExceeded` once the sandbox has stopped itself, and
+        `SandboxClosed` once it was closed from under the rollout."""
+        self._check_stopped()
         try:
             result = self._run(name, argument)
         except (SandboxError, DockerException):
@@ -49,6 +51,8 @@ class Toolbox:
     def _check_stopped(self) -> None:
         if self.sandbox.failure is not None:
             raise DiskLimitExceeded(self.sandbox.failure)
+        if self.sandbox.closed:  # a bash session would otherwise restart and go on
+            raise SandboxClosed("the sandbox was closed while the tool ran")
 
     def _run(self, name: str, argument: str) -> ToolResult:
         if name == "bash":
