@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from tests.test_swebench_run import batch_containers, predictions, run_args
 
 # The SWE-style fixture's repository, image, dataset and replay policies.
 calc, calc_image = fixture.calc, fixture.calc_image
-calc_dataset, replays = fixture.dataset, fixture.replays
+dataset, replays = fixture.dataset, fixture.replays
 
 # Token authentication, as remote clusters have it: the nodes and every driver of these
 # tests hold the token. Set before Ray is imported, which reads the mode once.
@@ -41,22 +40,6 @@ from ray.cluster_utils import Cluster  # noqa: E402
 pytestmark = pytest.mark.docker
 
 IDS = ["calc__calc-1", "calc__calc-2", "calc__calc-3"]
-
-
-@pytest.fixture(scope="module")
-def ray_image(client: docker.DockerClient, calc_image: str) -> Iterator[str]:
-    """The fixture's image under a name of this module's own: test sessions sharing the
-    Docker daemon build and remove the fixture's name as they start and end."""
-    name = f"cwm-agent-test/swebench-calc-ray:{uuid.uuid4().hex[:8]}"
-    client.images.get(calc_image).tag(*name.split(":"))
-    yield name
-    client.images.remove(name, force=True)
-
-
-@pytest.fixture
-def dataset(calc_dataset: Path, calc_image: str, ray_image: str) -> Path:
-    calc_dataset.write_text(calc_dataset.read_text().replace(calc_image, ray_image))
-    return calc_dataset
 
 
 def add_worker(cluster: Cluster) -> object:
