@@ -6,6 +6,7 @@ a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
 import json
@@ -50,6 +51,8 @@ from cwm_agent.trace.commands import register as register_trace_commands
 from cwm_agent.trace.format import TraceError
 from cwm_agent.tts import TTSOptions, TTSReport
 from cwm_agent.tts import table as candidates_table
+from cwm_agent.view import PAGE, ViewError, how_to_open
+from cwm_agent.view import write as write_view
 
 app = typer.Typer(
     help="Fix software issues with Meta's Code World Model (CWM).",
@@ -77,6 +80,7 @@ def user_errors(command: F) -> F:
             SwebenchError,
             CIError,
             TraceError,
+            ViewError,
         ) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
@@ -281,7 +285,7 @@ def _outcome(result: FixResult) -> str:
     branch = (
         f"; branch {result.branch} at {result.branch_commit[:12]}" if result.branch_commit else ""
     )
-    return f"{line}{branch}\noutputs: {result.output_dir}/"
+    return f"{line}{branch}\noutputs: {result.output_dir}/\n{shown(how_to_open(result.output_dir))}"
 
 
 @app.command()
@@ -494,6 +498,29 @@ def cleanup(
     console.print(
         f"removed {len(removed)} container(s)" + (f": {' '.join(removed)}" if removed else "")
     )
+
+
+@app.command()
+@user_errors
+def view(
+    path: Annotated[Path, typer.Argument(help="a run folder: fix, ci, or swebench run")],
+    out: Annotated[
+        Path | None, typer.Option(help=f"the page to write (default PATH/{PAGE})")
+    ] = None,
+    serve: Annotated[bool, typer.Option("--serve", help="serve on 127.0.0.1 instead")] = False,
+    port: Annotated[int, typer.Option(help="with --serve (0: any free port)")] = 8765,
+) -> None:
+    """Write a run folder as one self-contained HTML page, or serve it on localhost."""
+    if serve:
+        from cwm_agent.view.server import ViewServer
+
+        with ViewServer(path, port) as server, contextlib.suppress(KeyboardInterrupt):
+            typer.echo(f"serving {path} at {server.url} (Ctrl-C stops)")
+            server.serve_forever()
+        return
+    written = write_view(path, out or path / PAGE)
+    more = f" (and {len(written) - 1} instance pages)" if len(written) > 1 else ""
+    typer.echo(f"wrote {written[0]}{more}: open {written[0].resolve().as_uri()}")
 
 
 app.add_typer(make_swebench_app(user_errors), name="swebench")

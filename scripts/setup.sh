@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up everything cwm-agent and its tests need, idempotently:
-# a Docker engine that answers, the offline base image, and .venv with the
+# a Docker engine that answers, the offline base image, Chromium, and .venv with the
 # project and its dev, swebench, quant and ray extras. Quick when all of it is in place.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,7 +49,18 @@ log "docker $(docker version --format '{{.Server.Version}}'), storage driver $(d
 # 2. The base image (made offline with debootstrap when absent).
 ./scripts/base-image.sh cwm-base:bookworm
 
-# 3. The virtual environment, installed from the lock (constraints.txt, made by
+# 3. Chromium, for the browser tests of `cwm-agent view`, from Debian's packages.
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing Chromium from Debian's packages (chromium), for the view's browser tests"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    log "chromium is missing and this is not a root Debian shell: the view's browser tests will skip (outside CI)"
+  fi
+fi
+
+# 4. The virtual environment, installed from the lock (constraints.txt, made by
 # scripts/update-lock.sh), so what gets installed does not depend on what the
 # registry serves that day. CWM_AGENT_UNLOCKED=1 takes pyproject.toml's ranges
 # instead. torch comes first, pinned: an unpinned torch would pull a multi-GB CUDA

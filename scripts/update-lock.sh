@@ -15,14 +15,18 @@ python3 -m venv "$tools/venv"
 torch=${TORCH_SPEC:-torch==2.13.0}
 echo "$torch" >"$tools/torch.txt"
 digest=$(python3 scripts/lock_digest.py)
+# uv keeps the versions of its output file where they still fit: pins move only
+# when pyproject.toml asks (or with UPGRADE=1).
+[ "${UPGRADE:-0}" = 1 ] || cp constraints.txt "$tools/lock.txt" 2>/dev/null || true
+"$tools/venv/bin/uv" pip compile pyproject.toml --universal --python-version 3.11 \
+  --all-extras --fork-strategy fewest --constraint "$tools/torch.txt" --no-header --no-annotate \
+  --quiet --no-emit-package cwm-agent --output-file "$tools/lock.txt"
 {
   echo "# The lock: every dependency of cwm-agent and its extras, one version each."
   echo "# Made by scripts/update-lock.sh (uv $uv_version); do not edit by hand."
   echo "# Used as pip constraints: pip install -c constraints.txt -e '.[dev,swebench,quant,ray]'"
   echo "# pyproject-dependencies-sha256: $digest"
-  "$tools/venv/bin/uv" pip compile pyproject.toml --universal --python-version 3.11 \
-    --all-extras --fork-strategy fewest --constraint "$tools/torch.txt" --no-header --no-annotate --quiet \
-    --no-emit-package cwm-agent
+  cat "$tools/lock.txt"
 } >constraints.txt.new
 mv constraints.txt.new constraints.txt
 echo "constraints.txt: $(grep -c '==' constraints.txt) pins"

@@ -138,7 +138,10 @@ def test_label_opens_a_draft_pull_request_and_a_rerun_updates_it(setup: Setup) -
     assert "## Model summary\n\n### Issue Summary\n\n`median()` returned the upper" in body
     assert f"`{test_cmd}` passed on the patched tree in a fresh sandbox (exit 0," in body
     assert "\nOK\n" in body
-    assert "+1 -1" in body and "trajectory: `trajectory.json` in the run's outputs" in body
+    assert (
+        "+1 -1" in body
+        and "trajectory: `trajectory.json` in the run's outputs; its `index.html`" in body
+    )
     assert (setup.output / "summary.md").read_text() == body + "\n"
 
     # The remote got one new branch: the start commit plus exactly the patch.
@@ -304,7 +307,9 @@ def test_output_only_needs_no_github(tmp_path: Path, base_image: str) -> None:
         "summary.md",
         "result.json",
         "trajectory.json",
+        "index.html",
     }
+    assert "ci: done" in (output / "index.html").read_text()  # the artifact's page of the run
     result = json.loads((output / "result.json").read_text())
     assert result["output_only"] is True and result["tests"]["passed"] is True
     assert result["fix"]["patch_stats"]["files"] == 1

@@ -15,7 +15,7 @@ from pathlib import Path
 import git
 from pydantic import BaseModel, Field, SecretStr
 
-from cwm_agent import gitrepo
+from cwm_agent import gitrepo, view
 from cwm_agent.agent import RolloutConfig, Trajectory
 from cwm_agent.ci import guards, report
 from cwm_agent.ci.event import Event, Trigger, TriggerRules, check_issue, decide
@@ -192,7 +192,19 @@ def run_ci(settings: CISettings, say: Callable[[str], None]) -> CIResult:
         raise
     finally:
         (output / "result.json").write_text(json.dumps(result.model_dump(), indent=2) + "\n")
+        _write_view(output, token, say)
     return result
+
+
+def _write_view(output: Path, token: str | None, say: Callable[[str], None]) -> None:
+    """The artifact's `index.html`: the run as a page; never one holding the token."""
+    try:
+        page = view.write(output, output / view.PAGE)[0]
+    except view.ViewError as exc:
+        say(f"no {view.PAGE}: {exc}")
+        return
+    if token and token in page.read_text(encoding="utf-8"):
+        page.unlink()
 
 
 def _scrub(output: Path, token: str | None) -> None:

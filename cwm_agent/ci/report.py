@@ -10,6 +10,7 @@ import re
 
 from cwm_agent.ci.verify import TestEvidence
 from cwm_agent.fix import FixResult
+from cwm_agent.view import PAGE
 
 
 def pull_body(
@@ -31,7 +32,7 @@ def pull_body(
             "## Run\n\n"
             f"- model `{fix.model}`, {fix.turns} turns, {fix.duration_s:.0f}s\n"
             f"- patch: {stats.files} file(s), +{stats.additions} -{stats.deletions}\n"
-            f"- trajectory: {trajectory_link}",
+            + _trajectory(trajectory_link),
         ]
     )
 
@@ -51,14 +52,17 @@ def failure_comment(
         "## What was tried\n\n"
         f"- model `{fix.model}` ran {fix.turns} turns in {fix.duration_s:.0f}s and ended "
         f"`{fix.status}`{reason}\n"
-        f"- it submitted {submitted}\n"
-        f"- trajectory: {trajectory_link}",
+        f"- it submitted {submitted}\n" + _trajectory(trajectory_link),
     ]
     if summary:
         parts.append(f"## The model's summary\n\n{_nested(summary)}")
     if evidence is not None:
         parts.append(f"## Test evidence\n\n{_evidence(evidence)}")
     return "\n\n".join(parts)
+
+
+def _trajectory(link: str) -> str:
+    return f"- trajectory: {link}; its `{PAGE}` shows the run turn by turn in a browser"
 
 
 def _evidence(evidence: TestEvidence | None) -> str:

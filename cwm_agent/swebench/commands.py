@@ -33,6 +33,7 @@ from cwm_agent.swebench.report import render, summarize
 from cwm_agent.swebench.runner import InstanceResult, RunOptions, run_batch
 from cwm_agent.terminal import shown
 from cwm_agent.tts import TTSOptions
+from cwm_agent.view import how_to_open
 
 F = TypeVar("F", bound=Callable[..., object])
 console = Console()
@@ -180,6 +181,7 @@ def make_app(guard: Callable[[F], F]) -> typer.Typer:
             f"predictions: {output / 'predictions.jsonl'}"
             + (" (add --resume to retry the errors)" if errors else "")
         )
+        console.print(how_to_open(output), highlight=False)
         if errors:  # so scripts can tell
             typer.echo(f"error: {errors} instance(s) ended in an error", err=True)
             raise typer.Exit(1)

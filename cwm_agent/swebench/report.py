@@ -49,8 +49,10 @@ class Summary(BaseModel):
 
 
 def summarize(folder: Path) -> Summary:
-    results = _results(folder)
-    graded = _graded(folder)
+    return summary_of(read_results(folder), read_graded(folder))
+
+
+def summary_of(results: list[InstanceResult], graded: EvalReport | None) -> Summary:
     ran = [r for r in results if r.status != "error"]
     by_repo: dict[str, list[InstanceResult]] = defaultdict(list)
     by_difficulty: dict[str, list[InstanceResult]] = defaultdict(list)
@@ -118,7 +120,7 @@ def render(summary: Summary, console: Console) -> None:
         console.print(errors)
 
 
-def _results(folder: Path) -> list[InstanceResult]:
+def read_results(folder: Path) -> list[InstanceResult]:
     if not folder.is_dir():
         raise SwebenchError(f"{folder} is not a folder")
     results = []
@@ -132,7 +134,7 @@ def _results(folder: Path) -> list[InstanceResult]:
     return results
 
 
-def _graded(folder: Path) -> EvalReport | None:
+def read_graded(folder: Path) -> EvalReport | None:
     path = folder / "report.json"
     if not path.is_file():
         return None

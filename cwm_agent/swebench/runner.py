@@ -18,6 +18,7 @@ import importlib.metadata
 import json
 import platform
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -82,6 +83,7 @@ class InstanceResult(BaseModel):
     tools_s: float = 0.0
     patch_bytes: int = 0
     node: str | None = Field(None, description="the Ray node it ran on (`--ray`)")
+    worker: str | None = Field(None, description="host/thread that ran it")
 
 
 class Session(BaseModel):
@@ -237,6 +239,7 @@ def _run_instance(
         difficulty=instance.difficulty,
         image=image,
         status="error",
+        worker=f"{socket.gethostname()}/{threading.current_thread().name}",
     )
     started = time.monotonic()
     workspace = workspace_for(
