@@ -12,10 +12,12 @@ from typing import Any
 import pytest
 
 from cwm_agent.model import PolicyPool, load_policy
+from cwm_agent.model.hf import TransformersPolicy
 from cwm_agent.model.openai_api import OpenAIPolicy
 from cwm_agent.model.policy import PolicyError
 from cwm_agent.model.routing import EndpointRouter
 from cwm_agent.model.server import CompletionServer
+from cwm_agent.protocol.chat import STOP_TOKENS, render_ids, special_token_id
 from tests import test_model_openai as fixture
 from tests.test_model_openai import FAST, _conversations
 
@@ -79,3 +81,16 @@ def test_the_model_spec_names_the_endpoints(server: CompletionServer) -> None:
     assert pool.name == f"openai:{url(server)},{url(server)}"
     with pytest.raises(PolicyError, match=r"expected URL,URL,\.\.\. with no empty entry"):
         load_policy(f"openai:{url(server)},")
+
+
+def test_token_id_prompts_are_routed_too(
+    local: TransformersPolicy, server: CompletionServer, front_factory: Any
+) -> None:
+    """The trace path's `complete_ids`: same ids as one server, the dead endpoint skipped."""
+    front = front_factory(url(server))
+    router = EndpointRouter([dead_url(), front.url], temperature=0.0, **FAST)
+    prompts = [render_ids(c, local.tokenizer) for c in _conversations()[1:]]
+    stops = [special_token_id(local.tokenizer, token) for token in STOP_TOKENS]
+    alone = OpenAIPolicy(url(server), temperature=0.0).complete_ids(prompts, 5, stops)
+    assert router.complete_ids(prompts, 5, stops) == alone
+    assert completions(front) == 2

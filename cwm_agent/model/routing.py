@@ -7,15 +7,17 @@ hands it to the next, so a dead server slows a run down instead of failing it.
 
 from __future__ import annotations
 
+import functools
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 from cwm_agent.model.openai_api import OpenAIPolicy
 from cwm_agent.model.policy import Completion, PolicyError, TokenLimit, per_conversation
 from cwm_agent.protocol.chat import ChatTokenizer, Message
 
+T = TypeVar("T")
 RETRIES_PER_ENDPOINT = 1  # then the next endpoint; the last one standing retries as usual
 
 
@@ -43,13 +45,27 @@ class EndpointRouter:
         self, conversations: Sequence[Sequence[Message]], max_new_tokens: TokenLimit
     ) -> list[Completion]:
         limits = per_conversation(max_new_tokens, len(conversations))
-        if len(conversations) <= 1:
-            return [self._one(c, limit) for c, limit in zip(conversations, limits, strict=True)]
-        with ThreadPoolExecutor(max_workers=len(conversations)) as pool:
-            return list(pool.map(self._one, conversations, limits))
+        asks = [
+            functools.partial(_complete, conversation, limit)
+            for conversation, limit in zip(conversations, limits, strict=True)
+        ]
+        return self._spread(asks)
 
-    def _one(self, conversation: Sequence[Message], limit: int) -> Completion:
-        """One reply, from the least busy endpoint that has not failed it yet."""
+    def complete_ids(
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop_ids: Sequence[int]
+    ) -> list[list[int]]:
+        """`OpenAIPolicy.complete_ids`, each prompt routed on its own."""
+        asks = [functools.partial(_complete_ids, p, max_new_tokens, stop_ids) for p in prompts]
+        return self._spread(asks)
+
+    def _spread(self, asks: list[Callable[[OpenAIPolicy], T]]) -> list[T]:
+        if len(asks) <= 1:
+            return [self._route(ask) for ask in asks]
+        with ThreadPoolExecutor(max_workers=len(asks)) as pool:
+            return list(pool.map(self._route, asks))
+
+    def _route(self, ask: Callable[[OpenAIPolicy], T]) -> T:
+        """One request, to the least busy endpoint that has not failed it yet."""
         tried: set[int] = set()
         while True:
             with self._lock:
@@ -59,7 +75,7 @@ class EndpointRouter:
                 )
                 self.outstanding[index] += 1
             try:
-                return self.endpoints[index].complete([conversation], limit)[0]
+                return ask(self.endpoints[index])
             except PolicyError as exc:
                 tried.add(index)
                 if len(tried) == len(self.endpoints):
@@ -69,3 +85,13 @@ class EndpointRouter:
             finally:
                 with self._lock:
                     self.outstanding[index] -= 1
+
+
+def _complete(conversation: Sequence[Message], limit: int, endpoint: OpenAIPolicy) -> Completion:
+    return endpoint.complete([conversation], limit)[0]
+
+
+def _complete_ids(
+    prompt: Sequence[int], limit: int, stop_ids: Sequence[int], endpoint: OpenAIPolicy
+) -> list[int]:
+    return endpoint.complete_ids([prompt], limit, stop_ids)[0]

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from cwm_agent.model import ModelOptions, PolicyError, load_policy
 from cwm_agent.model.openai_api import OpenAIPolicy
+from cwm_agent.model.routing import EndpointRouter
 from cwm_agent.protocol.chat import END_OF_TEXT, Piece, encode_pieces, special_token_id
 from cwm_agent.trace.format import FRAME_SEP, TOKEN_EVENTS, split_ids, split_text
 
@@ -70,7 +71,7 @@ def load_trace_model(
 
 class TokenTraceModel:
     """A policy that continues token ids: the in-process model (`generate_ids`) or a
-    server (`OpenAIPolicy.complete_ids`); prompts are encoded with `tokenizer`."""
+    server or servers (`complete_ids`); prompts are encoded with `tokenizer`."""
 
     def __init__(self, policy: Any, tokenizer: Any) -> None:
         self.policy = policy
@@ -85,7 +86,7 @@ class TokenTraceModel:
     ) -> list[list[Piece]]:
         prompts = [encode_pieces(request.prompt, self.tokenizer) for request in requests]
         stops = [special_token_id(self.tokenizer, token) for token in STOP_TOKENS]
-        if isinstance(self.policy, OpenAIPolicy):
+        if isinstance(self.policy, OpenAIPolicy | EndpointRouter):
             replies = self.policy.complete_ids(prompts, max_new_tokens, stops)
         else:
             generated = self.policy.generate_ids(prompts, max_new_tokens, stop_ids=stops)
