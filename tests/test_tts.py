@@ -417,7 +417,7 @@ def wait_for_calls(
         mine = [f"{LABEL}.job=fix", f"{LABEL}.pid={process.pid}"]  # not others' runs
         for container in client.containers.list(filters={"label": mine}):
             try:  # a container may end between the listing and this look
-                processes = container.top()["Processes"]
+                processes = container.top()["Processes"] or []  # none yet, or gone
             except docker.errors.APIError:
                 continue
             if any(command in " ".join(p) for p in processes):

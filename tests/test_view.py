@@ -249,7 +249,9 @@ def test_a_batch_page_and_its_instances(
 ) -> None:
     output = tmp_path / "batch"
     done = run_cli(*run_args(dataset, replays, output, "--workers", "2"))
-    assert done.returncode == 0, done.stderr + done.stdout
+    # 1: one fixture instance's image is missing, an error scripts must be able to see
+    assert done.returncode == 1, done.stderr + done.stdout
+    assert "1 instance(s) ended in an error" in done.stderr
     assert f"view: cwm-agent view {output}" in done.stdout
     graded = run_cli(
         "swebench", "eval", "--predictions", str(output / "predictions.jsonl"),
