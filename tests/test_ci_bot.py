@@ -264,6 +264,17 @@ def test_guard_rails_refuse_and_say_so(setup: Setup, case: str, code: int, line:
     assert ("## The model's summary\n\n### " in comment) == finished
 
 
+def test_the_token_never_reaches_the_artifact(setup: Setup) -> None:
+    """The model writes the token only into its own turns (not the patch, not the
+    post): the pull request opens, and no file of the uploaded folder holds it."""
+    done = setup.ci([call("bash", f"echo {TOKEN} > /dev/null"), *FIX])
+    assert done.returncode == 0, done.stderr + done.stdout
+    files = [path for path in setup.output.rglob("*") if path.is_file()]
+    assert {"trajectory.json", "result.json", "index.html"} <= {path.name for path in files}
+    assert not [path for path in files if TOKEN.encode() in path.read_bytes()]
+    assert "[token removed]" in (setup.output / "trajectory.json").read_text()
+
+
 def test_dry_run_on_the_fixture_event_writes_nothing(setup: Setup) -> None:
     before = refs(setup.remote)
     done = setup.ci(FIX, "--dry-run", env={"GITHUB_TOKEN": TOKEN})

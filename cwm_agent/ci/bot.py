@@ -30,6 +30,7 @@ from cwm_agent.sandbox.image import DEFAULT_IMAGE
 from cwm_agent.tts import TTSOptions
 
 BRANCH_PREFIX = "cwm-agent/issue-"
+REDACTED = b"[token removed]"  # what stands for the token in the artifact
 
 
 class CISettings(BaseModel):
@@ -192,6 +193,7 @@ def run_ci(settings: CISettings, say: Callable[[str], None]) -> CIResult:
         raise
     finally:
         (output / "result.json").write_text(json.dumps(result.model_dump(), indent=2) + "\n")
+        _redact(output, token)
         _write_view(output, token, say)
     return result
 
@@ -205,6 +207,17 @@ def _write_view(output: Path, token: str | None, say: Callable[[str], None]) -> 
         return
     if token and token in page.read_text(encoding="utf-8"):
         page.unlink()
+
+
+def _redact(output: Path, token: str | None) -> None:
+    """Replace the token wherever it reached the run's files (the model may have
+    echoed it from the issue text): the whole folder is uploaded as an artifact."""
+    if not token:
+        return
+    secret = token.encode()
+    for path in output.rglob("*"):
+        if path.is_file() and secret in (content := path.read_bytes()):
+            path.write_bytes(content.replace(secret, REDACTED))
 
 
 def _scrub(output: Path, token: str | None) -> None:
