@@ -32,7 +32,7 @@ from pydantic import BaseModel, Field, ValidationError
 from cwm_agent.agent import RolloutConfig
 from cwm_agent.errors import first_line
 from cwm_agent.model import ModelOptions, PolicyError, PolicyPool
-from cwm_agent.sandbox import ImageNotFoundError, docker_client, remove_leftovers
+from cwm_agent.sandbox import ImageNotFoundError, docker_client, remove_leftovers, teardown
 from cwm_agent.solve import Solution, solve
 from cwm_agent.swebench.cluster import ClusterOptions
 from cwm_agent.swebench.dataset import ALIASES, Instance, load_instances, select
@@ -140,6 +140,7 @@ def run_batch(
     each instance. Ctrl-C or SIGTERM removes every container and re-raises; what
     had finished stays recorded.
     """
+    teardown.install_signal_handlers()  # a SIGTERM from here on unwinds like Ctrl-C
     instances = select(
         load_instances(options.dataset, options.split), options.instance_ids, options.slice
     )
@@ -165,10 +166,6 @@ def run_batch(
         skipped=len(instances) - len(todo),
     )
     record.sessions.append(session)
-    _write_record(output, record)
-    if on_start is not None:
-        on_start(len(instances), session.skipped)
-
     started = time.monotonic()
 
     def work(instance: Instance, stopping: threading.Event) -> InstanceResult | None:
@@ -204,7 +201,10 @@ def run_batch(
         if on_done is not None:
             on_done(result)
 
-    try:
+    try:  # from the first write of the session on, an interrupt is recorded as one
+        _write_record(output, record)
+        if on_start is not None:
+            on_start(len(instances), session.skipped)
         if options.ray is None:
             run_parallel(todo, work, options.workers, done)
         else:
