@@ -107,6 +107,8 @@ def test_the_candidate_that_breaks_a_real_test_loses(
     assert (plan["status"], plan["method"], plan["command"]) == ("ok", case.method, case.command)
     assert len(plan["tests"]) == case.passing
     breaker, keeper = report["candidates"]
+    for candidate in (breaker, keeper):  # say why a candidate went untested, if one did
+        assert candidate["eligible"], {k: candidate[k] for k in ("status", "reason", "why_not")}
     failed = sorted(test for test, passed in breaker["regression"].items() if not passed)
     assert len(failed) == case.broken and all(test.startswith(case.where) for test in failed)
     assert all(keeper["regression"].values()) and len(keeper["regression"]) == case.passing

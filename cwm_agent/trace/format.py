@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from cwm_agent import pyparse
 from cwm_agent.protocol.chat import BEGIN_OF_TEXT, END_OF_TEXT, Piece
 
 FRAME_SEP = "<|frame_sep|>"
@@ -110,7 +111,7 @@ Parsed = Frame | FrameError | End
 def mark_source(source: str, function: str) -> str:
     """`source` with the `def` line of top-level `function` marked as the trace's start."""
     try:
-        tree = ast.parse(source)
+        tree = pyparse.parse(source)
     except SyntaxError as exc:
         raise TraceError(f"the source does not parse: {exc.msg} (line {exc.lineno})") from None
     for node in tree.body:

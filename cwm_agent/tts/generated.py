@@ -8,10 +8,10 @@ which CWM's recipe follows).
 
 from __future__ import annotations
 
-import ast
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from cwm_agent import pyparse
 from cwm_agent.tts.execution import CommandRun
 
 REPRODUCED, RESOLVED, OTHER = "Issue reproduced", "Issue resolved", "Other issues"
@@ -23,7 +23,7 @@ TOP_GROUPS = 5
 def static_problem(source: str) -> str | None:
     """Why a submitted test cannot be used before running it, or None."""
     try:
-        ast.parse(source)
+        pyparse.parse(source)
     except SyntaxError as exc:
         return f"does not parse as Python: line {exc.lineno}: {exc.msg}"
     missing = [marker for marker in (REPRODUCED, RESOLVED) if marker not in source]

@@ -15,6 +15,8 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from cwm_agent import pyparse
+
 
 def normalized_key(contents: Mapping[str, bytes | None]) -> str:
     """A short fingerprint of the tree a patch leaves (None: the file was deleted)."""
@@ -29,7 +31,7 @@ def normalized_key(contents: Mapping[str, bytes | None]) -> str:
 def _normalize(path: str, text: str) -> str:
     if path.endswith(".py"):
         try:
-            tree = ast.parse(text)
+            tree = pyparse.parse(text)
         except SyntaxError:
             pass
         else:
