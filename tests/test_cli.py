@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
+import sys
+import time
 import uuid
+from pathlib import Path
 
 import docker
 import pytest
@@ -73,3 +77,15 @@ def test_docker_errors_keep_their_cause_when_shortened() -> None:
     assert first_line(error) == cause
     shortened = first_line(RuntimeError("x" * 400 + " because the disk is full"))
     assert shortened.endswith("because the disk is full") and len(shortened) <= 300
+
+
+def test_ctrl_c_while_the_cli_loads_is_one_line() -> None:
+    """Importing torch and transformers takes seconds; a Ctrl-C then is no traceback."""
+    command = Path(sys.executable).parent / "cwm-agent"  # the installed entry point
+    process = subprocess.Popen(
+        [str(command), "doctor"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    time.sleep(0.5)  # Python is up; the CLI's imports take seconds more
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+    assert (process.returncode, out, err) == (130, "", "interrupted: nothing had started\n")
