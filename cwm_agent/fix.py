@@ -20,7 +20,7 @@ import git
 from pydantic import BaseModel, Field
 
 from cwm_agent import gitrepo
-from cwm_agent.agent import Observer, RolloutConfig, Trajectory
+from cwm_agent.agent import MessageObserver, RolloutConfig, Trajectory
 from cwm_agent.model import ModelOptions, PolicyPool
 from cwm_agent.sandbox import (
     LABEL,
@@ -95,7 +95,7 @@ class FixResult(BaseModel):
 
 def run_fix(
     options: FixOptions,
-    observer: Observer | None = None,
+    observer: MessageObserver | None = None,
     progress: Callable[[str], None] | None = None,
     warn: Callable[[str], None] | None = None,
 ) -> FixResult:
@@ -131,7 +131,7 @@ def _fix(
     pool: PolicyPool,
     repo: git.Repo | None,
     output: Path,
-    observer: Observer | None,
+    observer: MessageObserver | None,
     progress: Callable[[str], None] | None,
     warn: Callable[[str], None] | None,
 ) -> FixResult:

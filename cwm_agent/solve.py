@@ -13,7 +13,7 @@ from pathlib import Path
 
 import docker
 
-from cwm_agent.agent import Observer, RolloutConfig, Trajectory, run_rollout
+from cwm_agent.agent import MessageObserver, RolloutConfig, Trajectory, run_rollout
 from cwm_agent.model import PolicyPool
 from cwm_agent.sandbox import Sandbox
 from cwm_agent.sandbox.container import require_image
@@ -57,7 +57,7 @@ def solve(
     rollout: RolloutConfig,
     output: Path,
     client: docker.DockerClient,
-    observer: Observer | None = None,
+    observer: MessageObserver | None = None,
     progress: Progress | None = None,
     cancelled: threading.Event | None = None,
     detect: Detector | None = None,

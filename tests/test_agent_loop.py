@@ -9,12 +9,12 @@ import docker
 import pytest
 from transformers import PreTrainedTokenizerFast
 
-from cwm_agent.agent import RolloutConfig, Trajectory, run_rollout
+from cwm_agent.agent import MessageRecord, RolloutConfig, Trajectory, run_rollout
 from cwm_agent.model import Completion, PolicyError
 from cwm_agent.model.tokens import message_counter
 from cwm_agent.protocol.chat import EOT, Message, render_ids
 from cwm_agent.protocol.prompts import tool_result_for_estimate
-from cwm_agent.sandbox import Sandbox, SandboxConfig
+from cwm_agent.sandbox import Sandbox, SandboxConfig, SandboxInterrupted
 from cwm_agent.tools import Toolbox
 
 pytestmark = pytest.mark.docker
@@ -188,3 +188,60 @@ def test_losing_the_container_ends_the_rollout_with_an_error(
     assert trajectory.status == "error"
     assert trajectory.reason is not None and trajectory.reason.startswith("sandbox: ")
     assert [m.tool_result.output for m in trajectory.messages if m.tool_result] == ["hi\n"]
+
+
+def test_wall_time_cap_ends_before_the_next_reply(box: Sandbox) -> None:
+    policy = ScriptedPolicy([call("bash", "sleep 0.4"), call("bash", "echo never")])
+    config = RolloutConfig(max_duration_s=0.3)
+    trajectory = run_rollout(policy, Toolbox(box), "Take time.", config)
+    assert trajectory.status == "time_limit"
+    assert trajectory.reason == "reached the wall-time cap of 0.3s"
+    assert trajectory.turns == 1 and len(policy.replies) == 1
+
+
+def test_a_reply_past_the_context_size_is_recorded_but_not_run(
+    box: Sandbox, cwm_tokenizer: PreTrainedTokenizerFast
+) -> None:
+    reply = call("bash", "echo " + "word " * 3000)
+    policy = ScriptedPolicy([reply], tokenizer=cwm_tokenizer)
+    trajectory = run_rollout(policy, Toolbox(box), "Talk.", RolloutConfig(context_size=3000))
+    assert trajectory.status == "context_exceeded" and trajectory.turns == 1
+    assert trajectory.reason == f"context size exceeded: {trajectory.tokens_used} > 3000"
+    last = trajectory.messages[-1]
+    assert last.role == "assistant" and last.tool_call is not None
+    assert all(m.tool_result is None for m in trajectory.messages)
+
+
+@pytest.mark.parametrize(
+    ("interrupt", "reason"),
+    [
+        # Today's text: an exception is true, so `exc or 'Ctrl-C'` never shows Ctrl-C.
+        (KeyboardInterrupt(), "interrupted ()"),
+        (SandboxInterrupted("SIGTERM"), "interrupted (SIGTERM)"),
+    ],
+)
+def test_an_interrupt_is_checkpointed_and_goes_on_up(
+    box: Sandbox, interrupt: BaseException, reason: str
+) -> None:
+    class Interrupted(ScriptedPolicy):
+        def complete(
+            self, conversations: Sequence[Sequence[Message]], max_new_tokens: int
+        ) -> list[Completion]:
+            if not self.replies:
+                raise interrupt
+            return super().complete(conversations, max_new_tokens)
+
+    seen: list[MessageRecord] = []
+    saved: list[tuple[str, str | None, int]] = []
+    with pytest.raises(type(interrupt)):
+        run_rollout(
+            Interrupted([call("bash", "echo one")]),
+            Toolbox(box),
+            "Stop me.",
+            RolloutConfig(),
+            seen.append,
+            lambda t: saved.append((t.status, t.reason, len(t.messages))),
+        )
+    assert [m.role for m in seen] == ["system", "user", "assistant", "tool: bash"]
+    assert saved[:4] == [("running", None, n) for n in range(1, 5)]
+    assert saved[4:] == [("interrupted", reason, 4)]

@@ -17,7 +17,7 @@ import pytest
 from cwm_agent.sandbox import LABEL
 from tests.conftest import run_cli
 from tests.github_api import FakeGitHub, serve
-from tests.test_fix import call, committed_copy, git
+from tests.helpers import call, committed_copy, git
 
 pytestmark = pytest.mark.docker
 

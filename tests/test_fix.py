@@ -6,7 +6,6 @@ The model is the only double: `replay:` files stand in for CWM.
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import socket
 import subprocess
@@ -21,27 +20,11 @@ import pytest
 from cwm_agent.fix import patch_stats
 from cwm_agent.sandbox import LABEL
 from tests.conftest import run_cli as cli
-from tests.conftest import start_cli, started_containers, test_image
+from tests.conftest import start_cli, test_image
+from tests.helpers import CALC_EXAMPLE as EXAMPLE
+from tests.helpers import call, committed_copy, fix_args, fix_containers, git
 
 pytestmark = pytest.mark.docker
-
-EXAMPLE = Path(__file__).parent.parent / "examples" / "calc"
-GIT = ["git", "-c", "user.name=dev", "-c", "user.email=dev@example.invalid"]
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        [*GIT, "-C", str(repo), *args], check=True, capture_output=True, text=True
-    ).stdout
-
-
-def committed_copy(source: Path, repo: Path) -> Path:
-    """`source` copied to `repo` as a git repository with one commit."""
-    shutil.copytree(source, repo)
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", repo.name)
-    return repo
 
 
 @pytest.fixture
@@ -54,30 +37,6 @@ def replay(tmp_path: Path, replies: list[str]) -> str:
     path = tmp_path / "replies.json"
     path.write_text(json.dumps(replies))
     return f"replay:{path}"
-
-
-def call(tool: str, argument: str, thought: str = "Next step.") -> str:
-    return f"{thought}\n</think>\n\n<tool: {tool}>\n{argument}\n</tool>"
-
-
-def fix_args(repo: Path, base_image: str, output: Path, model: str) -> list[str]:
-    return [
-        "fix",
-        "--repo",
-        str(repo),
-        "--issue-file",
-        str(EXAMPLE / "issue.md"),
-        "--model",
-        model,
-        "--image",
-        base_image,
-        "--output",
-        str(output),
-    ]
-
-
-def our_containers(client: docker.DockerClient) -> list[str]:
-    return started_containers(client, f"{LABEL}.job=fix")
 
 
 def tree_state(repo: Path) -> dict[str, object]:
@@ -116,7 +75,7 @@ def test_example_fix_end_to_end_with_branch(
     assert "fixed: 1 file(s), +1 -1 in 9 turns" in done.stdout
     assert "turn   4 edit calc.py" in done.stdout
     assert tree_state(calc_repo) == before, "the user's tree, index, branch and stash"
-    assert our_containers(client) == []
+    assert fix_containers(client) == []
 
     result = json.loads((output / "result.json").read_text())
     assert result["status"] == "finished" and result["success"] is True
@@ -342,7 +301,7 @@ def test_bad_input_is_one_clear_line(
         assert done.stderr.count("\n") == 1, done.stderr
     assert "Traceback" not in done.stderr + done.stdout
     assert tree_state(calc_repo) == before
-    assert our_containers(client) == []
+    assert fix_containers(client) == []
     if case != "branch exists":
         assert git(calc_repo, "branch", "--list") == "* main\n"
     if case == "output not empty":

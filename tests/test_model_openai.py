@@ -8,14 +8,7 @@ the real one) checks retries and error reporting. Everything binds to 127.0.0.1.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import socket
-import threading
-import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,47 +17,15 @@ import requests
 from cwm_agent.model.hf import Generated, SamplingParams, TransformersPolicy
 from cwm_agent.model.openai_api import OpenAIPolicy, base_url, prompt_text
 from cwm_agent.model.policy import PolicyError
-from cwm_agent.model.server import CompletionServer, serve
-from cwm_agent.protocol import prompts
+from cwm_agent.model.server import CompletionServer
 from cwm_agent.protocol.chat import EOM, EOT, Message, render_ids, render_text
+from tests import helpers
+from tests.helpers import FAST, sample_conversations
 
-FAST = {"backoff_s": 0.01, "max_backoff_s": 0.05}  # retries without real waiting
+# The tiny model, its server, and the recording fronts.
+local, server, front_factory = helpers.local, helpers.server, helpers.front_factory
+
 GREEDY = SamplingParams(greedy=True)
-
-
-def _conversations() -> list[list[Message]]:
-    """Three realistic conversations of different lengths (the order check uses that)."""
-    system = Message.system(prompts.system_prompt(prompts.environment_prompt(120, 131072, 128)))
-    issue = Message.user(prompts.issue_prompt("`add(2, 2)` returns 5.", "/testbed", len, 10**9))
-    reply = Message.assistant(
-        "The bug must be in add.\n</think>\nLet me look.\n<tool: bash>\ncat app.py\n</tool>"
-    )
-    result = Message.tool(
-        "bash", prompts.tool_result("def add(a, b):\n    return a + b + 1\n", 126, 130000)
-    )
-    return [
-        [system, issue],
-        [system, issue, reply, result],
-        [
-            Message.user("Hello"),
-            Message.assistant("Hi.\n</think>\nHi!", stop=EOM),
-            Message.user("Bye"),
-        ],
-    ]
-
-
-@pytest.fixture(scope="module")
-def local(tiny_cwm_dir: Path) -> TransformersPolicy:
-    return TransformersPolicy(str(tiny_cwm_dir), offline=True)
-
-
-@pytest.fixture(scope="module")
-def server(local: TransformersPolicy) -> Iterator[CompletionServer]:
-    server, thread = serve(local)
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=10)
 
 
 def _local_greedy(
@@ -74,95 +35,9 @@ def _local_greedy(
     return local.generate_ids([ids], max_new_tokens, GREEDY)[0]
 
 
-class _Front(ThreadingHTTPServer):
-    """Answers the first POSTs with the given failure statuses, `canned` paths with fixed
-    JSON, and passes everything else to `upstream`; records each POST body."""
-
-    daemon_threads = True
-
-    def __init__(
-        self,
-        upstream: str | None,
-        failures: tuple[int, ...] = (),
-        delay_s: float = 0.0,
-        canned: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(("127.0.0.1", 0), _FrontHandler)
-        self.upstream = upstream
-        self.failures = list(failures)
-        self.delay_s = delay_s
-        self.canned = canned or {}
-        self.posts: list[tuple[str, dict[str, Any]]] = []
-        self.lock = threading.Lock()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class _FrontHandler(BaseHTTPRequestHandler):
-    server: _Front
-
-    def do_GET(self) -> None:
-        self._answer(None)
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        with self.server.lock:
-            self.server.posts.append((self.path, body))
-            failure = self.server.failures.pop(0) if self.server.failures else None
-        time.sleep(self.server.delay_s)
-        if failure is not None:
-            self._send(failure, {"error": {"message": f"injected\n{failure}"}})
-        else:
-            self._answer(body)
-
-    def _answer(self, body: dict[str, Any] | None) -> None:
-        if self.path in self.server.canned:
-            self._send(200, self.server.canned[self.path])
-        elif self.server.upstream is None:
-            self._send(404, {"error": {"message": "no such route"}})
-        else:
-            method = "GET" if body is None else "POST"
-            reply = requests.request(
-                method, self.server.upstream + self.path, json=body, timeout=60
-            )
-            self._send(reply.status_code, reply.json())
-
-    def _send(self, status: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        with contextlib.suppress(BrokenPipeError):  # the client timed out: that is the test
-            self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def front_factory() -> Iterator[Any]:
-    started: list[tuple[_Front, threading.Thread]] = []
-
-    def start(upstream: str | None, **kwargs: Any) -> _Front:
-        front = _Front(upstream, **kwargs)
-        thread = threading.Thread(target=front.serve_forever, args=(0.05,), daemon=True)
-        thread.start()
-        started.append((front, thread))
-        return front
-
-    yield start
-    for front, thread in started:
-        front.shutdown()
-        front.server_close()
-        thread.join(timeout=10)
-
-
 def test_server_tokenises_the_rendered_text_as_render_ids(local: TransformersPolicy) -> None:
     tokenizer = local.tokenizer
-    for conversation in _conversations():
+    for conversation in sample_conversations():
         text = prompt_text(conversation)
         assert text == render_text(conversation)
         server_ids = tokenizer.encode(text, add_special_tokens=False, split_special_tokens=False)
@@ -172,7 +47,7 @@ def test_server_tokenises_the_rendered_text_as_render_ids(local: TransformersPol
 def test_greedy_replies_over_http_equal_the_transformers_backend(
     server: CompletionServer, local: TransformersPolicy
 ) -> None:
-    conversations = _conversations()
+    conversations = sample_conversations()
     policy = OpenAIPolicy(server.url + "/v1/", temperature=0, retries=0)
     completions = policy.complete(conversations, 24)
     assert policy.model == local.name  # discovered from /v1/models
@@ -192,7 +67,7 @@ def test_greedy_replies_over_http_equal_the_transformers_backend(
 def test_seeded_samples_over_http_equal_the_transformers_backend(
     server: CompletionServer, local: TransformersPolicy
 ) -> None:
-    conversation = _conversations()[2]
+    conversation = sample_conversations()[2]
     ids = render_ids(conversation, local.tokenizer)
     # A seed whose sample ends at a stop token (the random model rarely emits one).
     seed = next(
@@ -211,7 +86,7 @@ def test_seeded_samples_over_http_equal_the_transformers_backend(
 def test_a_small_max_tokens_ends_with_length(
     server: CompletionServer, local: TransformersPolicy
 ) -> None:
-    conversation = _conversations()[0]
+    conversation = sample_conversations()[0]
     assert _local_greedy(local, conversation, 2).finish_reason == "length"
     [completion] = OpenAIPolicy(server.url, temperature=0).complete([conversation], 2)
     assert (completion.finish_reason, completion.stop, completion.completion_tokens) == (
@@ -236,7 +111,7 @@ def test_text_spelling_a_special_token_stays_text(
 
 def test_each_request_gets_its_own_seed(server: CompletionServer, front_factory: Any) -> None:
     front = front_factory(server.url)
-    conversation = _conversations()[2]
+    conversation = sample_conversations()[2]
     policy = OpenAIPolicy(front.url, model=server.policy.name, seed=7)
     first = policy.complete([conversation] * 3, 4)
     policy.complete([conversation], 4)
@@ -254,7 +129,7 @@ def test_server_errors_and_429_are_retried(
     server: CompletionServer, local: TransformersPolicy, front_factory: Any
 ) -> None:
     front = front_factory(server.url, failures=(503, 429))
-    conversation = _conversations()[2]
+    conversation = sample_conversations()[2]
     policy = OpenAIPolicy(front.url, temperature=0, retries=2, **FAST)
     [completion] = policy.complete([conversation], 6)
     assert [path for path, _ in front.posts] == ["/v1/completions"] * 3
@@ -267,13 +142,13 @@ def test_a_client_error_fails_at_once_in_one_line(
     front = front_factory(server.url, failures=(400,))
     policy = OpenAIPolicy(front.url, model=server.policy.name, retries=3, **FAST)
     with pytest.raises(PolicyError) as error:
-        policy.complete([_conversations()[2]], 4)
+        policy.complete([sample_conversations()[2]], 4)
     assert str(error.value) == f"{front.url}/v1/completions: HTTP 400: injected 400"
     assert len(front.posts) == 1
 
 
 def test_the_servers_own_refusals_reach_the_user(server: CompletionServer) -> None:
-    conversation = [_conversations()[2]]
+    conversation = [sample_conversations()[2]]
     with pytest.raises(PolicyError, match=r"HTTP 404: the model 'nope' does not exist"):
         OpenAIPolicy(server.url, model="nope").complete(conversation, 4)
     with pytest.raises(PolicyError, match=r"HTTP 400: max_tokens must be >= 1"):
@@ -286,7 +161,7 @@ def test_an_unreachable_server_fails_after_the_retries() -> None:
         port = probe.getsockname()[1]
     policy = OpenAIPolicy(f"http://127.0.0.1:{port}", retries=2, **FAST)
     with pytest.raises(PolicyError) as error:
-        policy.complete([_conversations()[2]], 4)
+        policy.complete([sample_conversations()[2]], 4)
     assert str(error.value) == (
         f"http://127.0.0.1:{port}/v1/models: no answer after 3 attempts: "
         "cannot connect: Connection refused"
@@ -297,7 +172,7 @@ def test_a_slow_server_times_out_after_the_retries(front_factory: Any) -> None:
     front = front_factory(None, delay_s=0.6, canned={"/v1/completions": {}})
     policy = OpenAIPolicy(front.url, model="m", timeout_s=0.2, retries=1, **FAST)
     with pytest.raises(PolicyError, match=r"no answer after 2 attempts: timed out after 0.2 s"):
-        policy.complete([_conversations()[2]], 4)
+        policy.complete([sample_conversations()[2]], 4)
     assert len(front.posts) == 2
 
 

@@ -1,6 +1,6 @@
 """`openai:URL,URL,...`: replies spread over several real servers, and failing over.
 
-The servers are test_model_openai.py's: our completions server running a tiny
+The servers are tests/helpers.py's: our completions server running a tiny
 random CWM, with recording fronts (failures injected) before it.
 """
 
@@ -18,11 +18,11 @@ from cwm_agent.model.policy import PolicyError
 from cwm_agent.model.routing import EndpointRouter
 from cwm_agent.model.server import CompletionServer
 from cwm_agent.protocol.chat import STOP_TOKENS, render_ids, special_token_id
-from tests import test_model_openai as fixture
-from tests.test_model_openai import FAST, _conversations
+from tests import helpers
+from tests.helpers import FAST, sample_conversations
 
 # The tiny model, its server, and the recording fronts.
-local, server, front_factory = fixture.local, fixture.server, fixture.front_factory
+local, server, front_factory = helpers.local, helpers.server, helpers.front_factory
 
 
 def url(server: CompletionServer) -> str:
@@ -44,7 +44,7 @@ def test_replies_go_to_the_endpoint_with_fewest_outstanding(
 ) -> None:
     fronts = [front_factory(url(server), delay_s=0.3) for _ in range(2)]
     router = EndpointRouter([f.url for f in fronts], temperature=0.0, **FAST)
-    conversations = [_conversations()[2]] * 4
+    conversations = [sample_conversations()[2]] * 4
     replies = router.complete(conversations, 6)
     assert [completions(f) for f in fronts] == [2, 2]
     alone = OpenAIPolicy(url(server), temperature=0.0).complete(conversations[:1], 6)[0]
@@ -58,7 +58,7 @@ def test_a_failing_endpoint_hands_its_requests_to_the_next(
     failing = front_factory(url(server), failures=(503,) * 8)
     healthy = front_factory(url(server))
     router = EndpointRouter([dead_url(), failing.url, healthy.url], temperature=0.0, **FAST)
-    replies = router.complete(_conversations(), 4)
+    replies = router.complete(sample_conversations(), 4)
     assert len(replies) == 3 and all(r.completion_tokens > 0 for r in replies)
     assert completions(healthy) == 3  # every reply came from the healthy one
     assert completions(failing) > 0 and len(failing.failures) == 8 - completions(failing)
@@ -68,7 +68,7 @@ def test_every_endpoint_failing_is_one_line() -> None:
     first, second = dead_url(), dead_url()
     router = EndpointRouter([first, second], **FAST)
     with pytest.raises(PolicyError) as error:
-        router.complete([_conversations()[2]], 4)
+        router.complete([sample_conversations()[2]], 4)
     message = str(error.value)
     assert message.startswith("all 2 endpoints failed; the last: http://127.0.0.1:")
     assert "\n" not in message and "Connection refused" in message
@@ -89,7 +89,7 @@ def test_token_id_prompts_are_routed_too(
     """The trace path's `complete_ids`: same ids as one server, the dead endpoint skipped."""
     front = front_factory(url(server))
     router = EndpointRouter([dead_url(), front.url], temperature=0.0, **FAST)
-    prompts = [render_ids(c, local.tokenizer) for c in _conversations()[1:]]
+    prompts = [render_ids(c, local.tokenizer) for c in sample_conversations()[1:]]
     stops = [special_token_id(local.tokenizer, token) for token in STOP_TOKENS]
     alone = OpenAIPolicy(url(server), temperature=0.0).complete_ids(prompts, 5, stops)
     assert router.complete_ids(prompts, 5, stops) == alone

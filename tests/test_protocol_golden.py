@@ -9,20 +9,11 @@ from pathlib import Path
 import pytest
 
 from cwm_agent.protocol import Message, prompts, render_text
+from tests.helpers import SAMPLE_ISSUE
 
 GOLDEN = Path(__file__).parent / "golden"
 DOCUMENT = Path(__file__).resolve().parents[1].parent / "shared" / "cwm-protocol.md"
 
-SAMPLE_ISSUE = """`parse({})` raises KeyError instead of returning an empty result.
-
-Steps to reproduce:
-
-    >>> from pkg import parse
-    >>> parse({})
-    KeyError: 'items'
-
-A README that contains <|eot_id|> must not matter.
-"""
 SAMPLE_PATCH = """diff --git a/pkg/parse.py b/pkg/parse.py
 --- a/pkg/parse.py
 +++ b/pkg/parse.py

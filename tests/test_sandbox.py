@@ -28,7 +28,7 @@ from cwm_agent.sandbox import (
 )
 from cwm_agent.tools import Toolbox
 from tests.conftest import containers_of
-from tests.test_fix import call
+from tests.helpers import call
 
 pytestmark = pytest.mark.docker
 

@@ -27,7 +27,7 @@ from cwm_agent.swebench.grading import eval_plan, grade
 from cwm_agent.swebench.images import image_for
 from cwm_agent.swebench.predictions import Prediction, PredictionsFile, read_predictions
 from tests.conftest import run_cli
-from tests.test_protocol_golden import SAMPLE_ISSUE
+from tests.helpers import SAMPLE_ISSUE
 
 ROOT = Path(__file__).parent.parent
 VERIFIED = Path(

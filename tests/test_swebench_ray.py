@@ -2,7 +2,7 @@
 
 The head offers no docker_slots and each of two worker nodes offers one, so
 instances run only on the workers, one at a time each; all three nodes use
-the one local Docker daemon. The SWE-style fixture of test_swebench_run.py
+the one local Docker daemon. The SWE-style fixture of tests/helpers.py
 (gold / wrong / empty / missing image) is graded as with the thread pool.
 """
 
@@ -21,13 +21,13 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests import test_swebench_run as fixture
+from tests import helpers
 from tests.conftest import run_cli
-from tests.test_swebench_run import batch_containers, predictions, run_args
+from tests.helpers import batch_containers, predictions, run_args
 
 # The SWE-style fixture's repository, image, dataset and replay policies.
-calc, calc_image = fixture.calc, fixture.calc_image
-dataset, replays = fixture.dataset, fixture.replays
+calc, calc_image = helpers.calc, helpers.calc_image
+dataset, replays = helpers.dataset, helpers.replays
 
 # Token authentication, as remote clusters have it: the nodes and every driver of these
 # tests hold the token. Set before Ray is imported, which reads the mode once.

@@ -10,227 +10,40 @@ Tests run with `python3 -m unittest -v`, graded by the official django parser
 
 from __future__ import annotations
 
-import io
 import json
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import docker
 import pytest
 
 from cwm_agent.sandbox import LABEL
-from tests.conftest import run_cli, start_cli, test_image
-from tests.test_fix import call, git
+from tests import helpers
+from tests.conftest import run_cli, start_cli
+from tests.helpers import (
+    FIXES,
+    ISSUES,
+    P2P,
+    WRONG,
+    batch_containers,
+    call,
+    diff,
+    git,
+    predictions,
+    run_args,
+    unittest_name,
+    write_patch,
+)
+
+# The SWE-style fixture's repository, image, dataset and replay policies.
+calc, calc_image = helpers.calc, helpers.calc_image
+dataset, replays = helpers.dataset, helpers.replays
 
 pytestmark = pytest.mark.docker
-
-IMAGE = test_image("swebench-calc")
-CALC = """def mean(values):
-    return sum(values) / len(values)
-
-
-def median(values):
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    if len(ordered) % 2:
-        return ordered[middle]
-    return ordered[middle]
-
-
-def clamp(x, low, high):
-    return max(low, x)
-
-
-def span(values):
-    return max(values) - min(values) + 1
-"""
-TESTS = """import unittest
-
-from calc import mean, median
-
-
-class TestCalc(unittest.TestCase):
-    def test_mean(self):
-        self.assertEqual(mean([1, 2, 3]), 2)
-
-    def test_median_odd(self):
-        self.assertEqual(median([3, 1, 2]), 2)
-"""
-FIXES = {  # instance -> (buggy line, fixed line, new test)
-    "calc__calc-1": (
-        "    return ordered[middle]\n",
-        "    return (ordered[middle - 1] + ordered[middle]) / 2\n",
-        "    def test_median_even(self):\n        self.assertEqual(median([4, 1, 3, 2]), 2.5)\n",
-    ),
-    "calc__calc-2": (
-        "    return max(low, x)\n",
-        "    return min(high, max(low, x))\n",
-        "    def test_clamp_high(self):\n        from calc import clamp\n"
-        "        self.assertEqual(clamp(9, 0, 5), 5)\n",
-    ),
-    "calc__calc-3": (
-        "    return max(values) - min(values) + 1\n",
-        "    return max(values) - min(values)\n",
-        "    def test_span(self):\n        from calc import span\n"
-        "        self.assertEqual(span([2, 7]), 5)\n",
-    ),
-}
-WRONG = "    return max(low, x) if x < high else high + 1\n"  # clamp still wrong
-ISSUES = {
-    "calc__calc-1": "median() is wrong for an even number of values",
-    "calc__calc-2": "clamp() ignores its upper bound",
-    "calc__calc-3": "span() is off by one",
-}
-
-
-def unittest_name(test_line: str) -> str:
-    name = test_line.split("def ")[1].split("(")[0]
-    return f"{name} (test_calc.TestCalc.{name})"
-
-
-P2P = [unittest_name("def test_mean("), unittest_name("def test_median_odd(")]
-
-
-def diff(repo: Path, path: str, old: str, new: str) -> str:
-    """The patch that replaces `old` by `new` in `path` (last occurrence), from git."""
-    file = repo / path
-    original = file.read_text()
-    head, _, tail = original.rpartition(old)
-    file.write_text(head + new + tail)
-    patch = git(repo, "diff")
-    file.write_text(original)
-    return patch
-
-
-@pytest.fixture(scope="module")
-def calc(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    """The repository, its rows (with gold patches) and the future commit's hash."""
-    repo = tmp_path_factory.mktemp("calc") / "testbed"
-    repo.mkdir()
-    (repo / "calc.py").write_text(CALC)
-    (repo / "test_calc.py").write_text(TESTS)
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "calc")
-    rows, gold = [], {}
-    for instance_id, (old, new, test) in FIXES.items():
-        gold[instance_id] = diff(repo, "calc.py", old, new)
-        test_patch = diff(repo, "test_calc.py", TESTS, TESTS + "\n" + test)
-        rows.append(
-            {
-                "instance_id": instance_id,
-                "repo": "calc/calc",
-                "problem_statement": ISSUES[instance_id] + "\n",
-                "image": IMAGE,
-                "test_cmd": "python3 -m unittest -v test_calc",
-                "log_parser": "parse_log_django",
-                "patch": gold[instance_id],
-                "test_patch": test_patch,
-                "FAIL_TO_PASS": json.dumps([unittest_name(test)]),
-                "PASS_TO_PASS": json.dumps(P2P),
-                "difficulty": "<15 min fix",
-            }
-        )
-    git(repo, "checkout", "-qb", "future")
-    (repo / "calc.py").write_text(CALC.replace(*FIXES["calc__calc-1"][:2]))
-    git(repo, "commit", "-qam", "future fix")
-    future = git(repo, "rev-parse", "HEAD").strip()
-    git(repo, "tag", "v-future")
-    git(repo, "checkout", "-q", "main")
-    git(repo, "remote", "add", "origin", "https://example.invalid/calc.git")
-    return {"repo": repo, "rows": rows, "gold": gold, "future": future}
-
-
-@pytest.fixture(scope="module")
-def calc_image(
-    client: docker.DockerClient, base_image: str, calc: dict[str, object]
-) -> Iterator[str]:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        tar.add(calc["repo"], arcname="testbed", filter=_as_root)  # type: ignore[arg-type]
-    container = client.containers.create(base_image, command=["true"])
-    try:
-        container.put_archive("/", buffer.getvalue())
-        container.commit(*IMAGE.split(":"))
-    finally:
-        container.remove(force=True)
-    yield IMAGE
-    client.images.remove(IMAGE, force=True)
-
-
-def _as_root(info: tarfile.TarInfo) -> tarfile.TarInfo:
-    info.uid = info.gid = 0
-    info.uname = info.gname = "root"
-    return info
-
-
-@pytest.fixture
-def dataset(tmp_path: Path, calc: dict[str, object], calc_image: str) -> Path:
-    rows = [*calc["rows"]]  # type: ignore[misc]
-    rows.append({**rows[0], "instance_id": "calc__calc-4", "image": "cwm-agent-test/absent:none"})
-    path = tmp_path / "dataset.jsonl"
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
-
-
-def write_patch(patch: str) -> str:
-    return call("bash", f"cat > /tmp/fix.patch <<'EOF_PATCH'\n{patch}EOF_PATCH")
-
-
-@pytest.fixture
-def replays(tmp_path: Path, calc: dict[str, object]) -> Path:
-    """Gold (after looking for the future commit), wrong, and nothing submitted."""
-    gold: dict[str, str] = calc["gold"]  # type: ignore[assignment]
-    repo: Path = calc["repo"]  # type: ignore[assignment]
-    wrong = diff(repo, "calc.py", FIXES["calc__calc-2"][0], WRONG)
-    submit = [call("submit", "/tmp/fix.patch"), "Submitted.\n</think>\n\nDone."]
-    folder = tmp_path / "replays"
-    folder.mkdir()
-    scripts = {
-        "calc__calc-1": [
-            call("bash", f"git log --all --format=%s; git cat-file -t {calc['future']}"),
-            write_patch(gold["calc__calc-1"]),
-            *submit,
-        ],
-        "calc__calc-2": [call("bash", "sleep 2"), write_patch(wrong), *submit],
-        "calc__calc-3": [call("bash", "true")] * 6,
-        "calc__calc-4": [],
-    }
-    for instance_id, replies in scripts.items():
-        (folder / f"{instance_id}.json").write_text(json.dumps(replies))
-    return folder
-
-
-def run_args(dataset: Path, replays: Path, output: Path, *extra: str) -> list[str]:
-    return [
-        "swebench",
-        "run",
-        "--dataset",
-        str(dataset),
-        "--model",
-        f"replay:{replays}",
-        "--output",
-        str(output),
-        "--max-turns",
-        "5",
-        "--quiet",
-        *extra,
-    ]
-
-
-def batch_containers(client: docker.DockerClient, output: Path) -> list[str]:
-    label = f"{LABEL}.swebench={output.resolve().name}"
-    return [c.id for c in client.containers.list(all=True, filters={"label": label})]
-
-
-def predictions(output: Path) -> list[dict[str, str]]:
-    return [json.loads(line) for line in (output / "predictions.jsonl").read_text().splitlines()]
 
 
 def test_run_eval_report(

@@ -31,10 +31,9 @@ from cwm_agent.tts import generated, regression
 from cwm_agent.tts.execution import CommandRun
 from cwm_agent.tts.selection import Entry, normalized_key, select
 from cwm_agent.tts.tox import ToxRefused, read_tox
-from tests.conftest import run_cli, start_cli, started_containers
-from tests.test_fix import call, committed_copy, git
-
-EXAMPLE = Path(__file__).parent.parent / "examples" / "clamp"
+from tests.conftest import run_cli, start_cli
+from tests.helpers import CLAMP_EXAMPLE as EXAMPLE
+from tests.helpers import call, committed_copy, fix_containers, git, scaled_fix_args
 
 
 def ran(output: str, exit_code: int | None = 0) -> CommandRun:
@@ -330,19 +329,6 @@ def clamp_repo(tmp_path: Path) -> Path:
     return committed_copy(EXAMPLE / "repo", tmp_path / "clamp")
 
 
-def fix_args(repo: Path, image: str, output: Path, replays: Path, *extra: str) -> list[str]:
-    return [
-        "fix",
-        *("--repo", str(repo), "--issue-file", str(EXAMPLE / "issue.md")),
-        *("--model", f"replay:{replays}", "--image", image, "--output", str(output)),
-        *("--max-turns", "8", *extra),
-    ]
-
-
-def fix_containers(client: docker.DockerClient) -> list[str]:
-    return started_containers(client, f"{LABEL}.job=fix")  # the daemon is shared
-
-
 @pytest.mark.docker
 def test_selects_the_right_candidate_and_explains_every_decision(
     clamp_repo: Path, base_image: str, tmp_path: Path, client: docker.DockerClient
@@ -350,7 +336,7 @@ def test_selects_the_right_candidate_and_explains_every_decision(
     out = tmp_path / "run"
     head = git(clamp_repo, "rev-parse", "HEAD")
     done = run_cli(
-        *fix_args(clamp_repo, base_image, out, EXAMPLE / "replays"),
+        *scaled_fix_args(clamp_repo, base_image, out, EXAMPLE / "replays"),
         *("--samples", "5", "--test-samples", "4", "--jobs", "10", "--branch", "fix-clamp"),
     )
     assert done.returncode == 0, done.stderr
@@ -436,7 +422,7 @@ def test_a_candidate_whose_container_dies_fails_alone(
     slow = [call("bash", "sleep 120", "Wait for something.")] * 3
     (replays / "candidate-1.json").write_text(json.dumps(slow))
     out = tmp_path / "run"
-    process = start_fix(fix_args(clamp_repo, base_image, out, replays, "--samples", "2"))
+    process = start_fix(scaled_fix_args(clamp_repo, base_image, out, replays, "--samples", "2"))
     sleeping = wait_for_calls(client, process, "sleep 120", {"candidate-1"})
     sleeping["candidate-1"].kill()
     stdout, stderr = process.communicate(timeout=180)
@@ -459,7 +445,7 @@ def test_sigterm_stops_every_rollout_and_removes_their_containers(
     slow = [call("bash", "sleep 300", "Wait for something.")] * 3
     for name in ("candidate-0", "candidate-1", "testgen-0"):
         (replays / f"{name}.json").write_text(json.dumps(slow))
-    args = fix_args(clamp_repo, base_image, tmp_path / "run", replays)
+    args = scaled_fix_args(clamp_repo, base_image, tmp_path / "run", replays)
     process = start_fix([*args, "--samples", "2", "--test-samples", "1"])
     wait_for_calls(client, process, "sleep 300", {"candidate-0", "candidate-1", "testgen-0"})
     process.send_signal(signal.SIGTERM)

@@ -31,8 +31,8 @@ import pytest
 
 from cwm_agent.sandbox import LABEL
 from tests.conftest import test_image
+from tests.helpers import committed_copy, git
 from tests.projects import CASES, Case, build_image, edit_replay, sdist
-from tests.test_fix import committed_copy, git
 
 pytestmark = pytest.mark.docker
 

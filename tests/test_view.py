@@ -24,10 +24,21 @@ import pytest
 from cwm_agent.agent import Trajectory
 from cwm_agent.swebench.report import summarize
 from cwm_agent.swebench.runner import InstanceResult
-from tests import test_fix, test_tts
 from tests.browser import Element, dump_dom, screenshot
 from tests.conftest import run_cli
-from tests.test_swebench_run import calc, calc_image, dataset, replays, run_args  # noqa: F401
+from tests.helpers import (  # noqa: F401  (fixtures)
+    CALC_EXAMPLE,
+    CLAMP_EXAMPLE,
+    calc,
+    calc_image,
+    call,
+    committed_copy,
+    dataset,
+    fix_args,
+    replays,
+    run_args,
+    scaled_fix_args,
+)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -66,10 +77,10 @@ def load(path: Path) -> Trajectory:
 @pytest.fixture(scope="module")
 def calc_run(tmp_path_factory: pytest.TempPathFactory, base_image: str) -> Path:
     root = tmp_path_factory.mktemp("view-calc")
-    repo = test_fix.committed_copy(test_fix.EXAMPLE / "repo", root / "calc")
+    repo = committed_copy(CALC_EXAMPLE / "repo", root / "calc")
     output = root / "run"
-    model = f"replay:{test_fix.EXAMPLE / 'replay.json'}"
-    done = run_cli(*test_fix.fix_args(repo, base_image, output, model))
+    model = f"replay:{CALC_EXAMPLE / 'replay.json'}"
+    done = run_cli(*fix_args(repo, base_image, output, model))
     assert done.returncode == 0, done.stderr + done.stdout
     assert f"view: cwm-agent view {output}" in done.stdout  # fix says how to open the view
     return output
@@ -117,11 +128,11 @@ def test_a_rollout_page_shows_every_turn(calc_run: Path, tmp_path: Path) -> None
 @pytest.mark.docker
 def test_a_restarted_shell_is_flagged(tmp_path: Path, base_image: str) -> None:
     """A command that outlives --session-timeout: bash restarts the shell, the page says so."""
-    repo = test_fix.committed_copy(test_fix.EXAMPLE / "repo", tmp_path / "calc")
+    repo = committed_copy(CALC_EXAMPLE / "repo", tmp_path / "calc")
     replay = tmp_path / "replay.json"
-    replay.write_text(json.dumps([test_fix.call("bash", "sleep 30"), test_fix.call("bash", "pwd")]))
+    replay.write_text(json.dumps([call("bash", "sleep 30"), call("bash", "pwd")]))
     output = tmp_path / "run"
-    args = test_fix.fix_args(repo, base_image, output, f"replay:{replay}")
+    args = fix_args(repo, base_image, output, f"replay:{replay}")
     done = run_cli(*args, "--session-timeout", "1", "--max-turns", "2")
     assert done.returncode == 1 and (output / "trajectory.json").is_file(), done.stderr
     dom = dump_dom(view(output).as_uri() + "#only=problems")
@@ -154,10 +165,10 @@ def test_bad_folders_get_one_line(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def clamp_run(tmp_path_factory: pytest.TempPathFactory, base_image: str) -> Path:
     root = tmp_path_factory.mktemp("view-clamp")
-    repo = test_fix.committed_copy(test_tts.EXAMPLE / "repo", root / "clamp")
+    repo = committed_copy(CLAMP_EXAMPLE / "repo", root / "clamp")
     output = root / "run"
-    scripts = test_tts.EXAMPLE / "replays"
-    args = test_tts.fix_args(repo, base_image, output, scripts, "--samples", "5")
+    scripts = CLAMP_EXAMPLE / "replays"
+    args = scaled_fix_args(repo, base_image, output, scripts, "--samples", "5")
     done = run_cli(*args, "--test-samples", "4")
     assert done.returncode == 0, done.stderr + done.stdout
     return output

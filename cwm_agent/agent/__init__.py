@@ -1,6 +1,6 @@
 """One rollout of CWM's agent protocol, and its trajectory."""
 
-from cwm_agent.agent.loop import Observer, RolloutConfig, run_rollout
+from cwm_agent.agent.loop import MessageObserver, RolloutConfig, run_rollout
 from cwm_agent.agent.trajectory import MessageRecord, Trajectory
 
-__all__ = ["MessageRecord", "Observer", "RolloutConfig", "Trajectory", "run_rollout"]
+__all__ = ["MessageObserver", "MessageRecord", "RolloutConfig", "Trajectory", "run_rollout"]

@@ -126,13 +126,13 @@ def policy_source(options: RunOptions) -> Callable[[Instance], PolicyPool]:
     return lambda instance: shared
 
 
-Observer = Callable[[InstanceResult], None]
+InstanceObserver = Callable[[InstanceResult], None]
 
 
 def run_batch(
     options: RunOptions,
     on_start: Callable[[int, int], None] | None = None,
-    on_done: Observer | None = None,
+    on_done: InstanceObserver | None = None,
 ) -> list[InstanceResult]:
     """Run every selected instance not yet predicted; return the results of this session.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import posixpath
+from dataclasses import dataclass
 
 from cwm_agent.tools.files import ToolFiles
 from cwm_agent.tools.result import ToolResult
@@ -12,38 +13,56 @@ from cwm_agent.tools.result import ToolResult
 VIRTUAL_ROOTS = ("/proc", "/dev", "/sys")
 
 
-def _virtual(path: str) -> bool:
-    return any(path == root or path.startswith(root + "/") for root in VIRTUAL_ROOTS)
+@dataclass(frozen=True)
+class CreateCall:
+    path: str  # as the model wrote it
+    content: str
 
 
-def _refused(folder: str) -> ToolResult:
-    return ToolResult(
-        f"File creation failed. {folder} is in a virtual file system "
-        f"({', '.join(VIRTUAL_ROOTS)}), where the tool cannot create files.",
-        ok=False,
-    )
-
-
-def run_create(files: ToolFiles, argument: str) -> ToolResult:
+def parse_create(argument: str) -> CreateCall | str:
+    """The call (the path on the first line, the content after it), or the error
+    message the model sees."""
     head, _, content = argument.partition("\n")
     path = head.strip()
     if not path:
-        return ToolResult("Path is empty. Please provide a valid path.", ok=False)
-    target = files.resolve(path)
-    if _virtual(posixpath.dirname(target)):
-        return _refused(posixpath.dirname(target))
+        return "Path is empty. Please provide a valid path."
+    return CreateCall(path, content)
+
+
+def refusal(folder: str) -> str | None:
+    """The message refusing a file in `folder`, if it is in a kernel file system."""
+    if not any(folder == root or folder.startswith(root + "/") for root in VIRTUAL_ROOTS):
+        return None
+    return (
+        f"File creation failed. {folder} is in a virtual file system "
+        f"({', '.join(VIRTUAL_ROOTS)}), where the tool cannot create files."
+    )
+
+
+def created(call: CreateCall) -> str:
+    lines = call.content.count("\n") + 1
+    return f"File created successfully at: {call.path} ({lines} lines)."
+
+
+def run_create(files: ToolFiles, argument: str) -> ToolResult:
+    call = parse_create(argument)
+    if isinstance(call, str):
+        return ToolResult(call, ok=False)
+    target = files.resolve(call.path)
+    parent = posixpath.dirname(target)
+    if (refused := refusal(parent)) is not None:
+        return ToolResult(refused, ok=False)
     if files.sandbox.stat(target) is not None:
         return ToolResult(
-            f"{path} already exists. Cannot create a new file at an existing path.", ok=False
+            f"{call.path} already exists. Cannot create a new file at an existing path.",
+            ok=False,
         )
-    parent = posixpath.dirname(target)
     parent_stat = files.sandbox.stat(parent)
     if parent_stat is None or not parent_stat.is_dir:
         return ToolResult(
             f"File creation failed. The parent directory {parent} does not exist.", ok=False
         )
-    if _virtual(parent_stat.path):  # reached through a symlink
-        return _refused(parent_stat.path)
-    files.sandbox.write_file(target, content.encode("utf-8", "surrogateescape"), mode=0o644)
-    lines = content.count("\n") + 1
-    return ToolResult(f"File created successfully at: {path} ({lines} lines).", ok=True)
+    if (refused := refusal(parent_stat.path)) is not None:  # reached through a symlink
+        return ToolResult(refused, ok=False)
+    files.sandbox.write_file(target, call.content.encode("utf-8", "surrogateescape"), mode=0o644)
+    return ToolResult(created(call), ok=True)

@@ -1,8 +1,8 @@
 """The `edit` tool: one SEARCH/REPLACE block applied to a file (cwm-protocol.md §6).
 
-The text work is a pure function (`apply_edit`) so its every message can be
-checked on its own; `run_edit` moves the bytes through the sandbox's archive
-API, so it works in images without Python.
+The text work is pure (`parse_edit`, `apply_edit`, `edit_bytes`, `not_edited`)
+so its every message can be checked without a container; `run_edit` only moves
+the bytes through the sandbox's archive API, so it works in images without Python.
 """
 
 from __future__ import annotations
@@ -98,32 +98,40 @@ def _occurrences(text: str, part: str) -> list[int]:
     return found
 
 
+def edit_bytes(data: bytes, call: EditCall) -> tuple[bytes | None, str]:
+    """`apply_edit` on a file's bytes: undecodable ones survive, the message is readable."""
+    new, message = apply_edit(data.decode("utf-8", "surrogateescape"), call)
+    return (None if new is None else new.encode("utf-8", "surrogateescape")), readable(message)
+
+
+def not_edited(path: str, exc: FileTooLargeError | FileChangedError | None) -> str:
+    """Why the file was not edited: missing (no `exc`), too large, or changing."""
+    if exc is None:
+        return f"The path {path} does not exist. Please provide a valid path."
+    if isinstance(exc, FileTooLargeError):
+        return (
+            f"The file {path} is too large for the edit tool ({exc.size} bytes, the limit "
+            f"is {exc.limit}). Use bash to inspect and change it."
+        )
+    return (
+        f"The file {path} changed while it was being read, so it was not edited. "
+        "Try again once nothing is writing to it, or use bash."
+    )
+
+
 def run_edit(files: ToolFiles, argument: str) -> ToolResult:
     call = parse_edit(argument)
     if isinstance(call, str):
         return ToolResult(call, ok=False)
     try:
         found = files.sandbox.read(files.resolve(call.path), MAX_EDIT_BYTES)
-    except FileTooLargeError as exc:
-        return ToolResult(
-            f"The file {call.path} is too large for the edit tool ({exc.size} bytes, the limit "
-            f"is {exc.limit}). Use bash to inspect and change it.",
-            ok=False,
-        )
-    except FileChangedError:
-        return ToolResult(
-            f"The file {call.path} changed while it was being read, so it was not edited. "
-            "Try again once nothing is writing to it, or use bash.",
-            ok=False,
-        )
+    except (FileTooLargeError, FileChangedError) as exc:
+        return ToolResult(not_edited(call.path, exc), ok=False)
     if found is None:
-        return ToolResult(
-            f"The path {call.path} does not exist. Please provide a valid path.", ok=False
-        )
+        return ToolResult(not_edited(call.path, None), ok=False)
     stat, data = found
-    new, message = apply_edit(data.decode("utf-8", "surrogateescape"), call)
-    message = readable(message)
+    new, message = edit_bytes(data, call)
     if new is None:
         return ToolResult(message, ok=False)
-    files.sandbox.write_file(stat.path, new.encode("utf-8", "surrogateescape"), stat.mode & 0o7777)
+    files.sandbox.write_file(stat.path, new, stat.mode & 0o7777)
     return ToolResult(message, ok=True)
