@@ -215,8 +215,7 @@ def test_a_reply_past_the_context_size_is_recorded_but_not_run(
 @pytest.mark.parametrize(
     ("interrupt", "reason"),
     [
-        # Today's text: an exception is true, so `exc or 'Ctrl-C'` never shows Ctrl-C.
-        (KeyboardInterrupt(), "interrupted ()"),
+        (KeyboardInterrupt(), "interrupted (Ctrl-C)"),
         (SandboxInterrupted("SIGTERM"), "interrupted (SIGTERM)"),
     ],
 )

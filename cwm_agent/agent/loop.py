@@ -93,7 +93,7 @@ class RolloutEnd(Exception):
         if isinstance(exc, PolicyError):
             return cls("error", f"model: {exc}")
         if isinstance(exc, _INTERRUPTS):
-            return cls("interrupted", f"interrupted ({exc or 'Ctrl-C'})")
+            return cls("interrupted", f"interrupted ({str(exc) or 'Ctrl-C'})")
         return cls("error", f"sandbox: {type(exc).__name__}: {exc}")
 
 
