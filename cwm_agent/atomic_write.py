@@ -29,7 +29,8 @@ def write_atomically(path: Path, text: str, *, durable: bool = False) -> None:
 
 
 def write_json(path: Path, data: BaseModel | Mapping[str, Any], *, newline: bool = True) -> None:
-    """`data` as JSON indented by 2, ending in a newline unless `newline` is False.
+    """`data` as JSON indented by 2, ending in a newline unless `newline` is False
+    (`trajectory.json` has never had one).
 
     A pydantic model is written as its `model_dump_json` (text as is); a mapping
     as `json.dumps` (non-ASCII escaped, so `model.model_dump()` gives that form
