@@ -40,7 +40,6 @@ from cwm_agent.agent import RolloutConfig
 from cwm_agent.model import ModelOptions, PolicyPool
 from cwm_agent.sandbox import docker_client
 from cwm_agent.tts import TTSOptions, TTSRun
-from cwm_agent.tts.execution import Tree
 from cwm_agent.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,8 +105,7 @@ def real_repository(root: Path, image: str, case: Any, samples: int) -> None:
     report = run.run()
     plan = report.regression
     mean = statistics.mean(c.regression_s for c in report.candidates if c.eligible)
-    with workspace.open(docker_client()) as opened:  # one container, nothing beside it
-        tree = Tree(opened)
+    with workspace.open(docker_client()) as tree:  # one container, nothing beside it
         whole = tree.run(plan.command or "true", 600).duration_s  # what a candidate cost before
         only = tree.run(plan.candidate_command or "true", 600).duration_s
     print(

@@ -49,7 +49,7 @@ from cwm_agent.swebench.errors import SwebenchError
 from cwm_agent.terminal import shown
 from cwm_agent.trace.commands import register as register_trace_commands
 from cwm_agent.trace.format import TraceError
-from cwm_agent.tts import TTSOptions, TTSReport
+from cwm_agent.tts import TTSOptions
 from cwm_agent.tts import table as candidates_table
 from cwm_agent.view import PAGE, ViewError, how_to_open
 from cwm_agent.view import write as write_view
@@ -231,10 +231,10 @@ def fix(
         def warn(line: str) -> None:
             typer.echo(f"warning: {line}", err=True)
 
-        result = run_fix(options, observer=observe, progress=report, warn=warn)
-    if scaled:
-        tts = TTSReport.model_validate_json(Path(result.output_dir, "tts.json").read_text())
-        view.print(candidates_table(tts))
+        fixed = run_fix(options, observer=observe, progress=report, warn=warn)
+    result = fixed.result
+    if fixed.scaling is not None:
+        view.print(candidates_table(fixed.scaling))
     if json_output:
         typer.echo(json.dumps(result.model_dump(), indent=2))
     else:

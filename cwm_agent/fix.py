@@ -8,11 +8,11 @@ through git's object store; its working tree, index and stash stay untouched.
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import tempfile
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 
 from cwm_agent import gitrepo
 from cwm_agent.agent import MessageObserver, RolloutConfig, Trajectory
+from cwm_agent.atomic_write import write_json
 from cwm_agent.model import ModelOptions, PolicyPool
 from cwm_agent.sandbox import (
     LABEL,
@@ -30,8 +31,8 @@ from cwm_agent.sandbox import (
     teardown,
 )
 from cwm_agent.sandbox.image import DEFAULT_IMAGE, ensure_image
-from cwm_agent.solve import solve, write_atomically
-from cwm_agent.tts import TTSOptions
+from cwm_agent.solve import Solution, solve
+from cwm_agent.tts import TTSOptions, TTSReport
 from cwm_agent.workspace import Workspace
 
 
@@ -93,12 +94,29 @@ class FixResult(BaseModel):
     decision: str | None = Field(None, description="test-time scaling: why it was chosen")
 
 
+@dataclass(frozen=True)
+class FixRun:
+    """What `run_fix` hands its caller, so nothing needs reading back from the
+    files it wrote: `result.json`'s outcome, the patch and the rollout it came
+    from, and test-time scaling's report (every candidate, the selection and why)."""
+
+    result: FixResult
+    patch: bytes
+    trajectory: Trajectory
+    scaling: TTSReport | None
+
+    @property
+    def summary(self) -> str:
+        """The model's summary of its work; empty unless its rollout finished."""
+        return final_summary(self.trajectory) if self.trajectory.status == "finished" else ""
+
+
 def run_fix(
     options: FixOptions,
     observer: MessageObserver | None = None,
     progress: Callable[[str], None] | None = None,
     warn: Callable[[str], None] | None = None,
-) -> FixResult:
+) -> FixRun:
     """Validate, run one rollout in a fresh sandbox, write the outputs, check the patch.
 
     An interrupt (Ctrl-C, SIGTERM) still leaves `result.json`, saying `interrupted`,
@@ -134,18 +152,11 @@ def _fix(
     observer: MessageObserver | None,
     progress: Callable[[str], None] | None,
     warn: Callable[[str], None] | None,
-) -> FixResult:
+) -> FixRun:
     client = docker_client()
     remove_leftovers(client, label=f"{LABEL}.job=fix")  # of runs killed while creating one
     ensure_image(client, options.image, progress)
-    snapshot = gitrepo.snapshot(repo, options.include_uncommitted) if repo is not None else None
-    omitted = snapshot.submodules if snapshot is not None else []
-    if omitted and warn is not None:
-        warn(
-            f"{len(omitted)} submodule(s) are not carried into the sandbox: "
-            f"{', '.join(omitted[:5])}{' …' if len(omitted) > 5 else ''}"
-        )
-    issue = options.issue.strip()
+    snapshot = _snapshot(repo, options.include_uncommitted, warn)
     workspace = Workspace(
         image=options.image,
         workdir=options.workdir,
@@ -153,14 +164,57 @@ def _fix(
         session_timeout=options.rollout.session_timeout,
         labels={f"{LABEL}.job": "fix"},
     )
+    issue = options.issue.strip()
     solution = solve(
         workspace, issue, pool, options.scaling, options.rollout, output, client, observer, progress
     )
-    trajectory, patch, report = solution.trajectory, solution.patch, solution.report
     patch_error = solution.patch_error
-    if patch and snapshot is not None:
+    if solution.patch and snapshot is not None:
         assert repo is not None
-        patch_error = gitrepo.check_patch(repo, snapshot.commit, patch)
+        patch_error = gitrepo.check_patch(repo, snapshot.commit, solution.patch)
+    branch_commit = None
+    if solution.patch and patch_error is None and options.branch is not None and solution.done:
+        assert repo is not None and snapshot is not None  # --branch needs --repo
+        branch_commit = gitrepo.commit_on_branch(
+            repo,
+            snapshot.commit,
+            solution.patch,
+            options.branch,
+            commit_message(solution.trajectory),
+        )
+    result = _result(options, pool.name, snapshot, solution, patch_error, branch_commit, output)
+    _write_result(output, result)
+    return FixRun(result, solution.patch, solution.trajectory, solution.report)
+
+
+def _snapshot(
+    repo: git.Repo | None, include_uncommitted: bool, warn: Callable[[str], None] | None
+) -> gitrepo.Snapshot | None:
+    """The start state taken from the user's repository, if one was given; says
+    which submodules stay behind."""
+    if repo is None:
+        return None
+    snapshot = gitrepo.snapshot(repo, include_uncommitted)
+    omitted = snapshot.submodules
+    if omitted and warn is not None:
+        warn(
+            f"{len(omitted)} submodule(s) are not carried into the sandbox: "
+            f"{', '.join(omitted[:5])}{' …' if len(omitted) > 5 else ''}"
+        )
+    return snapshot
+
+
+def _result(
+    options: FixOptions,
+    model: str,
+    snapshot: gitrepo.Snapshot | None,
+    solution: Solution,
+    patch_error: str | None,
+    branch_commit: str | None,
+    output: Path,
+) -> FixResult:
+    """`result.json` of a run that ended: the outcome, the start, the patch's fate."""
+    trajectory, patch, report = solution.trajectory, solution.patch, solution.report
     if snapshot is not None:
         start, start_commit = snapshot.description, snapshot.commit
     else:
@@ -169,13 +223,7 @@ def _fix(
     status, reason = trajectory.status, trajectory.reason
     if report is not None and report.selected is None:
         status, reason = "unresolved", report.decision
-    branch_commit = None
-    if patch and patch_error is None and options.branch is not None and solution.done:
-        assert repo is not None and snapshot is not None  # --branch needs --repo
-        branch_commit = gitrepo.commit_on_branch(
-            repo, snapshot.commit, patch, options.branch, commit_message(trajectory)
-        )
-    result = FixResult(
+    return FixResult(
         status=status,
         reason=reason,
         success=solution.done and bool(patch) and patch_error is None,
@@ -184,7 +232,7 @@ def _fix(
         duration_s=round(trajectory.duration_s if report is None else report.duration_s, 3),
         generation_s=round(trajectory.generation_s, 3),
         tools_s=round(trajectory.tools_s, 3),
-        model=pool.name,
+        model=model,
         image=options.image,
         start=start,
         start_commit=start_commit,
@@ -195,19 +243,17 @@ def _fix(
         branch=options.branch if branch_commit else None,
         branch_commit=branch_commit,
         output_dir=str(output),
-        submodules_omitted=omitted,
+        submodules_omitted=snapshot.submodules if snapshot is not None else [],
         selected=None if report is None else report.selected,
         decision=None if report is None else report.decision,
     )
-    _write_result(output, result)
-    return result
 
 
 def _interrupted(options: FixOptions, model: str, output: Path, exc: BaseException) -> FixResult:
     """What an interrupted run had done, from the trajectory it checkpointed."""
     try:
         trajectory: Trajectory | None = Trajectory.model_validate_json(
-            (output / "trajectory.json").read_text()
+            (output / "trajectory.json").read_bytes()
         )
     except (OSError, ValueError):
         trajectory = None
@@ -233,7 +279,7 @@ def _interrupted(options: FixOptions, model: str, output: Path, exc: BaseExcepti
 
 def _write_result(output: Path, result: FixResult) -> None:
     output.mkdir(parents=True, exist_ok=True)
-    write_atomically(output / "result.json", json.dumps(result.model_dump(), indent=2) + "\n")
+    write_json(output / "result.json", result.model_dump())
 
 
 def patch_stats(patch: str) -> PatchStats:

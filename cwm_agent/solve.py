@@ -7,27 +7,20 @@ from and what happens to the patch; producing the patch is this one function.
 from __future__ import annotations
 
 import threading
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import docker
 
 from cwm_agent.agent import MessageObserver, RolloutConfig, Trajectory, run_rollout
+from cwm_agent.atomic_write import write_json
 from cwm_agent.model import PolicyPool
-from cwm_agent.sandbox import Sandbox
 from cwm_agent.sandbox.container import require_image
 from cwm_agent.tools import Toolbox
-from cwm_agent.tts import TTSOptions, TTSReport, TTSRun, chosen
+from cwm_agent.tts import TTSOptions, TTSReport, TTSRun, selected_candidate
 from cwm_agent.tts.pipeline import Progress
 from cwm_agent.tts.regression import Detector
 from cwm_agent.workspace import Workspace
-
-_CHECK_PATCH = """set -e
-export GIT_INDEX_FILE="$(mktemp -u)"
-git -c safe.directory='*' read-tree "$1"
-git -c safe.directory='*' apply --cached --check "$2"
-"""
 
 
 @dataclass(frozen=True)
@@ -72,39 +65,23 @@ def solve(
             workspace, issue, pool, scaling, rollout, output, client, progress, cancelled, detect
         )
         report = run.run()
-        trajectory, patch, patch_error = chosen(report, output)
+        trajectory, patch, patch_error = selected_candidate(report, output)
         head = report.start or ""
     else:
 
         def checkpoint(partial: Trajectory) -> None:
             output.mkdir(parents=True, exist_ok=True)  # once the sandbox is up
-            write_atomically(output / "trajectory.json", partial.model_dump_json(indent=2))
+            write_json(output / "trajectory.json", partial, newline=False)
 
-        with workspace.open(client) as opened, pool.rollout("candidate-0") as policy:
-            toolbox = Toolbox(opened.box)
+        with workspace.open(client) as start, pool.rollout("candidate-0") as policy:
+            toolbox = Toolbox(start.box)
             trajectory = run_rollout(policy, toolbox, issue, rollout, observer, checkpoint)
             patch = trajectory.submission_bytes or b""
             # A snapshot's caller holds the repository and checks the patch against it.
             inside = workspace.snapshot is None
-            patch_error = _check_patch(opened.box, opened.head, patch) if patch and inside else None
-        head = opened.head
+            patch_error = start.check(patch) if patch and inside else None
+        head = start.head
     output.mkdir(parents=True, exist_ok=True)
     (output / "patch.diff").write_bytes(patch)
-    write_atomically(output / "trajectory.json", trajectory.model_dump_json(indent=2))
+    write_json(output / "trajectory.json", trajectory, newline=False)
     return Solution(head, trajectory, patch, patch_error, report)
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Replace `path` whole: an interrupt leaves the old file or the new one."""
-    partial = path.with_name(path.name + ".tmp")
-    partial.write_text(text)
-    partial.replace(path)
-
-
-def _check_patch(box: Sandbox, start: str, patch: bytes) -> str | None:
-    """Whether `patch` applies to the start commit, whatever the rollout left in
-    the tree (a scratch index, so the agent's work is not touched)."""
-    path = f"/tmp/cwm-agent-{uuid.uuid4().hex[:8]}.diff"
-    box.write_file(path, patch, mode=0o644)
-    code, out, err = box.exec(["bash", "-c", _CHECK_PATCH, "bash", start, path])
-    return None if code == 0 else (err or out).decode("utf-8", "replace").strip()

@@ -1,4 +1,5 @@
-"""A task's start state, as a recipe that opens a fresh sandbox holding it.
+"""A task's start state: a recipe (`Workspace`) that opens a fresh sandbox
+holding it (`StartSandbox`), in which to run commands and apply or check patches.
 
 Test-time scaling gives every rollout and every test run its own container
 from the same start state; `fix` (a snapshot of the user's repository copied
@@ -10,8 +11,11 @@ from __future__ import annotations
 
 import io
 import posixpath
+import shlex
 import tarfile
 import tempfile
+import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,6 +32,22 @@ git add -A -f
 git -c user.name=cwm-agent -c user.email=cwm-agent@localhost commit -q --no-verify \\
   --allow-empty -m "cwm-agent: start"
 """
+# A scratch index: the check leaves the agent's work in the tree and index alone.
+_CHECK_PATCH = """set -e
+export GIT_INDEX_FILE="$(mktemp -u)"
+git -c safe.directory='*' read-tree "$1"
+git -c safe.directory='*' apply --cached --check "$2"
+"""
+_COMMIT_PATCH = """set -e
+git -c safe.directory='*' apply --whitespace=nowarn "$1"
+git -c safe.directory='*' add -A -f
+git -c safe.directory='*' -c user.name=cwm-agent -c user.email=cwm-agent@localhost \\
+  commit -q --no-verify --allow-empty -m candidate
+"""
+# Images with only `python3` (plain Debian) still run `python test_issue.py`.
+_PYTHON_SHIM = 'command -v python >/dev/null || python() { python3 "$@"; }'
+_RESET = "git -c safe.directory='*' reset -q --hard && git -c safe.directory='*' clean -fdq"
+OUTPUT_LIMIT = 4 * 1024 * 1024  # bytes of a test run's log that are kept
 
 
 class WorkspaceError(SandboxError):
@@ -35,11 +55,74 @@ class WorkspaceError(SandboxError):
 
 
 @dataclass(frozen=True)
-class Opened:
-    """A sandbox holding the start state, and the commit that state is inside it."""
+class CommandRun:
+    """One command's outcome; `exit_code` is None when it ran out of time."""
+
+    command: str
+    exit_code: int | None
+    output: str
+    duration_s: float
+
+    @property
+    def timed_out(self) -> bool:
+        return self.exit_code is None
+
+
+@dataclass(frozen=True)
+class StartSandbox:
+    """A sandbox holding the start state at `head`, its commit inside the sandbox.
+
+    A patch is committed on top (`apply`), so after each `run` the tree goes
+    back to exactly that state (`git reset --hard` and `git clean`) and one
+    test's leftovers cannot change the next one's outcome. A run's output goes
+    to a file, not through the shell session, so a chatty test suite is never
+    cut at the session's output cap."""
 
     box: Sandbox
     head: str
+
+    @property
+    def workdir(self) -> str:
+        return self.box.config.workdir
+
+    def check(self, patch: bytes) -> str | None:
+        """Why `patch` does not apply to the start commit, or None; whatever a
+        rollout left in the tree, nothing in it changes."""
+        code, out, err = self._with_patch(_CHECK_PATCH, patch, self.head)
+        return None if code == 0 else (err or out).decode("utf-8", "replace").strip()
+
+    def apply(self, patch: bytes) -> str | None:
+        """Commit `patch` on the start state; the error when it does not apply."""
+        code, out, err = self._with_patch(_COMMIT_PATCH, patch)
+        if code == 0:
+            return None
+        return (err or out).decode("utf-8", "replace").strip() or f"git apply exited {code}"
+
+    def run(
+        self, command: str, timeout: float, files: dict[str, bytes] | None = None
+    ) -> CommandRun:
+        """Write `files` (paths relative to the repository), run `command` in the
+        repository root, then put the tree back as it was."""
+        assert self.box.session is not None
+        for path, data in (files or {}).items():
+            self.box.write_file(f"{self.workdir}/{path}", data, mode=0o644)
+        log = f"/tmp/cwm-agent-{uuid.uuid4().hex[:8]}.log"
+        started = time.monotonic()
+        body = f"{_PYTHON_SHIM}\n{command}\n"
+        wrapped = f"cd {shlex.quote(self.workdir)} && ( {body}) >{log} 2>&1 </dev/null"
+        result = self.box.session.run(wrapped, timeout=timeout)
+        duration = time.monotonic() - started
+        code = None if result.failure is not None else result.exit_code
+        found = self.box.read(log)
+        output = found[1][-OUTPUT_LIMIT:].decode("utf-8", "replace") if found else ""
+        self.box.exec(["bash", "-c", f"{_RESET}; rm -f {log}"])
+        return CommandRun(command, code, output, round(duration, 3))
+
+    def _with_patch(self, script: str, patch: bytes, *args: str) -> tuple[int, bytes, bytes]:
+        """Run `script` with `args`, then the path of a file holding `patch`."""
+        path = f"/tmp/cwm-agent-{uuid.uuid4().hex[:8]}.diff"
+        self.box.write_file(path, patch, mode=0o644)
+        return self.box.exec(["bash", "-c", script, "bash", *args, path])
 
 
 @dataclass(frozen=True)
@@ -66,7 +149,7 @@ class Workspace:
     @contextmanager
     def open(
         self, client: docker.DockerClient, labels: dict[str, str] | None = None
-    ) -> Iterator[Opened]:
+    ) -> Iterator[StartSandbox]:
         """A started sandbox with the start state at `workdir` as a git repository's HEAD."""
         with Sandbox(self.config(labels), client) as box:
             if self.snapshot is not None:
@@ -78,7 +161,7 @@ class Workspace:
             code, out, _ = box.exec(["git", "-c", "safe.directory=*", "rev-parse", "HEAD"])
             if code != 0:
                 raise WorkspaceError(f"{self.workdir} in {self.image!r} is not a git repository")
-            yield Opened(box, out.decode().strip())
+            yield StartSandbox(box, out.decode().strip())
 
     def _run(self, box: Sandbox, script: str, hint: str) -> None:
         code, out, err = box.exec(["bash", "-c", script], workdir=self.workdir)

@@ -11,7 +11,7 @@ from typing import Any
 import git
 import pytest
 
-from cwm_agent.ci import Code, Stop
+from cwm_agent.ci import ExitCode, Stop
 from cwm_agent.ci.event import Event, Trigger, TriggerRules, check_issue, decide, has_command
 from cwm_agent.ci.github import Issue
 from cwm_agent.ci.guards import (
@@ -50,32 +50,36 @@ def comment(body: str, association: str, **issue: Any) -> Event:
     ("name", "event", "code"),
     [
         ("issues", payload(action="labeled", label={"name": "cwm-agent"}), None),
-        ("issues", payload(action="labeled", label={"name": "bug"}), Code.NOT_A_TRIGGER),
-        ("issues", payload(action="opened"), Code.NOT_A_TRIGGER),
-        ("issues", payload(action="unlabeled", label={"name": "cwm-agent"}), Code.NOT_A_TRIGGER),
+        ("issues", payload(action="labeled", label={"name": "bug"}), ExitCode.NOT_A_TRIGGER),
+        ("issues", payload(action="opened"), ExitCode.NOT_A_TRIGGER),
+        (
+            "issues",
+            payload(action="unlabeled", label={"name": "cwm-agent"}),
+            ExitCode.NOT_A_TRIGGER,
+        ),
         ("issue_comment", comment("/cwm-agent fix", "OWNER"), None),
         ("issue_comment", comment("/cwm-agent fix", "MEMBER"), None),
         ("issue_comment", comment("looks hard\n  /cwm-agent fix please", "COLLABORATOR"), None),
-        ("issue_comment", comment("/cwm-agent fix", "CONTRIBUTOR"), Code.NOT_ALLOWED),
-        ("issue_comment", comment("/cwm-agent fix", "FIRST_TIMER"), Code.NOT_ALLOWED),
-        ("issue_comment", comment("/cwm-agent fix", "NONE"), Code.NOT_ALLOWED),
-        ("issue_comment", comment("please /cwm-agent fix", "OWNER"), Code.NOT_A_TRIGGER),
-        ("issue_comment", comment("/cwm-agent fixed it?", "OWNER"), Code.NOT_A_TRIGGER),
+        ("issue_comment", comment("/cwm-agent fix", "CONTRIBUTOR"), ExitCode.NOT_ALLOWED),
+        ("issue_comment", comment("/cwm-agent fix", "FIRST_TIMER"), ExitCode.NOT_ALLOWED),
+        ("issue_comment", comment("/cwm-agent fix", "NONE"), ExitCode.NOT_ALLOWED),
+        ("issue_comment", comment("please /cwm-agent fix", "OWNER"), ExitCode.NOT_A_TRIGGER),
+        ("issue_comment", comment("/cwm-agent fixed it?", "OWNER"), ExitCode.NOT_A_TRIGGER),
         (
             "issue_comment",
             comment("/cwm-agent fix", "OWNER", pull_request={"url": "x"}),
-            Code.NOT_A_TRIGGER,
+            ExitCode.NOT_A_TRIGGER,
         ),
         (
             "issue_comment",
             payload(action="edited", comment={"body": "/cwm-agent fix"}),
-            Code.NOT_A_TRIGGER,
+            ExitCode.NOT_A_TRIGGER,
         ),
-        ("push", payload(action=None), Code.NOT_A_TRIGGER),
-        ("issues", Event(action="labeled"), Code.NOT_A_TRIGGER),
+        ("push", payload(action=None), ExitCode.NOT_A_TRIGGER),
+        ("issues", Event(action="labeled"), ExitCode.NOT_A_TRIGGER),
     ],
 )
-def test_trigger_and_permission_matrix(name: str, event: Event, code: Code | None) -> None:
+def test_trigger_and_permission_matrix(name: str, event: Event, code: ExitCode | None) -> None:
     if code is None:
         trigger = decide(name, event, RULES)
         assert (trigger.slug, trigger.issue, trigger.base) == ("acme/calc", 7, "main")
@@ -101,14 +105,19 @@ def test_custom_label_and_command_and_the_refusal_line() -> None:
 @pytest.mark.parametrize(
     ("issue", "label", "code", "message"),
     [
-        ({"state": "closed"}, None, Code.CLOSED, "skipped: issue #7 is closed"),
-        ({"locked": True}, None, Code.LOCKED, "skipped: issue #7 is locked"),
-        ({"pull_request": {}}, None, Code.CLOSED, "skipped: #7 is a pull request, not an issue"),
-        ({"labels": []}, "cwm-agent", Code.NOT_A_TRIGGER, "label 'cwm-agent' was removed"),
+        ({"state": "closed"}, None, ExitCode.CLOSED, "skipped: issue #7 is closed"),
+        ({"locked": True}, None, ExitCode.LOCKED, "skipped: issue #7 is locked"),
+        (
+            {"pull_request": {}},
+            None,
+            ExitCode.CLOSED,
+            "skipped: #7 is a pull request, not an issue",
+        ),
+        ({"labels": []}, "cwm-agent", ExitCode.NOT_A_TRIGGER, "label 'cwm-agent' was removed"),
     ],
 )
 def test_issues_not_to_work_on(
-    issue: dict[str, Any], label: str | None, code: Code, message: str
+    issue: dict[str, Any], label: str | None, code: ExitCode, message: str
 ) -> None:
     fetched = Issue.model_validate({"number": 7, "title": "t", **issue})
     with pytest.raises(Stop) as stop:
@@ -180,7 +189,7 @@ def test_protected_paths(path: str, protect: list[str], refused: bool, repo: git
     if refused:
         with pytest.raises(Stop) as stop:
             check_paths(found, protect)
-        assert stop.value.code == Code.PROTECTED and path in str(stop.value)
+        assert stop.value.code == ExitCode.PROTECTED and path in str(stop.value)
     else:
         check_paths(found, protect)
 
@@ -212,7 +221,7 @@ def test_size_limits(repo: git.Repo) -> None:
     ]:
         with pytest.raises(Stop) as stop:
             check_size(found, patch.encode(), limits)
-        assert stop.value.code == Code.TOO_LARGE and words in str(stop.value)
+        assert stop.value.code == ExitCode.TOO_LARGE and words in str(stop.value)
 
 
 def test_secret_never_published() -> None:
@@ -220,7 +229,7 @@ def test_secret_never_published() -> None:
     check_no_secret(None, {"text": "ghs_abc"})
     with pytest.raises(Stop) as stop:
         check_no_secret("ghs_abc", {"patch": "ok", "text": "token=ghs_abc"})
-    assert stop.value.code == Code.SECRET and "ghs_abc" not in str(stop.value)
+    assert stop.value.code == ExitCode.SECRET and "ghs_abc" not in str(stop.value)
 
 
 def test_push_credentials_live_only_in_the_git_environment(tmp_path: Path) -> None:

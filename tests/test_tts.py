@@ -28,9 +28,9 @@ from cwm_agent.model.policy import Completion, TokenLimit, per_conversation
 from cwm_agent.protocol.chat import Message
 from cwm_agent.sandbox import LABEL
 from cwm_agent.tts import generated, regression
-from cwm_agent.tts.execution import CommandRun
-from cwm_agent.tts.selection import Entry, normalized_key, select
+from cwm_agent.tts.selection import Entry, normalized_key, select_candidate
 from cwm_agent.tts.tox import ToxRefused, read_tox
+from cwm_agent.workspace import CommandRun
 from tests.conftest import run_cli, start_cli
 from tests.helpers import CLAMP_EXAMPLE as EXAMPLE
 from tests.helpers import call, committed_copy, fix_containers, git, scaled_fix_args
@@ -96,15 +96,15 @@ def test_normalised_patches_ignore_comments_docstrings_and_spacing() -> None:
 
 
 def test_selection_rules_in_order() -> None:
-    assert select([]).selected is None
-    best = select([Entry(0, 3, "a", 10), Entry(1, 5, "b", 99)])
+    assert select_candidate([]).selected is None
+    best = select_candidate([Entry(0, 3, "a", 10), Entry(1, 5, "b", 99)])
     assert (best.selected, best.reason) == (1, "candidate 1: highest score (5 tests passed)")
-    majority = select([Entry(0, 5, "a", 1), Entry(1, 5, "b", 9), Entry(2, 5, "b", 8)])
+    majority = select_candidate([Entry(0, 5, "a", 1), Entry(1, 5, "b", 9), Entry(2, 5, "b", 8)])
     assert majority.selected == 2 and "majority" in majority.reason
     assert majority.votes == {"a": 1, "b": 2}
-    tokens = select([Entry(0, 5, "a", 9), Entry(1, 5, "b", 8)])
+    tokens = select_candidate([Entry(0, 5, "a", 9), Entry(1, 5, "b", 8)])
     assert tokens.selected == 1 and "fewest tokens (8)" in tokens.reason
-    last = select([Entry(3, 5, "a", 8), Entry(1, 5, "b", 8)])
+    last = select_candidate([Entry(3, 5, "a", 8), Entry(1, 5, "b", 8)])
     assert last.selected == 1 and "lowest candidate number" in last.reason
 
 

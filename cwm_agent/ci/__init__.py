@@ -7,6 +7,6 @@ saved, and `bot` strings them together.
 """
 
 from cwm_agent.ci.bot import CIResult, CISettings, run_ci
-from cwm_agent.ci.outcome import CIError, Code, Stop
+from cwm_agent.ci.outcome import CIError, ExitCode, Stop
 
-__all__ = ["CIError", "CIResult", "CISettings", "Code", "Stop", "run_ci"]
+__all__ = ["CIError", "CIResult", "CISettings", "ExitCode", "Stop", "run_ci"]

@@ -8,7 +8,6 @@ on the issue saying what was tried. `dry_run` prints instead of writing;
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,16 +15,17 @@ import git
 from pydantic import BaseModel, Field, SecretStr
 
 from cwm_agent import gitrepo, view
-from cwm_agent.agent import RolloutConfig, Trajectory
+from cwm_agent.agent import RolloutConfig
+from cwm_agent.atomic_write import write_json
 from cwm_agent.ci import guards, report
 from cwm_agent.ci.event import Event, Trigger, TriggerRules, check_issue, decide
 from cwm_agent.ci.github import GitHub, Issue, PullRequest
 from cwm_agent.ci.guards import Limits
-from cwm_agent.ci.outcome import CIError, Code, Stop
+from cwm_agent.ci.outcome import CIError, ExitCode, Stop
 from cwm_agent.ci.push import push_commit
 from cwm_agent.ci.verify import TestEvidence, run_tests
 from cwm_agent.errors import first_line
-from cwm_agent.fix import FixOptions, FixResult, commit_message, final_summary, run_fix
+from cwm_agent.fix import FixOptions, FixResult, FixRun, commit_message, run_fix
 from cwm_agent.sandbox.image import DEFAULT_IMAGE
 from cwm_agent.tts import TTSOptions
 
@@ -110,92 +110,104 @@ def run_ci(settings: CISettings, say: Callable[[str], None]) -> CIResult:
     branch = f"{BRANCH_PREFIX}{number}"
     pull = gh.open_pull(branch) if gh else None
     if gh is not None and not settings.force:
-        others = [n for n in gh.linked_pulls(number) if pull is None or n != pull.number]
-        if others:
-            listed = ", ".join(f"#{n}" for n in others)
-            raise Stop(
-                Code.LINKED,
-                f"skipped: issue #{number} is already linked to open pull request {listed} "
-                "(--force runs anyway)",
-            )
-
+        _check_not_linked(gh, number, pull)
     say(f"fixing #{number}: {target.issue.title} ({target.why})")
-    fix = run_fix(
-        FixOptions(
-            repo=settings.repo,
-            issue=f"{target.issue.title}\n\n{target.issue.body or ''}".strip(),
-            model=settings.model,
-            image=settings.image,
-            workdir=settings.workdir,
-            output=settings.output,
-            rollout=RolloutConfig(
-                max_turns=settings.max_turns, max_duration_s=settings.max_minutes * 60
-            ),
-            scaling=TTSOptions(
-                samples=settings.samples,
-                test_samples=settings.test_samples,
-                test_cmd=settings.test_cmd,
-                regression_timeout=settings.test_timeout,
-            ),
-        ),
-        progress=say,
-    )
-    output = Path(fix.output_dir)
-    trajectory = Trajectory.model_validate_json((output / "trajectory.json").read_text())
-    patch = (output / "patch.diff").read_bytes()
+    fixed = run_fix(_fix_options(settings, target.issue), progress=say)
+    output = Path(fixed.result.output_dir)
     result = CIResult(
-        outcome=Code.DONE.name.lower(),
-        exit_code=Code.DONE,
+        outcome=ExitCode.DONE.name.lower(),
+        exit_code=ExitCode.DONE,
         message="",
         issue=number,
         dry_run=settings.dry_run,
         output_only=settings.output_only,
-        fix=fix,
+        fix=fixed.result,
     )
-    summary = final_summary(trajectory) if trajectory.status == "finished" else ""
-    link = settings.artifact_url or "`trajectory.json` in the run's outputs"
     try:
+        body = _post_text(settings, repo, target, fixed, result)
         try:
-            result.commit = _judge(settings, repo, fix, trajectory, patch, result)
-            if settings.test_cmd:
-                result.tests = run_tests(
-                    repo,
-                    result.commit,
-                    settings.image,
-                    settings.workdir,
-                    settings.test_cmd,
-                    settings.test_timeout,
-                )
-                if not result.tests.passed:
-                    raise Stop(
-                        Code.TESTS_FAIL,
-                        f"refused: `{settings.test_cmd}` fails on the patched tree "
-                        f"(exit {result.tests.exit_code})",
-                    )
-            body = report.pull_body(number, target.why, summary, result.tests, fix, link)
-        except Stop as stop:
-            result.stopped(stop)
-            body = report.failure_comment(str(stop), summary, result.tests, fix, link)
-        try:
-            guards.check_no_secret(token, {"patch": patch.decode("utf-8", "replace"), "text": body})
+            text = {"patch": fixed.patch.decode("utf-8", "replace"), "text": body}
+            guards.check_no_secret(token, text)
         except Stop as stop:
             result.stopped(stop)
             body = ""
             _scrub(output, token)
         (output / "summary.md").write_text(body + "\n" if body else "")
-        if result.exit_code == Code.DONE:
+        if result.exit_code == ExitCode.DONE:
             _publish_pull(settings, gh, target, branch, pull, body, token, result, say)
         elif body:
             _publish_comment(settings, gh, number, body, result, say)
     except Exception as exc:  # an API, push or sandbox failure: recorded, then reported
-        result.outcome, result.exit_code = "error", Code.ERROR
+        result.outcome, result.exit_code = "error", ExitCode.ERROR
         result.message = f"{type(exc).__name__}: {first_line(exc)}"
         raise
     finally:
-        (output / "result.json").write_text(json.dumps(result.model_dump(), indent=2) + "\n")
+        write_json(output / "result.json", result.model_dump())
         _redact(output, token)
         _write_view(output, token, say)
     return result
+
+
+def _check_not_linked(gh: GitHub, number: int, pull: PullRequest | None) -> None:
+    """Stop when another open pull request (not this bot's own) already names the issue."""
+    others = [n for n in gh.linked_pulls(number) if pull is None or n != pull.number]
+    if others:
+        listed = ", ".join(f"#{n}" for n in others)
+        raise Stop(
+            ExitCode.LINKED,
+            f"skipped: issue #{number} is already linked to open pull request {listed} "
+            "(--force runs anyway)",
+        )
+
+
+def _fix_options(settings: CISettings, issue: Issue) -> FixOptions:
+    return FixOptions(
+        repo=settings.repo,
+        issue=f"{issue.title}\n\n{issue.body or ''}".strip(),
+        model=settings.model,
+        image=settings.image,
+        workdir=settings.workdir,
+        output=settings.output,
+        rollout=RolloutConfig(
+            max_turns=settings.max_turns, max_duration_s=settings.max_minutes * 60
+        ),
+        scaling=TTSOptions(
+            samples=settings.samples,
+            test_samples=settings.test_samples,
+            test_cmd=settings.test_cmd,
+            regression_timeout=settings.test_timeout,
+        ),
+    )
+
+
+def _post_text(
+    settings: CISettings, repo: git.Repo, target: _Target, fixed: FixRun, result: CIResult
+) -> str:
+    """Judge the patch and run the project's tests on it: the pull request's body,
+    or, when a rule refuses it (recorded in `result`), the comment saying why."""
+    fix, summary = fixed.result, fixed.summary
+    link = settings.artifact_url or "`trajectory.json` in the run's outputs"
+    try:
+        result.commit = _judge(settings, repo, fixed, result)
+        if settings.test_cmd:
+            result.tests = run_tests(
+                repo,
+                result.commit,
+                settings.image,
+                settings.workdir,
+                settings.test_cmd,
+                settings.test_timeout,
+            )
+            if not result.tests.passed:
+                raise Stop(
+                    ExitCode.TESTS_FAIL,
+                    f"refused: `{settings.test_cmd}` fails on the patched tree "
+                    f"(exit {result.tests.exit_code})",
+                )
+        return report.pull_body(target.issue.number, target.why, summary, result.tests, fix, link)
+    except Stop as stop:
+        result.stopped(stop)
+        return report.failure_comment(str(stop), summary, result.tests, fix, link)
 
 
 def _write_view(output: Path, token: str | None, say: Callable[[str], None]) -> None:
@@ -270,28 +282,22 @@ def _read_event(path: Path) -> Event:
         raise CIError(f"{path} is not a GitHub event payload (JSON with an issue)") from None
 
 
-def _judge(
-    settings: CISettings,
-    repo: git.Repo,
-    fix: FixResult,
-    trajectory: Trajectory,
-    patch: bytes,
-    result: CIResult,
-) -> str:
+def _judge(settings: CISettings, repo: git.Repo, fixed: FixRun, result: CIResult) -> str:
     """Commit the patch (an object no ref points at) and return its id, or refuse a
     missing or unsafe patch with `Stop`."""
+    fix, patch = fixed.result, fixed.patch
     start = fix.start_commit
     ended = f"the run ended {fix.status}" + (f" ({fix.reason})" if fix.reason else "")
     if not patch:
-        raise Stop(Code.NO_FIX, f"no fix: no patch was submitted; {ended}")
+        raise Stop(ExitCode.NO_FIX, f"no fix: no patch was submitted; {ended}")
     if not fix.patch_applies:
         raise Stop(
-            Code.DOES_NOT_APPLY,
+            ExitCode.DOES_NOT_APPLY,
             f"refused: the patch does not apply to {start[:12]}: {fix.patch_error}",
         )
     if not fix.success:  # the run stands behind no patch (e.g. cut off before its summary)
-        raise Stop(Code.NO_FIX, f"no fix: {ended} before its summary")
-    commit = gitrepo.commit_patch(repo, start, patch, commit_message(trajectory))
+        raise Stop(ExitCode.NO_FIX, f"no fix: {ended} before its summary")
+    commit = gitrepo.commit_patch(repo, start, patch, commit_message(fixed.trajectory))
     found = guards.changes(repo, start, commit)
     result.files = sorted({change.path for change in found})
     guards.check_paths(result.files, settings.protect)

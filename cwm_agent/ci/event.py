@@ -11,7 +11,7 @@ import re
 from pydantic import BaseModel, Field
 
 from cwm_agent.ci.github import Issue, Label, User
-from cwm_agent.ci.outcome import Code, Stop
+from cwm_agent.ci.outcome import ExitCode, Stop
 
 TRUSTED = ("OWNER", "MEMBER", "COLLABORATOR")
 
@@ -59,7 +59,7 @@ class Trigger(BaseModel):
 def decide(event_name: str, event: Event, rules: TriggerRules) -> Trigger:
     """The trigger in `event`, or `Stop` with the reason it is not one."""
     if event.issue is None or event.repository is None:
-        raise Stop(Code.NOT_A_TRIGGER, f"skipped: a {event_name!r} event names no issue")
+        raise Stop(ExitCode.NOT_A_TRIGGER, f"skipped: a {event_name!r} event names no issue")
     sender = event.sender.login if event.sender else "someone"
     common = {
         "slug": event.repository.full_name,
@@ -68,10 +68,12 @@ def decide(event_name: str, event: Event, rules: TriggerRules) -> Trigger:
     }
     if event_name == "issues":
         if event.action != "labeled" or event.label is None:
-            raise Stop(Code.NOT_A_TRIGGER, f"skipped: issue {event.action or 'event'}, not labeled")
+            raise Stop(
+                ExitCode.NOT_A_TRIGGER, f"skipped: issue {event.action or 'event'}, not labeled"
+            )
         if event.label.name != rules.label:
             raise Stop(
-                Code.NOT_A_TRIGGER,
+                ExitCode.NOT_A_TRIGGER,
                 f"skipped: label {event.label.name!r} is not the trigger label {rules.label!r}",
             )
         # Labelling needs triage rights on the repository: the label is the permission.
@@ -79,23 +81,25 @@ def decide(event_name: str, event: Event, rules: TriggerRules) -> Trigger:
     if event_name == "issue_comment":
         comment = event.comment
         if event.action != "created" or comment is None:
-            raise Stop(Code.NOT_A_TRIGGER, "skipped: only new comments can trigger a run")
+            raise Stop(ExitCode.NOT_A_TRIGGER, "skipped: only new comments can trigger a run")
         if not has_command(comment.body, rules.command):
-            raise Stop(Code.NOT_A_TRIGGER, f"skipped: the comment has no {rules.command!r} line")
+            raise Stop(
+                ExitCode.NOT_A_TRIGGER, f"skipped: the comment has no {rules.command!r} line"
+            )
         if event.issue.pull_request is not None:
             raise Stop(
-                Code.NOT_A_TRIGGER, "skipped: the comment is on a pull request, not an issue"
+                ExitCode.NOT_A_TRIGGER, "skipped: the comment is on a pull request, not an issue"
             )
         who = comment.user.login if comment.user else sender
         if comment.author_association not in rules.allowed:
             raise Stop(
-                Code.NOT_ALLOWED,
+                ExitCode.NOT_ALLOWED,
                 f"refused: {who} is {comment.author_association}; only "
                 f"{', '.join(rules.allowed)} may ask for a fix",
             )
         return Trigger(**common, why=f"{rules.command!r} from {who} ({comment.author_association})")
     raise Stop(
-        Code.NOT_A_TRIGGER,
+        ExitCode.NOT_A_TRIGGER,
         f"skipped: {event_name!r} events do not trigger runs (issues, issue_comment do)",
     )
 
@@ -109,14 +113,14 @@ def has_command(body: str, command: str) -> bool:
 def check_issue(issue: Issue, trigger: Trigger) -> None:
     """Refuse issues that must not be worked on, whatever triggered the run."""
     if issue.pull_request is not None:
-        raise Stop(Code.CLOSED, f"skipped: #{issue.number} is a pull request, not an issue")
+        raise Stop(ExitCode.CLOSED, f"skipped: #{issue.number} is a pull request, not an issue")
     if issue.state != "open":
-        raise Stop(Code.CLOSED, f"skipped: issue #{issue.number} is {issue.state}")
+        raise Stop(ExitCode.CLOSED, f"skipped: issue #{issue.number} is {issue.state}")
     if issue.locked:
-        raise Stop(Code.LOCKED, f"skipped: issue #{issue.number} is locked")
+        raise Stop(ExitCode.LOCKED, f"skipped: issue #{issue.number} is locked")
     if trigger.label and trigger.label not in {label.name for label in issue.labels}:
         raise Stop(
-            Code.NOT_A_TRIGGER,
+            ExitCode.NOT_A_TRIGGER,
             f"skipped: the label {trigger.label!r} was removed from #{issue.number} "
             "before the run started",
         )

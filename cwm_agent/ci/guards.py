@@ -12,7 +12,7 @@ import re
 import git
 from pydantic import BaseModel, Field
 
-from cwm_agent.ci.outcome import Code, Stop
+from cwm_agent.ci.outcome import ExitCode, Stop
 
 # CI configuration: a patch here could run code with the workflow's secrets.
 CI_CONFIG = (
@@ -66,7 +66,7 @@ def check_paths(paths: list[str], protect: list[str]) -> None:
         for pattern in patterns:
             if matches(path, pattern):
                 raise Stop(
-                    Code.PROTECTED,
+                    ExitCode.PROTECTED,
                     f"refused: the patch touches {path} (protected by {pattern!r}); "
                     "such changes need a human author",
                 )
@@ -82,7 +82,7 @@ def check_size(found: list[FileChange], patch: bytes, limits: Limits) -> None:
     ):
         if value > limit:
             raise Stop(
-                Code.TOO_LARGE,
+                ExitCode.TOO_LARGE,
                 f"refused: the patch has {value} {what}, over the limit of {limit} ({flag})",
             )
 
@@ -93,7 +93,7 @@ def check_no_secret(secret: str | None, texts: dict[str, str]) -> None:
         return
     for name, text in texts.items():
         if secret in text:
-            raise Stop(Code.SECRET, f"refused: the token appears in the {name}; nothing posted")
+            raise Stop(ExitCode.SECRET, f"refused: the token appears in the {name}; nothing posted")
 
 
 def matches(path: str, pattern: str) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import IntEnum
 
 
-class Code(IntEnum):
+class ExitCode(IntEnum):
     """Documented in the README's "CI bot" section; 2 is left to usage errors."""
 
     DONE = 0  # PR opened or updated, or (--dry-run / --output-only) a patch that passed
@@ -30,6 +30,6 @@ class CIError(Exception):
 class Stop(Exception):
     """End the run with `code`; the message is the one line a user reads."""
 
-    def __init__(self, code: Code, message: str) -> None:
+    def __init__(self, code: ExitCode, message: str) -> None:
         super().__init__(message)
         self.code = code

@@ -11,7 +11,6 @@ from pydantic import BaseModel
 
 from cwm_agent import gitrepo
 from cwm_agent.sandbox import LABEL, docker_client
-from cwm_agent.tts.execution import Tree
 from cwm_agent.workspace import Workspace
 
 TAIL_CHARS = 3000
@@ -38,8 +37,8 @@ def run_tests(
         session_timeout=timeout,
         labels={f"{LABEL}.job": "ci-test"},
     )
-    with workspace.open(docker_client()) as opened:
-        run = Tree(opened).run(command, timeout)
+    with workspace.open(docker_client()) as start:
+        run = start.run(command, timeout)
     output = run.output + (f"\n[timed out after {timeout:.0f}s]" if run.timed_out else "")
     return TestEvidence(
         command=command,

@@ -26,6 +26,7 @@ import docker
 from docker.errors import DockerException
 from pydantic import BaseModel, Field
 
+from cwm_agent.atomic_write import write_json
 from cwm_agent.errors import first_line
 from cwm_agent.sandbox import Sandbox, SandboxError, docker_client
 from cwm_agent.swebench.dataset import Instance
@@ -142,9 +143,7 @@ def evaluate(
         harness_report=harness_report,
         instances=dict(sorted(reports.items())),
     )
-    partial = output / "report.json.tmp"
-    partial.write_text(report.model_dump_json(indent=2) + "\n")
-    partial.replace(output / "report.json")
+    write_json(output / "report.json", report)
     return report
 
 
@@ -246,7 +245,7 @@ def evaluate_instance(
         if verdict.tests_status is not None:
             report.tests_status = {k: v.model_dump() for k, v in verdict.tests_status.items()}
     report.duration_s = round(time.monotonic() - started, 3)
-    (folder / "report.json").write_text(report.model_dump_json(indent=2) + "\n")
+    write_json(folder / "report.json", report)
     return report
 
 

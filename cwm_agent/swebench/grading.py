@@ -56,7 +56,6 @@ from swebench.harness.utils import get_modified_files
 from cwm_agent.swebench.dataset import Instance
 from cwm_agent.swebench.errors import SwebenchError
 from cwm_agent.swebench.images import REPO_ROOT
-from cwm_agent.tts.execution import Tree
 from cwm_agent.tts.regression import (
     Detector,
     Method,
@@ -65,6 +64,7 @@ from cwm_agent.tts.regression import (
     detect,
     pytest_over,
 )
+from cwm_agent.workspace import StartSandbox
 
 Parser = Callable[[str, TestSpec], dict[str, str]]
 
@@ -116,7 +116,7 @@ def eval_plan(instance: Instance, head: str, workdir: str = "/testbed") -> EvalP
 def regression_ways(instance: Instance) -> Detector:
     """The instance's test command first, then the repository's own ways."""
 
-    def ways(tree: Tree) -> list[Method | Refused]:
+    def ways(tree: StartSandbox) -> list[Method | Refused]:
         _, out, _ = tree.box.exec(["git", "ls-files"], workdir=tree.workdir)
         return [_instance_way(instance, set(out.decode().splitlines())), *detect(tree, None)]
 

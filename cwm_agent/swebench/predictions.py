@@ -8,12 +8,12 @@ half line; ids are unique by construction, which is what `--resume` relies on.
 from __future__ import annotations
 
 import json
-import os
 import threading
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
+from cwm_agent.atomic_write import write_atomically
 from cwm_agent.errors import first_line
 from cwm_agent.swebench.errors import SwebenchError
 
@@ -58,9 +58,4 @@ class PredictionsFile:
         with self._lock:
             self.done[prediction.instance_id] = prediction
             lines = "".join(p.model_dump_json() + "\n" for p in self.done.values())
-            partial = self.path.with_name(self.path.name + ".tmp")
-            with partial.open("w", encoding="utf-8") as handle:
-                handle.write(lines)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(partial, self.path)
+            write_atomically(self.path, lines, durable=True)

@@ -30,6 +30,7 @@ import docker
 from pydantic import BaseModel, Field, ValidationError
 
 from cwm_agent.agent import RolloutConfig
+from cwm_agent.atomic_write import write_json
 from cwm_agent.errors import first_line
 from cwm_agent.model import ModelOptions, PolicyError, PolicyPool
 from cwm_agent.sandbox import ImageNotFoundError, docker_client, remove_leftovers, teardown
@@ -179,7 +180,7 @@ def run_batch(
     def write_outcome(instance: Instance, result: InstanceResult, patch: bytes) -> InstanceResult:
         folder = output / "trajectories" / instance.instance_id
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "result.json").write_text(result.model_dump_json(indent=2) + "\n")
+        write_json(folder / "result.json", result)
         if result.status != "error":
             predictions.add(
                 Prediction(
@@ -366,9 +367,7 @@ def _check_rows(record: RunRecord, instances: list[Instance]) -> None:
 
 
 def _write_record(output: Path, record: RunRecord) -> None:
-    partial = output / "run.json.tmp"
-    partial.write_text(record.model_dump_json(indent=2) + "\n")
-    partial.replace(output / "run.json")
+    write_json(output / "run.json", record)
 
 
 def _versions() -> dict[str, str]:

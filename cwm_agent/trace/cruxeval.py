@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from cwm_agent.atomic_write import write_json
 from cwm_agent.trace.actual import ActualTrace, TraceJob, TracerLimits, run_tracer
 from cwm_agent.trace.format import TraceError
 from cwm_agent.trace.models import TraceModel
@@ -90,7 +91,7 @@ def check_run(folder: Path, run: dict[str, Any]) -> None:
                 "resume it with the same --model and flags, or use a new --output"
             )
     else:
-        path.write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
+        write_json(path, run)
 
 
 def actual_traces(
@@ -173,5 +174,5 @@ def run_cruxeval(
     malformed = sum(line["prediction"]["error"] is not None for line in lines)
     summary = {**run, "rows": len(lines), "malformed": malformed, "figures": figures}
     summary["untraced"] = sum(not actual[row.id].complete for row in rows)
-    (settings.output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(settings.output / "summary.json", summary)
     return summary

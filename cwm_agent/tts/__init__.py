@@ -2,7 +2,7 @@
 one patch selected (`pipeline.TTSRun`)."""
 
 from cwm_agent.tts.options import TTSOptions
-from cwm_agent.tts.pipeline import TTSRun, chosen
+from cwm_agent.tts.pipeline import TTSRun, selected_candidate
 from cwm_agent.tts.report import TTSReport, table
 
-__all__ = ["TTSOptions", "TTSReport", "TTSRun", "chosen", "table"]
+__all__ = ["TTSOptions", "TTSReport", "TTSRun", "selected_candidate", "table"]

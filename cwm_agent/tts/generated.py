@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from cwm_agent import pyparse
-from cwm_agent.tts.execution import CommandRun
+from cwm_agent.workspace import CommandRun
 
 REPRODUCED, RESOLVED, OTHER = "Issue reproduced", "Issue resolved", "Other issues"
 TEST_FILE = "test_issue.py"
@@ -53,7 +53,7 @@ def passes(run: CommandRun) -> bool:
 
 
 @dataclass(frozen=True)
-class Group:
+class BehaviourGroup:
     """Tests that agree: they call the same set of candidates resolved."""
 
     resolved_by: frozenset[int]
@@ -62,7 +62,7 @@ class Group:
 
 def majority_groups(
     resolved_by: Mapping[int, frozenset[int]], top: int = TOP_GROUPS
-) -> list[Group]:
+) -> list[BehaviourGroup]:
     """The `top` largest behaviour groups of kept tests.
 
     Ties in size go to the group whose first test has the lowest index, i.e.
@@ -72,10 +72,10 @@ def majority_groups(
     members: dict[frozenset[int], list[int]] = {}
     for test in sorted(resolved_by):
         members.setdefault(resolved_by[test], []).append(test)
-    groups = [Group(behaviour, tuple(tests)) for behaviour, tests in members.items()]
+    groups = [BehaviourGroup(behaviour, tuple(tests)) for behaviour, tests in members.items()]
     groups.sort(key=lambda group: (-len(group.tests), group.tests[0]))
     return groups[:top]
 
 
-def selected_tests(groups: Sequence[Group]) -> list[int]:
+def selected_tests(groups: Sequence[BehaviourGroup]) -> list[int]:
     return sorted(test for group in groups for test in group.tests)

@@ -12,7 +12,6 @@ ready. A failure in one piece is recorded on it; the others go on.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,17 +24,17 @@ from typing import Any
 import docker
 
 from cwm_agent.agent import RolloutConfig, Trajectory, run_rollout
+from cwm_agent.atomic_write import write_json
 from cwm_agent.errors import first_line
 from cwm_agent.model import PolicyPool
 from cwm_agent.sandbox import LABEL, Sandbox, SandboxInterrupted, teardown
 from cwm_agent.tools import Toolbox
 from cwm_agent.tts import generated, regression
-from cwm_agent.tts.execution import CommandRun, Tree
 from cwm_agent.tts.options import TTSOptions
 from cwm_agent.tts.regression import RegressionPlan
 from cwm_agent.tts.report import CandidateReport, GeneratedTestReport, GroupReport, TTSReport
-from cwm_agent.tts.selection import Entry, normalized_key, select
-from cwm_agent.workspace import Workspace
+from cwm_agent.tts.selection import Entry, normalized_key, select_candidate
+from cwm_agent.workspace import CommandRun, StartSandbox, Workspace
 
 Progress = Callable[[str], None]
 
@@ -132,17 +131,17 @@ class TTSRun:
     # -- pieces --------------------------------------------------------------
 
     @contextmanager
-    def _tree(self, name: str) -> Iterator[Tree]:
+    def _tree(self, name: str) -> Iterator[StartSandbox]:
         """A fresh start-state container, once a slot is free."""
         with self.slots:
             if self.cancelled.is_set():
                 raise SandboxInterrupted("test-time scaling was interrupted")
-            with self.workspace.open(self.client, {f"{LABEL}.role": name}) as opened:
-                self.live.add(opened.box)
+            with self.workspace.open(self.client, {f"{LABEL}.role": name}) as start:
+                self.live.add(start.box)
                 try:
-                    yield Tree(opened)
+                    yield start
                 finally:
-                    self.live.discard(opened.box)
+                    self.live.discard(start.box)
 
     def _phase(self, name: str) -> None:
         self.phases[name] = round(time.monotonic() - self.started, 3)
@@ -160,7 +159,7 @@ class TTSRun:
             self.progress(f"{name} failed: {first_line(exc)}")
             return _Rollout(name, None, f"{type(exc).__name__}: {first_line(exc)}")
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "trajectory.json").write_text(trajectory.model_dump_json(indent=2))
+        write_json(folder / "trajectory.json", trajectory, newline=False)
         submitted = trajectory.submission_bytes or b""
         (folder / ("patch.diff" if role == "candidate" else generated.TEST_FILE)).write_bytes(
             submitted
@@ -366,7 +365,7 @@ class TTSRun:
                 passed for test, passed in c.generated.items() if test in top
             )
             entries.append(Entry(c.index, c.score, c.key or "", c.tokens))
-        decision = select(entries)
+        decision = select_candidate(entries)
         for c in eligible:
             c.votes = decision.votes[c.key or ""]
             c.group_of_patch = [o.index for o in eligible if o.key == c.key]
@@ -386,11 +385,11 @@ class TTSRun:
             phases_s=self.phases,
         )
         self.output.mkdir(parents=True, exist_ok=True)
-        (self.output / "tts.json").write_text(json.dumps(report.model_dump(), indent=2) + "\n")
+        write_json(self.output / "tts.json", report.model_dump())
         return report
 
 
-def _contents(tree: Tree, patch: bytes) -> dict[str, bytes | None]:
+def _contents(tree: StartSandbox, patch: bytes) -> dict[str, bytes | None]:
     """Each file the patch touches, as the patched tree has it (None: deleted)."""
     contents: dict[str, bytes | None] = {}
     for path in regression.changed_files(patch):
@@ -399,14 +398,14 @@ def _contents(tree: Tree, patch: bytes) -> dict[str, bytes | None]:
     return contents
 
 
-def chosen(report: TTSReport, output: Path) -> tuple[Trajectory, bytes, str | None]:
+def selected_candidate(report: TTSReport, output: Path) -> tuple[Trajectory, bytes, str | None]:
     """The selected candidate's trajectory, patch and apply error; with none
     selected, the first candidate's trajectory stands for the run, with no patch."""
     candidate = report.candidates[0 if report.selected is None else report.selected]
     patch = b"" if report.selected is None else candidate.patch.encode("utf-8", "surrogateescape")
     path = output / candidate.trajectory
     if path.exists():
-        trajectory = Trajectory.model_validate_json(path.read_text())
+        trajectory = Trajectory.model_validate_json(path.read_bytes())
     else:  # the rollout never started
         trajectory = Trajectory(
             task="issue",

@@ -28,8 +28,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from cwm_agent.tts.execution import CommandRun, Tree
 from cwm_agent.tts.tox import ToxCommand, ToxRefused, read_tox
+from cwm_agent.workspace import CommandRun, StartSandbox
 
 PYTEST = "python -m pytest -rA -p no:cacheprovider"
 UNITTEST = "python -m unittest -v"
@@ -75,7 +75,7 @@ class Refused:
     why: str
 
 
-Detector = Callable[[Tree], list[Method | Refused]]
+Detector = Callable[[StartSandbox], list[Method | Refused]]
 
 
 class Attempt(BaseModel):
@@ -146,7 +146,7 @@ def attempt(method: Method, run: CommandRun | None, status: Status, passing: int
 # -- the ways, for a repository of one's own (`fix`, `ci`) -----------------------
 
 
-def detect(tree: Tree, test_cmd: str | None) -> list[Method | Refused]:
+def detect(tree: StartSandbox, test_cmd: str | None) -> list[Method | Refused]:
     """The ways to try on this repository, in order."""
     given = (
         [Method("--test-cmd", "given with --test-cmd", test_cmd, *_family(test_cmd))]
@@ -229,7 +229,7 @@ def _family(command: str) -> tuple[str, Parse | None]:
     return "command", None
 
 
-def _tox_method(tree: Tree) -> Method | Refused:
+def _tox_method(tree: StartSandbox) -> Method | Refused:
     name = "tox.ini"
     try:
         text = tree.box.read_file(f"{tree.workdir}/tox.ini").decode("utf-8", "replace")
@@ -267,7 +267,7 @@ def _with_keywords(tox: ToxCommand, ids: list[str]) -> ToxCommand:
     return replace(tox, before=[*tox.before, *(word for test in ids for word in ("-k", test))])
 
 
-def _pytest_config(tree: Tree, files: list[str]) -> str | None:
+def _pytest_config(tree: StartSandbox, files: list[str]) -> str | None:
     """Where pytest's own config is, as pytest looks for it at the root, or None."""
     read = {
         name: tree.box.read_file(f"{tree.workdir}/{name}").decode("utf-8", "replace")
@@ -298,7 +298,7 @@ def _pytest_config(tree: Tree, files: list[str]) -> str | None:
 
 
 def narrowed(
-    tree: Tree, method: Method, patches: Iterable[bytes]
+    tree: StartSandbox, method: Method, patches: Iterable[bytes]
 ) -> tuple[Method, list[str]] | None:
     """The method limited to the test files that mention a changed module, if any."""
     if method.runner not in ("pytest", "unittest"):
@@ -334,6 +334,6 @@ def changed_files(patch: bytes) -> list[str]:
     return re.findall(r"^diff --git a/\S+ b/(\S+)$", text, re.MULTILINE)
 
 
-def _shell(tree: Tree, script: str) -> str:
+def _shell(tree: StartSandbox, script: str) -> str:
     _, out, _ = tree.box.exec(["bash", "-c", script], workdir=tree.workdir)
     return out.decode("utf-8", "replace")

@@ -68,7 +68,7 @@ class Decision:
     votes: dict[str, int]
 
 
-def select(entries: Sequence[Entry]) -> Decision:
+def select_candidate(entries: Sequence[Entry]) -> Decision:
     """The best eligible candidate and, in words, which rule decided."""
     if not entries:
         return Decision(None, "no candidate submitted a patch that applies", {})

@@ -14,6 +14,7 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 
+from cwm_agent.atomic_write import write_atomically
 from cwm_agent.swebench.runner import InstanceResult
 from cwm_agent.view import highlight, pages
 from cwm_agent.view.runs import (
@@ -133,7 +134,5 @@ def _relative(target: Path, start: Path) -> str:
 
 
 def _write(path: Path, html: str) -> Path:
-    partial = path.with_name(path.name + ".tmp")
-    partial.write_text(html, encoding="utf-8")
-    partial.replace(path)
+    write_atomically(path, html)
     return path

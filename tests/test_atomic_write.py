@@ -1,0 +1,50 @@
+"""The one JSON writer keeps each file's bytes: a model as `model_dump_json`, a
+mapping as `json.dumps` (non-ASCII escaped), and it leaves no partial file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from cwm_agent.atomic_write import write_atomically, write_json
+
+
+class Row(BaseModel):
+    name: str
+    took_s: float
+    tags: list[str]
+
+
+ROW = Row(name="café …", took_s=1.5, tags=[])
+
+
+def test_a_model_is_written_as_its_json_text(tmp_path: Path) -> None:
+    path = tmp_path / "row.json"
+    write_json(path, ROW)
+    assert path.read_bytes() == (
+        '{\n  "name": "café …",\n  "took_s": 1.5,\n  "tags": []\n}\n'.encode()
+    )
+    assert path.read_bytes() == (ROW.model_dump_json(indent=2) + "\n").encode()
+
+
+def test_a_mapping_is_written_with_non_ascii_escaped(tmp_path: Path) -> None:
+    path = tmp_path / "row.json"
+    write_json(path, ROW.model_dump())
+    assert path.read_bytes() == (
+        b'{\n  "name": "caf\\u00e9 \\u2026",\n  "took_s": 1.5,\n  "tags": []\n}\n'
+    )
+
+
+def test_without_the_final_newline(tmp_path: Path) -> None:
+    path = tmp_path / "trajectory.json"
+    write_json(path, ROW, newline=False)
+    assert path.read_bytes() == ROW.model_dump_json(indent=2).encode()
+
+
+def test_the_file_is_replaced_whole_and_nothing_is_left_beside_it(tmp_path: Path) -> None:
+    path = tmp_path / "predictions.jsonl"
+    path.write_text("old and longer than the new text\n")
+    write_atomically(path, "new\n", durable=True)
+    assert path.read_bytes() == b"new\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["predictions.jsonl"]
