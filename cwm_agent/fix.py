@@ -259,7 +259,7 @@ def _interrupted(options: FixOptions, model: str, output: Path, exc: BaseExcepti
         trajectory = None
     return FixResult(
         status="interrupted",
-        reason=f"interrupted ({exc or 'Ctrl-C'}): nothing was committed",
+        reason=f"interrupted ({str(exc) or 'Ctrl-C'}): nothing was committed",
         success=False,
         turns=trajectory.turns if trajectory else 0,
         tokens_used=trajectory.tokens_used if trajectory else 0,

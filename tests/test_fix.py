@@ -456,6 +456,8 @@ def test_interrupted_fix_keeps_its_trajectory_and_says_so(
     assert result["turns"] == 3
     trajectory = json.loads((output / "trajectory.json").read_text())
     assert trajectory["status"] == "interrupted" and trajectory["turns"] == 3
+    said = "(Ctrl-C)" if sig == signal.SIGINT else "(received signal SIGTERM)"
+    assert said in trajectory["reason"] and said in result["reason"], (trajectory, result)
     assert [m["tool_result"]["output"] for m in trajectory["messages"] if m["tool_result"]] == [
         "step\n",
         "step\n",
