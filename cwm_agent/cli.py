@@ -51,7 +51,7 @@ from cwm_agent.sandbox import (
 )
 from cwm_agent.sandbox.container import owned_containers
 from cwm_agent.sandbox.image import DEFAULT_IMAGE
-from cwm_agent.swebench.commands import make_app as make_swebench_app
+from cwm_agent.swebench.commands import app as swebench_app
 from cwm_agent.terminal import shown
 from cwm_agent.trace.commands import register as register_trace_commands
 from cwm_agent.tts import TTSOptions, TTSReport
@@ -516,7 +516,7 @@ def guarded(commands: typer.Typer) -> typer.Typer:
     return commands
 
 
-app.add_typer(make_swebench_app(), name="swebench")
+app.add_typer(swebench_app, name="swebench")
 register_trace_commands(app)
 guarded(app)
 

@@ -89,150 +89,153 @@ def _cluster(
     return on_cluster
 
 
-def make_app() -> typer.Typer:
-    app = typer.Typer(help="SWE-bench runs: run the agent, grade its predictions, report.")
+app = typer.Typer(help="SWE-bench runs: run the agent, grade its predictions, report.")
 
-    @app.command()
-    @flags.expand
-    def run(
-        dataset: Dataset,
-        model: Annotated[str, typer.Option(help="replay:DIR, openai:URL, or a model id/dir")],
-        output: Annotated[Path, typer.Option(help="run folder (new, or --resume)")],
-        split: Split = "test",
-        instances: Annotated[str | None, typer.Option(help="ID,ID,...")] = None,
-        instances_file: Annotated[Path | None, typer.Option(help="one ID per line")] = None,
-        slice_: Annotated[str | None, typer.Option("--slice", help="A:B of the dataset")] = None,
-        scaling: TTSOptions = flags.group(SCALING),
-        workers: Workers = 1,
-        image_template: ImageTemplate = None,
-        resume: Annotated[
-            bool, typer.Option("--resume", help="continue the run in --output")
-        ] = False,
-        rollout: RolloutConfig = flags.group(ROLLOUT),
-        load: LoadConfig = flags.group(flags.LOAD),
-        sampling: SamplingConfig = flags.group(flags.SAMPLING),
-        ray: RayAddress = None,
-        replicas: Annotated[
-            int | None, typer.Option(help="with --ray: copies of a local --model (default 1)")
-        ] = None,
-        replica_gpus: Annotated[
-            float | None, typer.Option(help="with --ray: GPUs per replica (default 1)")
-        ] = None,
-        quiet: Quiet = False,
-    ) -> None:
-        """Run the agent on each instance in its own container; write predictions.jsonl."""
-        if instances is not None and instances_file is not None:
-            raise SwebenchError("give --instances or --instances-file, not both")
-        on_cluster = _cluster(ray, replicas, replica_gpus, workers * cluster.slots_for(scaling))
-        ids = instances.split(",") if instances is not None else None
-        if instances_file is not None:
-            ids = read_ids(instances_file)
-        options = RunOptions(
+
+@app.command()
+@flags.expand
+def run(
+    dataset: Dataset,
+    model: Annotated[str, typer.Option(help="replay:DIR, openai:URL, or a model id/dir")],
+    output: Annotated[Path, typer.Option(help="run folder (new, or --resume)")],
+    split: Split = "test",
+    instances: Annotated[str | None, typer.Option(help="ID,ID,...")] = None,
+    instances_file: Annotated[Path | None, typer.Option(help="one ID per line")] = None,
+    slice_: Annotated[str | None, typer.Option("--slice", help="A:B of the dataset")] = None,
+    scaling: TTSOptions = flags.group(SCALING),
+    workers: Workers = 1,
+    image_template: ImageTemplate = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue the run in --output")] = False,
+    rollout: RolloutConfig = flags.group(ROLLOUT),
+    load: LoadConfig = flags.group(flags.LOAD),
+    sampling: SamplingConfig = flags.group(flags.SAMPLING),
+    ray: RayAddress = None,
+    replicas: Annotated[
+        int | None, typer.Option(help="with --ray: copies of a local --model (default 1)")
+    ] = None,
+    replica_gpus: Annotated[
+        float | None, typer.Option(help="with --ray: GPUs per replica (default 1)")
+    ] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Run the agent on each instance in its own container; write predictions.jsonl."""
+    if instances is not None and instances_file is not None:
+        raise SwebenchError("give --instances or --instances-file, not both")
+    on_cluster = _cluster(ray, replicas, replica_gpus, workers * cluster.slots_for(scaling))
+    ids = instances.split(",") if instances is not None else None
+    if instances_file is not None:
+        ids = read_ids(instances_file)
+    options = RunOptions(
+        dataset=dataset,
+        split=split,
+        instance_ids=ids,
+        slice=slice_,
+        model=ModelSpec.parse(model, load, sampling),
+        scaling=scaling,
+        workers=workers,
+        image_template=image_template,
+        output=output,
+        resume=resume,
+        rollout=rollout,
+        ray=on_cluster,
+    )
+    results = _run_batch_shown(options, quiet, ray)
+    errors = sum(result.status == "error" for result in results)
+    console.print(
+        f"{len(results) - errors} instance(s) finished, {errors} error(s); "
+        f"predictions: {output / 'predictions.jsonl'}"
+        + (" (add --resume to retry the errors)" if errors else "")
+    )
+    console.print(how_to_open(output), highlight=False)
+    if errors:  # so scripts can tell
+        typer.echo(f"error: {errors} instance(s) ended in an error", err=True)
+        raise typer.Exit(1)
+
+
+def _run_batch_shown(options: RunOptions, quiet: bool, ray: str | None) -> list[InstanceResult]:
+    """`run_batch` with a progress bar, its tally, and a line for each error."""
+    tally = {"submitted": 0, "empty": 0, "error": 0}
+    with _progress(quiet) as progress:
+        task = progress.add_task("instances", total=None, tally="")
+
+        def started(total: int, skipped: int) -> None:
+            note = f" ({skipped} done before)" if skipped else ""
+            progress.update(task, total=total, completed=skipped, tally=note)
+
+        def done(result: InstanceResult) -> None:
+            tally[result.status] += 1
+            progress.update(task, advance=1, tally=_tally(tally, ray))
+            if result.status == "error":
+                progress.console.print(
+                    f"[red]error[/] {result.instance_id}: {result.error}: "
+                    f"{shown(result.reason or '')}",
+                    highlight=False,
+                )
+
+        return run_batch(options, on_start=started, on_done=done)
+
+
+@app.command(name="eval")
+def eval_(
+    predictions: Annotated[Path, typer.Option(help="predictions .jsonl or .json")],
+    dataset: Dataset,
+    split: Split = "test",
+    backend: Annotated[
+        Literal["local", "official"], typer.Option(help="local sandbox or official harness")
+    ] = "local",
+    output: Annotated[
+        Path | None, typer.Option(help="folder for report.json (default: the predictions')")
+    ] = None,
+    workers: Workers = 1,
+    timeout: Annotated[int, typer.Option(help="seconds for one instance's tests")] = 1800,
+    image_template: ImageTemplate = None,
+    ray: RayAddress = None,
+    quiet: Quiet = False,
+) -> None:
+    """Grade predictions: apply each patch, run the tests, judge as the harness does."""
+    if ray is not None:
+        if backend != "local":
+            raise SwebenchError("--ray grades with --backend local only")
+        cluster.connect(ray, local_slots=workers)
+    found = read_predictions(predictions)
+    rows = load_instances(dataset, split)
+    tally = {"resolved": 0, "unresolved": 0, "error": 0, "empty_patch": 0}
+    with _progress(quiet) as progress:
+        task = progress.add_task("grading", total=len(found), tally="")
+
+        def done(report: InstanceReport) -> None:
+            tally[report.status] += 1
+            progress.update(task, advance=1, tally=_tally(tally, ray))
+
+        report = evaluate(
+            rows,
+            found,
+            backend=backend,
+            output=output or predictions.parent,
             dataset=dataset,
-            split=split,
-            instance_ids=ids,
-            slice=slice_,
-            model=ModelSpec.parse(model, load, sampling),
-            scaling=scaling,
+            predictions_path=predictions,
             workers=workers,
+            timeout=timeout,
             image_template=image_template,
-            output=output,
-            resume=resume,
-            rollout=rollout,
-            ray=on_cluster,
+            on_done=done,
+            ray=ray,
         )
-        tally = {"submitted": 0, "empty": 0, "error": 0}
-        with _progress(quiet) as progress:
-            task = progress.add_task("instances", total=None, tally="")
+    console.print(
+        f"resolved {report.resolved}/{report.total} ({report.resolved_rate:.1%}); "
+        f"report: {(output or predictions.parent) / 'report.json'}"
+    )
 
-            def started(total: int, skipped: int) -> None:
-                note = f" ({skipped} done before)" if skipped else ""
-                progress.update(task, total=total, completed=skipped, tally=note)
 
-            def done(result: InstanceResult) -> None:
-                tally[result.status] += 1
-                progress.update(task, advance=1, tally=_tally(tally, ray))
-                if result.status == "error":
-                    progress.console.print(
-                        f"[red]error[/] {result.instance_id}: {result.error}: "
-                        f"{shown(result.reason or '')}",
-                        highlight=False,
-                    )
-
-            results = run_batch(options, on_start=started, on_done=done)
-        errors = sum(result.status == "error" for result in results)
-        console.print(
-            f"{len(results) - errors} instance(s) finished, {errors} error(s); "
-            f"predictions: {output / 'predictions.jsonl'}"
-            + (" (add --resume to retry the errors)" if errors else "")
-        )
-        console.print(how_to_open(output), highlight=False)
-        if errors:  # so scripts can tell
-            typer.echo(f"error: {errors} instance(s) ended in an error", err=True)
-            raise typer.Exit(1)
-
-    @app.command(name="eval")
-    def eval_(
-        predictions: Annotated[Path, typer.Option(help="predictions .jsonl or .json")],
-        dataset: Dataset,
-        split: Split = "test",
-        backend: Annotated[
-            Literal["local", "official"], typer.Option(help="local sandbox or official harness")
-        ] = "local",
-        output: Annotated[
-            Path | None, typer.Option(help="folder for report.json (default: the predictions')")
-        ] = None,
-        workers: Workers = 1,
-        timeout: Annotated[int, typer.Option(help="seconds for one instance's tests")] = 1800,
-        image_template: ImageTemplate = None,
-        ray: RayAddress = None,
-        quiet: Quiet = False,
-    ) -> None:
-        """Grade predictions: apply each patch, run the tests, judge as the harness does."""
-        if ray is not None:
-            if backend != "local":
-                raise SwebenchError("--ray grades with --backend local only")
-            cluster.connect(ray, local_slots=workers)
-        found = read_predictions(predictions)
-        rows = load_instances(dataset, split)
-        tally = {"resolved": 0, "unresolved": 0, "error": 0, "empty_patch": 0}
-        with _progress(quiet) as progress:
-            task = progress.add_task("grading", total=len(found), tally="")
-
-            def done(report: InstanceReport) -> None:
-                tally[report.status] += 1
-                progress.update(task, advance=1, tally=_tally(tally, ray))
-
-            report = evaluate(
-                rows,
-                found,
-                backend=backend,
-                output=output or predictions.parent,
-                dataset=dataset,
-                predictions_path=predictions,
-                workers=workers,
-                timeout=timeout,
-                image_template=image_template,
-                on_done=done,
-                ray=ray,
-            )
-        console.print(
-            f"resolved {report.resolved}/{report.total} ({report.resolved_rate:.1%}); "
-            f"report: {(output or predictions.parent) / 'report.json'}"
-        )
-
-    @app.command()
-    def report(
-        folder: Annotated[Path, typer.Argument(help="a run folder")],
-        json_output: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = (
-            False
-        ),
-    ) -> None:
-        """Resolved rate, by repo and difficulty, turns/tokens/time, errors by kind."""
-        summary = summarize(folder)
-        if json_output:
-            typer.echo(summary.model_dump_json(indent=2))
-        else:
-            render(summary, console)
-
-    return app
+@app.command()
+def report(
+    folder: Annotated[Path, typer.Argument(help="a run folder")],
+    json_output: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = (
+        False
+    ),
+) -> None:
+    """Resolved rate, by repo and difficulty, turns/tokens/time, errors by kind."""
+    summary = summarize(folder)
+    if json_output:
+        typer.echo(summary.model_dump_json(indent=2))
+    else:
+        render(summary, console)

@@ -102,116 +102,118 @@ def real_trace(
 
 
 def register(app: typer.Typer) -> None:
-    @app.command()
-    @flags.expand
-    def trace(
-        file: File,
-        function: Function,
-        args: Args = "",
-        model: Model = DEFAULT_MODEL,
-        actual: Annotated[bool, typer.Option("--actual", help="the real trace only")] = False,
-        compare: Annotated[
-            bool, typer.Option("--compare", help="predicted and real side by side, with scores")
-        ] = False,
-        json_: Annotated[bool, typer.Option("--json", help="print JSON, not tables")] = False,
-        sample: Sample = False,
-        how: Predictor = flags.group(predictor),
-    ) -> None:
-        """Predict how FUNCTION(ARGS) runs, line by line; --actual runs it for real."""
-        source = _read(file, function)
-        predicting = how.model(model, sample) if compare or not actual else None
-        real = real_trace(source, function, args, how.tracer, full=actual or compare)
-        result: dict[str, object] = {"function": function, "args": args}
-        if predicting is not None:
-            task = TraceTask("trace", source, function, (real.frames[0],))
-            (prediction,) = predict_traces(predicting, [task], how.budget)
-            result["predicted"] = prediction.to_json()
-        if actual or compare:
-            result["actual"] = real.to_json()
-        if compare:
-            score = score_trace(
-                prediction.frames, real.frames, valid=prediction.valid, expected_output=real.output
-            )
-            result["scores"] = score.to_json()
-        if json_:
-            typer.echo(json.dumps(result, indent=2))
-            return
-        if predicting is not None and not compare:
-            console.print(
-                trace_table(prediction.frames, f"predicted ({predicting.name})", prediction.error)
-            )
-        if actual and not compare:
-            console.print(trace_table(real.frames, f"actual ({real.status})"))
-        if compare:
-            console.print(compare_table(prediction.frames, real.frames, score))
-            if prediction.error is not None:
-                console.print(f"[red]malformed frame:[/red] {escape(prediction.error.reason)}")
-            if not real.complete:
-                console.print(
-                    f"the real trace is incomplete ({real.status}): compared as far as it goes"
-                )
-            console.print(scores_table(summarize([score]), paper=False))
-
-    @app.command()
-    @flags.expand
-    def debug(
-        file: File,
-        function: Function,
-        args: Args = "",
-        model: Model = DEFAULT_MODEL,
-        greedy: flags.Greedy = False,
-        how: Predictor = flags.group(predictor),
-    ) -> None:
-        """A neural debugger: step through CWM's prediction of FUNCTION(ARGS) (`help` inside)."""
-        source = _read(file, function)
-        predicting = how.model(model, not greedy)
-        call = real_trace(source, function, args, how.tracer, full=False).frames[0]
-        full: list[ActualTrace] = []
-
-        def reality() -> ActualTrace:
-            if not full:
-                full.append(real_trace(source, function, args, how.tracer, full=True))
-            return full[0]
-
-        task = TraceTask("trace", source, function, (call,))
-        repl(Debugger(predicting, task, reality, how.budget), console)
-
+    """Add `trace`, `debug` and `eval cruxeval` to the main CLI."""
+    app.command()(trace)
+    app.command()(debug)
     eval_app = typer.Typer(help="Benchmarks of CWM as a world model.")
+    eval_app.command()(cruxeval)
     app.add_typer(eval_app, name="eval")
 
-    @eval_app.command()
-    @flags.expand
-    def cruxeval(
-        data: Annotated[
-            Path,
-            typer.Option(help="cruxeval.jsonl (facebookresearch/cruxeval data/cruxeval.jsonl)"),
-        ],
-        model: Model = DEFAULT_MODEL,
-        output: Annotated[
-            Path | None, typer.Option(help="run folder: new, or one to resume")
-        ] = None,
-        limit: Annotated[int | None, typer.Option(help="only the first N rows")] = None,
-        workers: Annotated[int, typer.Option(min=1, help="traces decoded at once")] = 8,
-        sample: Sample = False,
-        how: Predictor = flags.group(predictor),
-    ) -> None:
-        """CRUXEval-O by full trace prediction, with the CWM paper's figures beside ours."""
-        predicting = how.model(model, sample)
-        folder = output or Path("cwm-agent-runs") / time.strftime("cruxeval-%Y%m%d-%H%M%S")
-        settings = EvalSettings(data, folder, limit, workers, sample, how.sampling.seed)
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-        with Progress(*columns, TimeElapsedColumn(), console=console) as bar:
-            tasks: dict[str, int] = {}
 
-            def progress(phase: str, done: int, total: int) -> None:
-                if phase not in tasks:
-                    tasks[phase] = bar.add_task(phase, total=total)
-                bar.update(tasks[phase], completed=done)
-
-            summary = run_cruxeval(predicting, settings, how.tracer, how.budget, progress)
-        title = f"CRUXEval-O, {summary['rows']} rows, {predicting.name}"
-        console.print(scores_table(summary["figures"], paper=True, title=title))
-        console.print(
-            f"malformed traces: {summary['malformed']}; rows whose real trace is incomplete: "
-            f"{summary['untraced']}; outputs: {folder}/"
+@flags.expand
+def trace(
+    file: File,
+    function: Function,
+    args: Args = "",
+    model: Model = DEFAULT_MODEL,
+    actual: Annotated[bool, typer.Option("--actual", help="the real trace only")] = False,
+    compare: Annotated[
+        bool, typer.Option("--compare", help="predicted and real side by side, with scores")
+    ] = False,
+    json_: Annotated[bool, typer.Option("--json", help="print JSON, not tables")] = False,
+    sample: Sample = False,
+    how: Predictor = flags.group(predictor),
+) -> None:
+    """Predict how FUNCTION(ARGS) runs, line by line; --actual runs it for real."""
+    source = _read(file, function)
+    predicting = how.model(model, sample) if compare or not actual else None
+    real = real_trace(source, function, args, how.tracer, full=actual or compare)
+    result: dict[str, object] = {"function": function, "args": args}
+    if predicting is not None:
+        task = TraceTask("trace", source, function, (real.frames[0],))
+        (prediction,) = predict_traces(predicting, [task], how.budget)
+        result["predicted"] = prediction.to_json()
+    if actual or compare:
+        result["actual"] = real.to_json()
+    if compare:
+        score = score_trace(
+            prediction.frames, real.frames, valid=prediction.valid, expected_output=real.output
         )
+        result["scores"] = score.to_json()
+    if json_:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    if predicting is not None and not compare:
+        console.print(
+            trace_table(prediction.frames, f"predicted ({predicting.name})", prediction.error)
+        )
+    if actual and not compare:
+        console.print(trace_table(real.frames, f"actual ({real.status})"))
+    if compare:
+        console.print(compare_table(prediction.frames, real.frames, score))
+        if prediction.error is not None:
+            console.print(f"[red]malformed frame:[/red] {escape(prediction.error.reason)}")
+        if not real.complete:
+            console.print(
+                f"the real trace is incomplete ({real.status}): compared as far as it goes"
+            )
+        console.print(scores_table(summarize([score]), paper=False))
+
+
+@flags.expand
+def debug(
+    file: File,
+    function: Function,
+    args: Args = "",
+    model: Model = DEFAULT_MODEL,
+    greedy: flags.Greedy = False,
+    how: Predictor = flags.group(predictor),
+) -> None:
+    """A neural debugger: step through CWM's prediction of FUNCTION(ARGS) (`help` inside)."""
+    source = _read(file, function)
+    predicting = how.model(model, not greedy)
+    call = real_trace(source, function, args, how.tracer, full=False).frames[0]
+    full: list[ActualTrace] = []
+
+    def reality() -> ActualTrace:
+        if not full:
+            full.append(real_trace(source, function, args, how.tracer, full=True))
+        return full[0]
+
+    task = TraceTask("trace", source, function, (call,))
+    repl(Debugger(predicting, task, reality, how.budget), console)
+
+
+@flags.expand
+def cruxeval(
+    data: Annotated[
+        Path,
+        typer.Option(help="cruxeval.jsonl (facebookresearch/cruxeval data/cruxeval.jsonl)"),
+    ],
+    model: Model = DEFAULT_MODEL,
+    output: Annotated[Path | None, typer.Option(help="run folder: new, or one to resume")] = None,
+    limit: Annotated[int | None, typer.Option(help="only the first N rows")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="traces decoded at once")] = 8,
+    sample: Sample = False,
+    how: Predictor = flags.group(predictor),
+) -> None:
+    """CRUXEval-O by full trace prediction, with the CWM paper's figures beside ours."""
+    predicting = how.model(model, sample)
+    folder = output or Path("cwm-agent-runs") / time.strftime("cruxeval-%Y%m%d-%H%M%S")
+    settings = EvalSettings(data, folder, limit, workers, sample, how.sampling.seed)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TimeElapsedColumn(), console=console) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(phase, total=total)
+            bar.update(tasks[phase], completed=done)
+
+        summary = run_cruxeval(predicting, settings, how.tracer, how.budget, progress)
+    title = f"CRUXEval-O, {summary['rows']} rows, {predicting.name}"
+    console.print(scores_table(summary["figures"], paper=True, title=title))
+    console.print(
+        f"malformed traces: {summary['malformed']}; rows whose real trace is incomplete: "
+        f"{summary['untraced']}; outputs: {folder}/"
+    )
