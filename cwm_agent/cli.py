@@ -131,9 +131,7 @@ def fix(
     repo: Annotated[Path | None, typer.Option(help="git repository to fix (read-only)")] = None,
     issue: Annotated[str | None, typer.Option(help="the issue text")] = None,
     issue_file: Annotated[Path | None, typer.Option(help="file holding the issue text")] = None,
-    model: Annotated[
-        str, typer.Option(help="replay:PATH, openai:URL, or a model id / directory")
-    ] = DEFAULT_MODEL,
+    model: flags.Model = DEFAULT_MODEL,
     image: flags.Image = DEFAULT_IMAGE,
     workdir: flags.Workdir = WORKDIR,
     output: flags.Output = None,
@@ -288,7 +286,7 @@ LIMITS = flags.Group(
 @app.command()
 @flags.expand
 def ci(
-    repo: Annotated[Path, typer.Option(help="the checked-out repository")] = Path("."),
+    repo: Annotated[Path, typer.Option(help="the checked-out repository")] = CI.repo,
     event: Annotated[
         Path | None, typer.Option(envvar="GITHUB_EVENT_PATH", help="GitHub event payload")
     ] = None,

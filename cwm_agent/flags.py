@@ -122,6 +122,7 @@ SAMPLING = Group(
     SamplingConfig, greedy=Greedy, seed=Annotated[int | None, typer.Option(help="sampling seed")]
 )
 
+Model = Annotated[str, typer.Option(help="replay:PATH, openai:URL, or a model id / directory")]
 Image = Annotated[str, typer.Option(help="sandbox image")]
 Workdir = Annotated[str, typer.Option(help="repository path inside the sandbox")]
 Output = Annotated[Path | None, typer.Option(help="new folder for the outputs")]

@@ -30,7 +30,6 @@ TRACER, PREDICT = TracerLimits(), PredictLimits()  # the defaults flags show
 File = Annotated[Path, typer.Argument(help="Python file holding the function")]
 Function = Annotated[str, typer.Option(help="entry function (top level in FILE)")]
 Args = Annotated[str, typer.Option(help="call arguments in Python syntax, e.g. '[1, 2], k=3'")]
-Model = Annotated[str, typer.Option(help="replay:PATH, openai:URL, or a model id / directory")]
 Tokenizer = Annotated[
     str | None, typer.Option(help="openai: the tokenizer to encode prompts with (Hub id or dir)")
 ]
@@ -115,7 +114,7 @@ def trace(
     file: File,
     function: Function,
     args: Args = "",
-    model: Model = DEFAULT_MODEL,
+    model: flags.Model = DEFAULT_MODEL,
     actual: Annotated[bool, typer.Option("--actual", help="the real trace only")] = False,
     compare: Annotated[
         bool, typer.Option("--compare", help="predicted and real side by side, with scores")
@@ -165,7 +164,7 @@ def debug(
     file: File,
     function: Function,
     args: Args = "",
-    model: Model = DEFAULT_MODEL,
+    model: flags.Model = DEFAULT_MODEL,
     greedy: flags.Greedy = False,
     how: Predictor = flags.group(predictor),
 ) -> None:
@@ -190,7 +189,7 @@ def cruxeval(
         Path,
         typer.Option(help="cruxeval.jsonl (facebookresearch/cruxeval data/cruxeval.jsonl)"),
     ],
-    model: Model = DEFAULT_MODEL,
+    model: flags.Model = DEFAULT_MODEL,
     output: Annotated[Path | None, typer.Option(help="run folder: new, or one to resume")] = None,
     limit: Annotated[int | None, typer.Option(help="only the first N rows")] = None,
     workers: Annotated[int, typer.Option(min=1, help="traces decoded at once")] = 8,
