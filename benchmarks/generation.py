@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 
 from cwm_agent.model.compiled import CompiledDecoder
-from cwm_agent.model.hf import PrefixCache, SamplingParams, TransformersPolicy
+from cwm_agent.model.hf import PrefixCache, TransformersPolicy
+from cwm_agent.model.spec import SamplingConfig
 from cwm_agent.protocol import prompts
 from cwm_agent.protocol.chat import Message, message_token_counter, render_ids
 
@@ -204,7 +205,7 @@ def main() -> None:
             device_map=args.device_map,
             quantization=args.quantization,
             offline=args.model is None,
-            sampling=SamplingParams(greedy=True),
+            sampling=SamplingConfig(greedy=True),
             compile=False,
         )
         policy.generate_ids([[0, 1, 2, 3]], 2)  # warm-up, out of the figures

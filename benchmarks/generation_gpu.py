@@ -22,9 +22,9 @@ import time
 import torch
 from transformers import CwmConfig, CwmForCausalLM, DynamicCache
 
-from cwm_agent.model.batch import Row
 from cwm_agent.model.cache import cache_kwarg
 from cwm_agent.model.compiled import CompiledDecoder, decode
+from cwm_agent.model.decoding import Row
 
 PEAK_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12}  # bytes/s, SXM HBM3 / HBM3e datasheets
 

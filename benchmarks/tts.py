@@ -37,7 +37,7 @@ from generation import small_random_cwm  # type: ignore[import-not-found]
 
 from cwm_agent import gitrepo
 from cwm_agent.agent import RolloutConfig
-from cwm_agent.model import ModelOptions, PolicyPool
+from cwm_agent.model import LoadConfig, ModelSpec, PolicyPool, SamplingConfig
 from cwm_agent.sandbox import docker_client
 from cwm_agent.tts import TTSOptions, TTSRun
 from cwm_agent.workspace import Workspace
@@ -96,7 +96,7 @@ def real_repository(root: Path, image: str, case: Any, samples: int) -> None:
     run = TTSRun(
         workspace,
         "bench",
-        PolicyPool(f"replay:{replays}"),
+        PolicyPool(ModelSpec.parse(f"replay:{replays}")),
         options,
         RolloutConfig(max_turns=6),
         out,
@@ -150,7 +150,9 @@ def main() -> None:
     rollout = RolloutConfig(max_turns=args.turns, max_reply_tokens=args.reply_tokens)
     print(f"## rollouts: K={k}, M={m}, {args.turns} turns of {args.reply_tokens} tokens")
     for jobs in (k + m, 1):
-        pool = PolicyPool(str(model), ModelOptions(greedy=True, offline=True))
+        pool = PolicyPool(
+            ModelSpec.parse(str(model), LoadConfig(offline=True), SamplingConfig(greedy=True))
+        )
         options = TTSOptions(samples=k, test_samples=m, jobs=jobs)
         seconds, _ = timed(workspace, issue, pool, options, rollout, root / f"rollouts-{jobs}")
         stats = pool.batching.stats if pool.batching else None
@@ -158,7 +160,7 @@ def main() -> None:
         print(f"jobs={jobs:2d}: {seconds:6.1f} s{batches}")
 
     print("## test running: clamp replays, K=5, M=4")
-    replays = PolicyPool(f"replay:{EXAMPLE / 'replays'}")
+    replays = PolicyPool(ModelSpec.parse(f"replay:{EXAMPLE / 'replays'}"))
     for jobs in (9, 1):
         options = TTSOptions(samples=5, test_samples=4, jobs=jobs)
         replayed = RolloutConfig(max_turns=8)

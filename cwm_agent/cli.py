@@ -26,16 +26,23 @@ from rich.table import Table
 
 from cwm_agent import flags
 from cwm_agent.agent import MessageRecord, RolloutConfig
-from cwm_agent.ci import CIError, CISettings, Stop, run_ci
+from cwm_agent.ci import CISettings, Stop, run_ci
 from cwm_agent.ci.event import TriggerRules
 from cwm_agent.ci.github import run_url
 from cwm_agent.ci.guards import Limits
-from cwm_agent.errors import first_line
+from cwm_agent.errors import UserError, first_line
 from cwm_agent.fix import FixError, FixOptions, FixResult, run_fix
-from cwm_agent.gitrepo import RepoError
-from cwm_agent.model import ModelOptions, PolicyError, load_policy
+from cwm_agent.model import (
+    DEFAULT_MODEL,
+    LoadConfig,
+    ModelSpec,
+    PolicyError,
+    SamplingConfig,
+    load_policy,
+)
 from cwm_agent.sandbox import (
     LABEL,
+    WORKDIR,
     SandboxError,
     SandboxInterrupted,
     docker_client,
@@ -44,14 +51,12 @@ from cwm_agent.sandbox import (
 )
 from cwm_agent.sandbox.container import owned_containers
 from cwm_agent.sandbox.image import DEFAULT_IMAGE
-from cwm_agent.swebench.commands import make_app as make_swebench_app
-from cwm_agent.swebench.errors import SwebenchError
+from cwm_agent.swebench.commands import app as swebench_app
 from cwm_agent.terminal import shown
 from cwm_agent.trace.commands import register as register_trace_commands
-from cwm_agent.trace.format import TraceError
 from cwm_agent.tts import TTSOptions
 from cwm_agent.tts import table as candidates_table
-from cwm_agent.view import PAGE, ViewError, how_to_open
+from cwm_agent.view import PAGE, how_to_open
 from cwm_agent.view import write as write_view
 
 app = typer.Typer(
@@ -72,16 +77,7 @@ def user_errors(command: F) -> F:
     def wrapper(*args: object, **kwargs: object) -> object:
         try:
             return command(*args, **kwargs)
-        except (
-            SandboxError,
-            FixError,
-            RepoError,
-            PolicyError,
-            SwebenchError,
-            CIError,
-            TraceError,
-            ViewError,
-        ) as exc:
+        except UserError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
         except ValidationError as exc:
@@ -112,22 +108,34 @@ def _leftovers() -> str:
     return "containers removed"
 
 
+SCALING = flags.Group(
+    TTSOptions,
+    samples=Annotated[int, typer.Option(help="test-time scaling: candidate rollouts (K)")],
+    test_samples=Annotated[
+        int, typer.Option(help="test-time scaling: test-generation rollouts (M)")
+    ],
+    jobs=Annotated[int, typer.Option(help="test-time scaling: containers at once")],
+    test_cmd=Annotated[
+        str | None, typer.Option(help="regression test command (default: detected)")
+    ],
+    regression_timeout=Annotated[
+        float, typer.Option(help="seconds for the regression suite before it is narrowed")
+    ],
+    test_timeout=Annotated[float, typer.Option(help="seconds for one generated test")],
+)
+
+
 @app.command()
-@user_errors
+@flags.expand
 def fix(
     repo: Annotated[Path | None, typer.Option(help="git repository to fix (read-only)")] = None,
     issue: Annotated[str | None, typer.Option(help="the issue text")] = None,
     issue_file: Annotated[Path | None, typer.Option(help="file holding the issue text")] = None,
-    model: Annotated[
-        str, typer.Option(help="replay:PATH, openai:URL, or a model id / directory")
-    ] = "facebook/cwm",
-    image: Annotated[str, typer.Option(help="sandbox image")] = DEFAULT_IMAGE,
-    workdir: Annotated[str, typer.Option(help="repository path inside the sandbox")] = "/testbed",
-    output: Annotated[Path | None, typer.Option(help="new folder for the outputs")] = None,
-    max_turns: Annotated[int, typer.Option(help="turn budget")] = 128,
-    max_reply_tokens: Annotated[int, typer.Option(help="tokens one reply may have")] = 65_536,
-    context_size: Annotated[int, typer.Option(help="context budget in tokens")] = 131_072,
-    session_timeout: Annotated[float, typer.Option(help="seconds per bash call")] = 120.0,
+    model: flags.Model = DEFAULT_MODEL,
+    image: flags.Image = DEFAULT_IMAGE,
+    workdir: flags.Workdir = WORKDIR,
+    output: flags.Output = None,
+    rollout: RolloutConfig = flags.group(flags.ROLLOUT),
     branch: Annotated[
         str | None, typer.Option(help="commit the patch on this new branch of --repo")
     ] = None,
@@ -137,26 +145,9 @@ def fix(
             "--include-uncommitted", help="start from the working tree's tracked changes, not HEAD"
         ),
     ] = False,
-    dtype: flags.Dtype = "auto",
-    quantization: flags.Quantization = None,
-    device_map: flags.DeviceMap = None,
-    attn_implementation: flags.AttnImplementation = None,
-    offline: flags.Offline = False,
-    compile: flags.Compile = None,
-    greedy: flags.Greedy = False,
-    seed: flags.Seed = None,
-    samples: Annotated[int, typer.Option(help="test-time scaling: candidate rollouts (K)")] = 1,
-    test_samples: Annotated[
-        int, typer.Option(help="test-time scaling: test-generation rollouts (M)")
-    ] = 0,
-    jobs: Annotated[int, typer.Option(help="test-time scaling: containers at once")] = 8,
-    test_cmd: Annotated[
-        str | None, typer.Option(help="regression test command (default: detected)")
-    ] = None,
-    regression_timeout: Annotated[
-        float, typer.Option(help="seconds for the regression suite before it is narrowed")
-    ] = 600.0,
-    test_timeout: Annotated[float, typer.Option(help="seconds for one generated test")] = 60.0,
+    load: LoadConfig = flags.group(flags.LOAD),
+    sampling: SamplingConfig = flags.group(flags.SAMPLING),
+    scaling: TTSOptions = flags.group(SCALING),
     quiet: Annotated[bool, typer.Option("--quiet", help="print only the outcome")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="print result.json")] = False,
 ) -> None:
@@ -164,6 +155,32 @@ def fix(
 
     Without --repo, the repository already inside --image at --workdir is used.
     """
+    text = _issue_text(issue, issue_file)
+    if repo is None and image == DEFAULT_IMAGE:
+        raise FixError("give --repo PATH, or --image IMAGE holding the repository at --workdir")
+    options = FixOptions(
+        repo=repo,
+        issue=text,
+        model=ModelSpec.parse(model, load, sampling),
+        image=image,
+        workdir=workdir,
+        output=output,
+        branch=branch,
+        include_uncommitted=include_uncommitted,
+        rollout=rollout,
+        scaling=scaling,
+    )
+    result = _run_fix_shown(options, live=not (quiet or json_output))
+    if json_output:
+        typer.echo(json.dumps(result.model_dump(), indent=2))
+    else:
+        console.print(_outcome(result), highlight=False)
+    if not result.success:
+        raise typer.Exit(1)
+
+
+def _issue_text(issue: str | None, issue_file: Path | None) -> str:
+    """The issue from exactly one of --issue and --issue-file."""
     if (issue is None) == (issue_file is None):
         raise FixError("give the issue with exactly one of --issue TEXT or --issue-file FILE")
     if issue_file is not None:
@@ -173,44 +190,13 @@ def fix(
             raise FixError(f"--issue-file {issue_file}: {exc.strerror or exc}") from None
         except UnicodeDecodeError:
             raise FixError(f"--issue-file {issue_file} is not UTF-8 text") from None
-    if repo is None and image == DEFAULT_IMAGE:
-        raise FixError("give --repo PATH, or --image IMAGE holding the repository at --workdir")
-    options = FixOptions(
-        repo=repo,
-        issue=issue or "",
-        model=model,
-        model_options=ModelOptions(
-            dtype=dtype,
-            quantization=quantization,
-            device_map=device_map,
-            attn_implementation=attn_implementation,
-            offline=offline,
-            compile=compile,
-            greedy=greedy,
-            seed=seed,
-        ),
-        image=image,
-        workdir=workdir,
-        output=output,
-        branch=branch,
-        include_uncommitted=include_uncommitted,
-        rollout=RolloutConfig(
-            max_turns=max_turns,
-            session_timeout=session_timeout,
-            max_reply_tokens=max_reply_tokens,
-            context_size=context_size,
-        ),
-        scaling=TTSOptions(
-            samples=samples,
-            test_samples=test_samples,
-            jobs=jobs,
-            test_cmd=test_cmd,
-            regression_timeout=regression_timeout,
-            test_timeout=test_timeout,
-        ),
-    )
+    return issue or ""
+
+
+def _run_fix_shown(options: FixOptions, live: bool) -> FixResult:
+    """`run_fix` with its live view: a line per turn, or per milestone when scaled, and the
+    candidates' table at the end."""
     scaled = options.scaling.enabled
-    live = not (quiet or json_output)
     started = time.monotonic()
     view = console if live else Console(quiet=True)
     with view.status("starting the sandbox") as status:
@@ -232,15 +218,9 @@ def fix(
             typer.echo(f"warning: {line}", err=True)
 
         fixed = run_fix(options, observer=observe, progress=report, warn=warn)
-    result = fixed.result
     if fixed.scaling is not None:
         view.print(candidates_table(fixed.scaling))
-    if json_output:
-        typer.echo(json.dumps(result.model_dump(), indent=2))
-    else:
-        console.print(_outcome(result), highlight=False)
-    if not result.success:
-        raise typer.Exit(1)
+    return fixed.result
 
 
 def _describe(message: MessageRecord, elapsed: float) -> str | None:
@@ -288,10 +268,24 @@ def _outcome(result: FixResult) -> str:
     return f"{line}{branch}\noutputs: {result.output_dir}/\n{shown(how_to_open(result.output_dir))}"
 
 
+CI = CISettings()  # the defaults the flags show
+RULES = flags.Group(
+    TriggerRules,
+    label=Annotated[str, typer.Option(help="label that triggers a run")],
+    command=Annotated[str, typer.Option(help="comment that triggers a run")],
+)
+LIMITS = flags.Group(
+    Limits,
+    max_files=Annotated[int, typer.Option(help="patch size limit")],
+    max_lines=Annotated[int, typer.Option(help="patch size limit (added + deleted)")],
+    max_bytes=Annotated[int, typer.Option(help="patch size limit")],
+)
+
+
 @app.command()
-@user_errors
+@flags.expand
 def ci(
-    repo: Annotated[Path, typer.Option(help="the checked-out repository")] = Path("."),
+    repo: Annotated[Path, typer.Option(help="the checked-out repository")] = CI.repo,
     event: Annotated[
         Path | None, typer.Option(envvar="GITHUB_EVENT_PATH", help="GitHub event payload")
     ] = None,
@@ -303,33 +297,34 @@ def ci(
     issue_file: Annotated[
         Path | None, typer.Option(help="issue text (first line: title), with --output-only")
     ] = None,
-    api_url: Annotated[str, typer.Option(envvar="GITHUB_API_URL")] = "https://api.github.com",
-    server_url: Annotated[str, typer.Option(envvar="GITHUB_SERVER_URL")] = "https://github.com",
+    api_url: Annotated[str, typer.Option(envvar="GITHUB_API_URL")] = CI.api_url,
+    server_url: Annotated[str, typer.Option(envvar="GITHUB_SERVER_URL")] = CI.server_url,
     remote: Annotated[str | None, typer.Option(help="push URL (default: SERVER/SLUG.git)")] = None,
     token_env: Annotated[str, typer.Option(help="variable holding the token")] = "GITHUB_TOKEN",
     base: Annotated[str | None, typer.Option(help="PR base (default: the default branch)")] = None,
-    label: Annotated[str, typer.Option(help="label that triggers a run")] = "cwm-agent",
-    command: Annotated[str, typer.Option(help="comment that triggers a run")] = "/cwm-agent fix",
+    rules: TriggerRules = flags.group(RULES),
     model: Annotated[
         str, typer.Option(envvar="CWM_AGENT_MODEL", help="replay:PATH, openai:URL, or a model")
-    ] = "facebook/cwm",
-    image: Annotated[str, typer.Option(help="sandbox image")] = DEFAULT_IMAGE,
-    workdir: Annotated[str, typer.Option(help="repository path inside the sandbox")] = "/testbed",
-    output: Annotated[Path | None, typer.Option(help="new folder for the outputs")] = None,
-    max_turns: Annotated[int, typer.Option(help="turn cap")] = 100,
-    max_minutes: Annotated[float, typer.Option(help="wall-time cap of the agent")] = 30.0,
-    samples: Annotated[int, typer.Option(help="test-time scaling: candidate rollouts")] = 1,
-    test_samples: Annotated[int, typer.Option(help="test-time scaling: test rollouts")] = 0,
+    ] = DEFAULT_MODEL,
+    image: flags.Image = DEFAULT_IMAGE,
+    workdir: flags.Workdir = WORKDIR,
+    output: flags.Output = None,
+    max_turns: Annotated[int, typer.Option(help="turn cap")] = CI.max_turns,
+    max_minutes: Annotated[float, typer.Option(help="wall-time cap of the agent")] = CI.max_minutes,
+    samples: Annotated[
+        int, typer.Option(help="test-time scaling: candidate rollouts")
+    ] = CI.samples,
+    test_samples: Annotated[
+        int, typer.Option(help="test-time scaling: test rollouts")
+    ] = CI.test_samples,
     test_cmd: Annotated[
         str | None, typer.Option(help="must pass on the patched tree (fresh sandbox)")
     ] = None,
-    test_timeout: Annotated[float, typer.Option(help="seconds for --test-cmd")] = 600.0,
+    test_timeout: Annotated[float, typer.Option(help="seconds for --test-cmd")] = CI.test_timeout,
     protect: Annotated[
         list[str] | None, typer.Option(help="glob the patch must not touch (repeatable)")
     ] = None,
-    max_files: Annotated[int, typer.Option(help="patch size limit")] = 20,
-    max_lines: Annotated[int, typer.Option(help="patch size limit (added + deleted)")] = 1000,
-    max_bytes: Annotated[int, typer.Option(help="patch size limit")] = 200_000,
+    limits: Limits = flags.group(LIMITS),
     force: Annotated[
         bool, typer.Option("--force", help="run even if another open PR references the issue")
     ] = False,
@@ -343,6 +338,8 @@ def ci(
     """Turn an issue into a draft pull request, or a comment saying what was tried.
 
     Exit codes are listed in the README ("CI bot"); skips and refusals print one line.
+    \f
+    Long: one parameter per flag of the bot, handed to `CISettings` as they are.
     """
     settings = CISettings(
         repo=repo,
@@ -356,8 +353,8 @@ def ci(
         remote=remote,
         token=os.environ.get(token_env) or None,
         base=base,
-        rules=TriggerRules(label=label, command=command),
-        model=model,
+        rules=rules,
+        model=ModelSpec.parse(model),
         image=image,
         workdir=workdir,
         output=output,
@@ -368,7 +365,7 @@ def ci(
         test_cmd=test_cmd,
         test_timeout=test_timeout,
         protect=protect or [],
-        limits=Limits(max_files=max_files, max_lines=max_lines, max_bytes=max_bytes),
+        limits=limits,
         artifact_url=run_url(os.environ),
         force=force,
         dry_run=dry_run,
@@ -385,33 +382,20 @@ def ci(
 
 
 @app.command()
-@user_errors
+@flags.expand
 def serve(
     model: Annotated[str, typer.Option(help="Hugging Face model id or local directory")],
     host: Annotated[str, typer.Option(help="address to bind (default: this machine only)")] = (
         "127.0.0.1"
     ),
     port: Annotated[int, typer.Option(help="port")] = 8000,
-    dtype: flags.Dtype = "auto",
-    quantization: flags.Quantization = None,
-    device_map: flags.DeviceMap = None,
-    attn_implementation: flags.AttnImplementation = None,
-    offline: flags.Offline = False,
-    compile: flags.Compile = None,
+    load: LoadConfig = flags.group(flags.LOAD),
 ) -> None:
     """Serve a local CWM over an OpenAI-compatible /v1/completions (for --model openai:URL)."""
     from cwm_agent.model.hf import TransformersPolicy
     from cwm_agent.model.server import CompletionServer
 
-    options = ModelOptions(
-        dtype=dtype,
-        quantization=quantization,
-        device_map=device_map,
-        attn_implementation=attn_implementation,
-        offline=offline,
-        compile=compile,
-    )
-    policy = load_policy(model, options)
+    policy = load_policy(ModelSpec.parse(model, load))
     if not isinstance(policy, TransformersPolicy):
         raise PolicyError(f"serve needs a local model (a Hub id or a directory), not {model}")
     server = CompletionServer((host, port), policy)
@@ -423,7 +407,6 @@ def serve(
 
 
 @app.command()
-@user_errors
 def doctor(
     image: Annotated[str, typer.Option(help="sandbox image that must be present")] = (
         DEFAULT_IMAGE
@@ -474,7 +457,7 @@ def doctor(
         pass
     if model is not None:
         try:
-            row(f"model {model}", True, load_policy(model).name)
+            row(f"model {model}", True, load_policy(ModelSpec.parse(model)).name)
         except PolicyError as exc:
             row(f"model {model}", False, str(exc))
     console.print(table)
@@ -483,7 +466,6 @@ def doctor(
 
 
 @app.command()
-@user_errors
 def cleanup(
     all_: Annotated[
         bool, typer.Option("--all", help="also containers of live or other hosts' runs")
@@ -501,7 +483,6 @@ def cleanup(
 
 
 @app.command()
-@user_errors
 def view(
     path: Annotated[Path, typer.Argument(help="a run folder: fix, ci, or swebench run")],
     out: Annotated[
@@ -523,8 +504,18 @@ def view(
     typer.echo(f"wrote {written[0]}{more}: open {written[0].resolve().as_uri()}")
 
 
-app.add_typer(make_swebench_app(user_errors), name="swebench")
-register_trace_commands(app, user_errors)
+def guarded(commands: typer.Typer) -> typer.Typer:
+    """`commands` with `user_errors` around each command, its sub-apps' included."""
+    for command in commands.registered_commands:
+        command.callback = user_errors(command.callback)
+    for group in commands.registered_groups:
+        guarded(group.typer_instance)
+    return commands
+
+
+app.add_typer(swebench_app, name="swebench")
+register_trace_commands(app)
+guarded(app)
 
 if __name__ == "__main__":
     app()

@@ -1,8 +1,13 @@
-"""Turning exceptions into the one line a user (or the model) is shown."""
+"""The root of the errors a user can cause, and the one line an exception is shown as."""
 
 from __future__ import annotations
 
 from docker.errors import APIError
+
+
+class UserError(Exception):
+    """Something the user can fix (input, environment, a model that does not load): the CLI
+    prints `error: MESSAGE` and exits 1, never a traceback; the message is meant for users."""
 
 
 def first_line(exc: BaseException, limit: int = 300) -> str:

@@ -22,9 +22,11 @@ from pydantic import BaseModel, Field
 from cwm_agent import gitrepo
 from cwm_agent.agent import MessageObserver, RolloutConfig, Trajectory
 from cwm_agent.atomic_write import write_json
-from cwm_agent.model import ModelOptions, PolicyPool
+from cwm_agent.errors import UserError
+from cwm_agent.model import ModelSpec, PolicyPool
 from cwm_agent.sandbox import (
     LABEL,
+    WORKDIR,
     SandboxInterrupted,
     docker_client,
     remove_leftovers,
@@ -36,7 +38,7 @@ from cwm_agent.tts import TTSOptions, TTSReport
 from cwm_agent.workspace import Workspace
 
 
-class FixError(Exception):
+class FixError(UserError):
     """Bad input to `fix`; the message is meant for users."""
 
 
@@ -45,10 +47,9 @@ class FixOptions(BaseModel):
 
     repo: Path | None = None
     issue: str
-    model: str
-    model_options: ModelOptions = Field(default_factory=ModelOptions)
+    model: ModelSpec
     image: str = DEFAULT_IMAGE
-    workdir: str = "/testbed"
+    workdir: str = WORKDIR
     output: Path | None = None
     branch: str | None = None
     include_uncommitted: bool = False
@@ -124,7 +125,7 @@ def run_fix(
     issue = options.issue.strip()
     if not issue:
         raise FixError("the issue is empty: pass --issue TEXT or --issue-file FILE with text")
-    pool = PolicyPool(options.model, options.model_options)
+    pool = PolicyPool(options.model)
     if options.scaling.enabled and pool.replay_dir is not None and not pool.replay_dir.is_dir():
         raise FixError(
             f"{options.model}: with --samples/--test-samples, replay: needs a directory "

@@ -20,11 +20,13 @@ from pathlib import Path
 
 import git
 
+from cwm_agent.errors import UserError
+
 AUTHOR = ("cwm-agent", "cwm-agent@localhost")  # used only when the repo has no user set
 _SYMLINK_MODE = 0o120000
 
 
-class RepoError(Exception):
+class RepoError(UserError):
     """A problem with the user's repository; the message is meant for users."""
 
 

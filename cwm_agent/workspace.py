@@ -23,7 +23,7 @@ from typing import IO
 
 import docker
 
-from cwm_agent.sandbox import Sandbox, SandboxConfig, SandboxError
+from cwm_agent.sandbox import WORKDIR, Sandbox, SandboxConfig, SandboxError
 from cwm_agent.sandbox.config import DEFAULT_SESSION_TIMEOUT_S
 
 _INIT_REPO = """set -e
@@ -130,7 +130,7 @@ class Workspace:
     """How to make the start state; `open()` may be called any number of times."""
 
     image: str
-    workdir: str = "/testbed"
+    workdir: str = WORKDIR
     snapshot: bytes | None = None  # tar of the start tree; None: the image holds the repository
     prepare: str | None = None  # bash run once in each new container before anything else
     startup: tuple[str, ...] = ()  # run at every shell (re)start, e.g. activating an environment

@@ -11,10 +11,10 @@ import torch
 from test_model_hf import GREEDY, step_together, task
 from transformers import DynamicCache
 
-from cwm_agent.model.batch import Row, decode
 from cwm_agent.model.cache import cache_kwarg
 from cwm_agent.model.compiled import CompiledDecoder, packed_sdpa
 from cwm_agent.model.compiled import decode as decode_compiled
+from cwm_agent.model.decoding import Row, decode
 from cwm_agent.model.hf import Generated, TransformersPolicy
 from cwm_agent.model.policy import PolicyError
 from cwm_agent.protocol.chat import render_ids

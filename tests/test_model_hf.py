@@ -11,9 +11,10 @@ import pytest
 import torch
 from transformers import CwmForCausalLM, DynamicCache, LlamaConfig
 
-from cwm_agent.model.batch import Row, decode
-from cwm_agent.model.hf import Generated, PrefixCache, SamplingParams, TransformersPolicy
+from cwm_agent.model.decoding import Row, decode
+from cwm_agent.model.hf import Generated, PrefixCache, TransformersPolicy
 from cwm_agent.model.policy import PolicyError, TokenLimit
+from cwm_agent.model.spec import SamplingConfig
 from cwm_agent.protocol.chat import (
     EOM,
     EOT,
@@ -23,7 +24,7 @@ from cwm_agent.protocol.chat import (
     special_token_id,
 )
 
-GREEDY = SamplingParams(greedy=True)
+GREEDY = SamplingConfig(greedy=True)
 NEW_TOKENS = 16
 ROLLOUTS = ("a", "bbbb", "cccccccc")  # names whose tool results differ in length
 TOOL_OUTPUT = """def fibonacci(n: int) -> int:
@@ -178,7 +179,7 @@ def test_stop_tokens_end_generation(eom_biased: TransformersPolicy) -> None:
     prompt = render_ids(task(), eom_biased.tokenizer)
     stop_ids = {special_token_id(eom_biased.tokenizer, token) for token in STOP_TOKENS}
     results = [
-        eom_biased.generate_ids([prompt], 32, SamplingParams(seed=seed))[0] for seed in range(8)
+        eom_biased.generate_ids([prompt], 32, SamplingConfig(seed=seed))[0] for seed in range(8)
     ]
     for generated in results:
         assert not stop_ids & set(generated.token_ids)
@@ -203,7 +204,7 @@ def test_seeded_sampling_is_reproducible(make_policy: PolicyFactory) -> None:
     prompt = render_ids(task(), policy.tokenizer)
 
     def sample(on: TransformersPolicy, seed: int) -> tuple[int, ...]:
-        return on.generate_ids([prompt], 24, SamplingParams(seed=seed))[0].token_ids
+        return on.generate_ids([prompt], 24, SamplingConfig(seed=seed))[0].token_ids
 
     first = sample(policy, 7)
     assert sample(policy, 7) == first  # from the prompt snapshot this time

@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 import requests
 
-from cwm_agent.model.hf import Generated, SamplingParams, TransformersPolicy
+from cwm_agent.model.hf import Generated, TransformersPolicy
 from cwm_agent.model.openai_api import OpenAIPolicy, base_url, prompt_text
 from cwm_agent.model.policy import PolicyError
 from cwm_agent.model.server import CompletionServer
+from cwm_agent.model.spec import SamplingConfig
 from cwm_agent.protocol.chat import EOM, EOT, Message, render_ids, render_text
 from tests import helpers
 from tests.helpers import FAST, sample_conversations
@@ -25,7 +26,7 @@ from tests.helpers import FAST, sample_conversations
 # The tiny model, its server, and the recording fronts.
 local, server, front_factory = helpers.local, helpers.server, helpers.front_factory
 
-GREEDY = SamplingParams(greedy=True)
+GREEDY = SamplingConfig(greedy=True)
 
 
 def _local_greedy(
@@ -48,7 +49,7 @@ def test_greedy_replies_over_http_equal_the_transformers_backend(
     server: CompletionServer, local: TransformersPolicy
 ) -> None:
     conversations = sample_conversations()
-    policy = OpenAIPolicy(server.url + "/v1/", temperature=0, retries=0)
+    policy = OpenAIPolicy(server.url + "/v1/", sampling=GREEDY, retries=0)
     completions = policy.complete(conversations, 24)
     assert policy.model == local.name  # discovered from /v1/models
     assert len({c.prompt_tokens for c in completions}) == 3
@@ -71,10 +72,12 @@ def test_seeded_samples_over_http_equal_the_transformers_backend(
     ids = render_ids(conversation, local.tokenizer)
     # A seed whose sample ends at a stop token (the random model rarely emits one).
     seed = next(
-        s for s in range(200) if local.generate_ids([ids], 64, SamplingParams(seed=s))[0].stop
+        s for s in range(200) if local.generate_ids([ids], 64, SamplingConfig(seed=s))[0].stop
     )
-    expected = local.generate_ids([ids], 64, SamplingParams(seed=seed))[0]
-    [completion] = OpenAIPolicy(server.url, seed=seed).complete([conversation], 64)
+    expected = local.generate_ids([ids], 64, SamplingConfig(seed=seed))[0]
+    [completion] = OpenAIPolicy(server.url, sampling=SamplingConfig(seed=seed)).complete(
+        [conversation], 64
+    )
     assert (completion.text, completion.finish_reason, completion.stop) == (
         expected.text,
         "stop",
@@ -88,7 +91,7 @@ def test_a_small_max_tokens_ends_with_length(
 ) -> None:
     conversation = sample_conversations()[0]
     assert _local_greedy(local, conversation, 2).finish_reason == "length"
-    [completion] = OpenAIPolicy(server.url, temperature=0).complete([conversation], 2)
+    [completion] = OpenAIPolicy(server.url, sampling=GREEDY).complete([conversation], 2)
     assert (completion.finish_reason, completion.stop, completion.completion_tokens) == (
         "length",
         None,
@@ -105,23 +108,23 @@ def test_text_spelling_a_special_token_stays_text(
     eot = local.tokenizer.convert_tokens_to_ids(EOT)
     ids = local.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=False)
     assert ids.count(eot) == render_ids(conversation, local.tokenizer).count(eot) == 1
-    [completion] = OpenAIPolicy(server.url, temperature=0).complete([conversation], 2)
+    [completion] = OpenAIPolicy(server.url, sampling=GREEDY).complete([conversation], 2)
     assert completion.prompt_tokens == len(ids)
 
 
 def test_each_request_gets_its_own_seed(server: CompletionServer, front_factory: Any) -> None:
     front = front_factory(server.url)
     conversation = sample_conversations()[2]
-    policy = OpenAIPolicy(front.url, model=server.policy.name, seed=7)
+    policy = OpenAIPolicy(front.url, model=server.policy.name, sampling=SamplingConfig(seed=7))
     first = policy.complete([conversation] * 3, 4)
     policy.complete([conversation], 4)
     bodies = [body for path, body in front.posts if path == "/v1/completions"]
     assert sorted(body["seed"] for body in bodies) == [7, 8, 9, 10]
     assert bodies[0]["stop"] == ["<|eot_id|>", "<|eom_id|>", "<|end_of_text|>"]
     assert bodies[0]["skip_special_tokens"] is False
-    replayed = OpenAIPolicy(front.url, model=server.policy.name, seed=7).complete(
-        [conversation] * 3, 4
-    )
+    replayed = OpenAIPolicy(
+        front.url, model=server.policy.name, sampling=SamplingConfig(seed=7)
+    ).complete([conversation] * 3, 4)
     assert [c.text for c in replayed] == [c.text for c in first]
 
 
@@ -130,7 +133,7 @@ def test_server_errors_and_429_are_retried(
 ) -> None:
     front = front_factory(server.url, failures=(503, 429))
     conversation = sample_conversations()[2]
-    policy = OpenAIPolicy(front.url, temperature=0, retries=2, **FAST)
+    policy = OpenAIPolicy(front.url, sampling=GREEDY, retries=2, **FAST)
     [completion] = policy.complete([conversation], 6)
     assert [path for path, _ in front.posts] == ["/v1/completions"] * 3
     assert completion.text == _local_greedy(local, conversation, 6).text

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cwm_agent.model.hf import Generated, SamplingParams, TransformersPolicy
+from cwm_agent.model.hf import Generated, TransformersPolicy
 from cwm_agent.model.policy import PolicyError
+from cwm_agent.model.spec import SamplingConfig
 from cwm_agent.protocol.chat import STOP_TOKENS, Message, render_ids
 
 PACKAGE = {"fp8": "torchao", "int8": "bitsandbytes", "int4": "bitsandbytes"}
@@ -45,7 +46,7 @@ def load(tiny_cwm_dir: Path, quantization: str | None, **kwargs: object) -> Tran
         offline=True,
         dtype="bfloat16",
         quantization=quantization,  # type: ignore[arg-type]
-        sampling=SamplingParams(greedy=True),
+        sampling=SamplingConfig(greedy=True),
         **kwargs,
     )
 

@@ -253,16 +253,16 @@ def pid_of(actor: object) -> int:
 def test_a_replica_killed_mid_reply_is_restarted_and_the_reply_still_comes(
     driver: None, tiny_cwm_dir: Path
 ) -> None:
-    from cwm_agent.model import ModelOptions, load_policy
+    from cwm_agent.model import LoadConfig, ModelSpec, SamplingConfig, load_policy
     from cwm_agent.model.replicas import ReplicaPool, alive, start_replicas
     from cwm_agent.protocol.chat import Message
 
-    options = ModelOptions(greedy=True, offline=True)
+    spec = ModelSpec.parse(str(tiny_cwm_dir), LoadConfig(offline=True), SamplingConfig(greedy=True))
     conversation = [Message.user("hello")]
-    expected = load_policy(str(tiny_cwm_dir), options).complete([conversation], 300)[0]
+    expected = load_policy(spec).complete([conversation], 300)[0]
     assert expected.finish_reason == "length"  # a long reply: there is time to kill it
 
-    handles = start_replicas(str(tiny_cwm_dir), options, count=1, gpus=0)
+    handles = start_replicas(spec, count=1, gpus=0)
     try:
         pool = ReplicaPool(handles)
         replies: list[object] = []

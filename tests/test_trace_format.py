@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from transformers import PreTrainedTokenizerFast
 
-from cwm_agent.model import ModelOptions
-from cwm_agent.model.hf import SamplingParams, TransformersPolicy
+from cwm_agent.model import LoadConfig, ModelSpec, SamplingConfig
+from cwm_agent.model.hf import TransformersPolicy
 from cwm_agent.model.policy import PolicyError
 from cwm_agent.model.server import serve
 from cwm_agent.protocol.chat import END_OF_TEXT, Piece, encode_pieces
@@ -186,7 +186,7 @@ def test_outputs_compare_as_python_values() -> None:
 def test_custom_stop_ids(tiny_cwm_dir: Path) -> None:
     """generate_ids stops on the ids it is given (here, a token greedy decoding makes)."""
     policy = TransformersPolicy(
-        str(tiny_cwm_dir), offline=True, sampling=SamplingParams(greedy=True)
+        str(tiny_cwm_dir), offline=True, sampling=SamplingConfig(greedy=True)
     )
     (free,) = policy.generate_ids([[5, 6, 7]], 8)
     stop = free.token_ids[3]
@@ -198,7 +198,7 @@ def test_custom_stop_ids(tiny_cwm_dir: Path) -> None:
 
 def test_tiny_model_predictions_end_cleanly(tiny_cwm_dir: Path) -> None:
     policy = TransformersPolicy(
-        str(tiny_cwm_dir), offline=True, sampling=SamplingParams(greedy=True)
+        str(tiny_cwm_dir), offline=True, sampling=SamplingConfig(greedy=True)
     )
     frames = real().frames
     tasks = [TraceTask(str(i), SOURCE, "f", (frames[0],)) for i in range(2)]
@@ -216,11 +216,11 @@ def test_server_gets_token_ids_and_predicts_as_the_local_model(tiny_cwm_dir: Pat
     policy = TransformersPolicy(str(tiny_cwm_dir), offline=True)
     server, thread = serve(policy)
     try:
-        options = ModelOptions(offline=True)
+        load = LoadConfig(offline=True)
         remote = load_trace_model(
-            f"openai:{server.url}", options, sample=False, tokenizer=str(tiny_cwm_dir)
+            ModelSpec.parse(f"openai:{server.url}", load), sample=False, tokenizer=str(tiny_cwm_dir)
         )
-        local = load_trace_model(str(tiny_cwm_dir), options, sample=False)
+        local = load_trace_model(ModelSpec.parse(str(tiny_cwm_dir), load), sample=False)
         frames = real().frames
         task = TraceTask("t", SOURCE, "f", (frames[0],))
         limits = PredictLimits(max_frames=3, max_frame_tokens=24)

@@ -22,9 +22,9 @@ import docker
 import pytest
 from docker.models.containers import Container
 
-from cwm_agent.model import PolicyError, PolicyPool
-from cwm_agent.model.batching import BatchingPolicy, RolloutPolicy
+from cwm_agent.model import ModelSpec, PolicyError, PolicyPool
 from cwm_agent.model.policy import Completion, TokenLimit, per_conversation
+from cwm_agent.model.request_batching import BatchingPolicy, RolloutPolicy
 from cwm_agent.protocol.chat import Message
 from cwm_agent.sandbox import LABEL
 from cwm_agent.tts import generated, regression
@@ -305,7 +305,7 @@ def test_batching_passes_model_errors_to_every_waiting_rollout() -> None:
 
 
 def test_replay_for_many_rollouts_needs_a_directory(tmp_path: Path) -> None:
-    pool = PolicyPool(f"replay:{EXAMPLE / 'replays'}")
+    pool = PolicyPool(ModelSpec.parse(f"replay:{EXAMPLE / 'replays'}"))
     with pool.rollout("candidate-2") as policy:
         assert policy.name.endswith("candidate-2.json")
     file = EXAMPLE / "replays" / "candidate-0.json"

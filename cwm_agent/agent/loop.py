@@ -51,7 +51,7 @@ from cwm_agent.protocol.prompts import (
     tool_result_for_estimate,
     truncate_tool_message,
 )
-from cwm_agent.sandbox import SandboxError, SandboxInterrupted
+from cwm_agent.sandbox import WORKDIR, SandboxError, SandboxInterrupted
 from cwm_agent.tools import TOOL_NAMES, Toolbox
 from cwm_agent.tools.result import readable
 
@@ -73,7 +73,7 @@ class RolloutConfig(BaseModel):
     max_duration_s: float | None = Field(
         None, gt=0, description="wall-time cap, checked before each reply is generated"
     )
-    repo_root: str = "/testbed"
+    repo_root: str = WORKDIR
 
 
 class RolloutEnd(Exception):

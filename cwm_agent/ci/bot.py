@@ -26,6 +26,8 @@ from cwm_agent.ci.push import push_commit
 from cwm_agent.ci.verify import TestEvidence, run_tests
 from cwm_agent.errors import first_line
 from cwm_agent.fix import FixOptions, FixResult, FixRun, commit_message, run_fix
+from cwm_agent.model import DEFAULT_MODEL, ModelSpec
+from cwm_agent.sandbox import WORKDIR
 from cwm_agent.sandbox.image import DEFAULT_IMAGE
 from cwm_agent.tts import TTSOptions
 
@@ -48,9 +50,9 @@ class CISettings(BaseModel):
     token: SecretStr | None = None
     base: str | None = None
     rules: TriggerRules = Field(default_factory=TriggerRules)
-    model: str = "facebook/cwm"
+    model: ModelSpec = ModelSpec.parse(DEFAULT_MODEL)
     image: str = DEFAULT_IMAGE
-    workdir: str = "/testbed"
+    workdir: str = WORKDIR
     output: Path | None = None
     max_turns: int = Field(100, ge=1)
     max_minutes: float = Field(30.0, gt=0)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from cwm_agent.errors import UserError
+
 
 class ExitCode(IntEnum):
     """Documented in the README's "CI bot" section; 2 is left to usage errors."""
@@ -23,7 +25,7 @@ class ExitCode(IntEnum):
     SECRET = 13  # the token shows up in text about to be published
 
 
-class CIError(Exception):
+class CIError(UserError):
     """Bad input or a failed API call or push; the message is meant for users."""
 
 

@@ -1,10 +1,4 @@
-"""Policy backends behind one interface, chosen by `--model SPEC`.
-
-- `replay:PATH` — scripted replies (`replay.py`);
-- `openai:URL` — an OpenAI-compatible completions server such as vLLM (`openai_api.py`);
-  `openai:URL,URL,...` — several of them, requests routed over them (`routing.py`);
-- anything else — a Hugging Face model id or a local directory (`hf.py`, transformers).
-"""
+"""Policy backends behind one interface, chosen by a `ModelSpec` (`spec.py`)."""
 
 from __future__ import annotations
 
@@ -12,49 +6,25 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
 
-from pydantic import BaseModel, Field
-
-from cwm_agent.model.batching import BatchingPolicy
 from cwm_agent.model.policy import Completion, Policy, PolicyError
 from cwm_agent.model.replay import ReplayPolicy
+from cwm_agent.model.request_batching import BatchingPolicy
+from cwm_agent.model.spec import DEFAULT_MODEL, LoadConfig, ModelSpec, SamplingConfig
 
 
-class ModelOptions(BaseModel):
-    """Loading and sampling knobs; sampling defaults are CWM's evaluation settings."""
-
-    dtype: Literal["auto", "bfloat16", "float32"] = "auto"
-    device_map: str | None = None
-    quantization: Literal["fp8", "int8", "int4"] | None = None
-    attn_implementation: str | None = None
-    offline: bool = False
-    compile: bool | None = None  # compiled decoding; None: on a GPU only
-    temperature: float = Field(1.0, ge=0)
-    top_p: float = Field(0.95, gt=0, le=1)
-    greedy: bool = False
-    seed: int | None = None
-
-
-def load_policy(spec: str, options: ModelOptions | None = None) -> Policy:
-    """The policy a `--model` value names; errors are one line for the user."""
-    options = options or ModelOptions()
-    kind, _, rest = spec.partition(":")
-    if kind == "replay" and rest:
-        return ReplayPolicy(Path(rest))
-    if kind == "openai" and rest:
+def load_policy(spec: ModelSpec) -> Policy:
+    """The policy `spec` names; errors are one line for the user."""
+    if spec.kind == "replay":
+        return ReplayPolicy(spec.path)
+    if spec.kind == "openai":
         from cwm_agent.model.openai_api import OpenAIPolicy
         from cwm_agent.model.routing import EndpointRouter
 
-        sampling = {
-            "temperature": 0.0 if options.greedy else options.temperature,
-            "top_p": options.top_p,
-            "seed": options.seed,
-        }
-        if "," in rest:
-            return EndpointRouter(rest.split(","), **sampling)
-        return OpenAIPolicy(rest, **sampling)
-    if not spec.strip():
+        if len(spec.urls) > 1:
+            return EndpointRouter(spec.urls, sampling=spec.sampling)
+        return OpenAIPolicy(spec.target, sampling=spec.sampling)
+    if not spec.target.strip():
         raise PolicyError("--model is empty: give replay:PATH, openai:URL or a model id/directory")
     # Imported here: torch and transformers take seconds to import, and replay or
     # server users never need them. transformers imports torchao when installed; on a
@@ -62,23 +32,9 @@ def load_policy(spec: str, options: ModelOptions | None = None) -> Policy:
     # torchao uses a deprecated registration: nothing the user can act on.
     for noisy in ("torchao", "torch.utils._pytree"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    from cwm_agent.model.hf import SamplingParams, TransformersPolicy
+    from cwm_agent.model.hf import TransformersPolicy
 
-    return TransformersPolicy(
-        spec,
-        dtype=options.dtype,
-        device_map=options.device_map,
-        quantization=options.quantization,
-        attn_implementation=options.attn_implementation,
-        offline=options.offline,
-        compile=options.compile,
-        sampling=SamplingParams(
-            temperature=options.temperature,
-            top_p=options.top_p,
-            greedy=options.greedy,
-            seed=options.seed,
-        ),
-    )
+    return TransformersPolicy(spec.target, **spec.load.model_dump(), sampling=spec.sampling)
 
 
 class PolicyPool:
@@ -90,18 +46,17 @@ class PolicyPool:
     server is shared as it is, since it batches concurrent requests itself.
     """
 
-    def __init__(self, spec: str, options: ModelOptions | None = None) -> None:
-        kind, _, rest = spec.partition(":")
+    def __init__(self, spec: ModelSpec) -> None:
         self.replay_dir: Path | None = None
         self.shared: Policy | None = None
         self.batching: BatchingPolicy | None = None
-        if kind == "replay" and rest:
-            self.replay_dir = Path(rest)
+        if spec.kind == "replay":
+            self.replay_dir = spec.path
             if not self.replay_dir.is_dir():
                 ReplayPolicy(self.replay_dir)  # a malformed file fails now, not mid-run
-            self.name = spec
+            self.name = str(spec)
             return
-        policy = load_policy(spec, options)
+        policy = load_policy(spec)
         self.name = policy.name
         from cwm_agent.model.openai_api import OpenAIPolicy
         from cwm_agent.model.routing import EndpointRouter
@@ -129,11 +84,14 @@ class PolicyPool:
 
 
 __all__ = [
+    "DEFAULT_MODEL",
     "Completion",
-    "ModelOptions",
+    "LoadConfig",
+    "ModelSpec",
     "Policy",
     "PolicyError",
     "PolicyPool",
     "ReplayPolicy",
+    "SamplingConfig",
     "load_policy",
 ]

@@ -12,7 +12,7 @@ row stops (prefill stays eager: it is one large call, bound by compute, not laun
   i % window, so a step writes one slot instead of shifting the whole window, as
   transformers' `StaticCache` does every token.
 
-Rows are left-padded to one shared index, as in `batch.py`, and keep their own RoPE
+Rows are left-padded to one shared index, as in `decoding.py`, and keep their own RoPE
 positions. The step builds its masks from two tensors, the index being written and each
 row's first real index, so one graph serves every step. Attention does not depend on
 the order of its slots, and RoPE is applied before caching, so the ring needs no
@@ -39,8 +39,8 @@ from transformers import AttentionInterface, DynamicCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from cwm_agent.model.batch import Row, Sampler, advance
 from cwm_agent.model.cache import cache_kwarg
+from cwm_agent.model.decoding import Row, Sampler, advance
 
 # One compiled graph per arena shape; the default limit (8) would fall back to eager.
 RECOMPILE_LIMIT = 64

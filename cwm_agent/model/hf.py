@@ -36,7 +36,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from transformers import (
@@ -50,8 +50,8 @@ from transformers import (
 
 from cwm_agent.errors import first_line
 from cwm_agent.model import compiled
-from cwm_agent.model.batch import Row, Sampler, decode
 from cwm_agent.model.cache import cache_kwarg
+from cwm_agent.model.decoding import Row, Sampler, decode
 from cwm_agent.model.policy import (
     Completion,
     FinishReason,
@@ -59,37 +59,12 @@ from cwm_agent.model.policy import (
     TokenLimit,
     per_conversation,
 )
+from cwm_agent.model.spec import Quantization, SamplingConfig
 from cwm_agent.protocol.chat import Message, render_ids, stop_token_ids
 
-Quantization = Literal["fp8", "int8", "int4"]
 QUANTIZATIONS: tuple[Quantization, ...] = ("fp8", "int8", "int4")
 DTYPES = {"auto": "auto", "bfloat16": torch.bfloat16, "float32": torch.float32}
 CWM_MODEL_TYPE = "cwm"
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """How to pick tokens; the defaults are CWM's evaluation settings (cwm-protocol.md §9).
-
-    A temperature of 0 means greedy, as in OpenAI's API. A seed makes one
-    `generate_ids` call reproducible: it seeds torch's global generator once, then the
-    prompts are sampled in order.
-    """
-
-    temperature: float = 1.0
-    top_p: float = 0.95
-    greedy: bool = False
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, not {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], not {self.top_p}")
-
-    @property
-    def is_greedy(self) -> bool:
-        return self.greedy or self.temperature == 0
 
 
 @dataclass(frozen=True)
@@ -203,7 +178,7 @@ class TransformersPolicy:
         quantization: Quantization | None = None,
         attn_implementation: str | None = None,
         offline: bool = False,
-        sampling: SamplingParams = SamplingParams(),
+        sampling: SamplingConfig = SamplingConfig(),
         cache_entries: int = 16,
         compile: bool | None = None,
     ) -> None:
@@ -233,7 +208,7 @@ class TransformersPolicy:
             quantization_config=quantization_config,
             attn_implementation=attn_implementation,
         )
-        # Sampling comes from SamplingParams only, never from the checkpoint's defaults.
+        # Sampling comes from SamplingConfig only, never from the checkpoint's defaults.
         self.model.generation_config = GenerationConfig()
         devices = set(getattr(self.model, "hf_device_map", {"": self.model.device}).values())
         attention = self.model.config._attn_implementation
@@ -267,14 +242,14 @@ class TransformersPolicy:
         self,
         prompts: Sequence[Sequence[int]],
         max_new_tokens: TokenLimit,
-        sampling: SamplingParams | None = None,
+        sampling: SamplingConfig | None = None,
         stop_ids: Sequence[int] | None = None,
     ) -> list[Generated]:
         """Continue each prompt until a stop token (CWM's chat stop tokens unless
         `stop_ids` names others, e.g. `<|frame_sep|>` for traces) or `max_new_tokens`.
 
         Eagerly, one prompt runs through `generate()`; several are decoded as one batch,
-        each from its own cache and leaving the batch when it stops (`batch.py`).
+        each from its own cache and leaving the batch when it stops (`decoding.py`).
         Compiled, every call decodes through an arena (`compiled.py`). Calls
         from several threads are serialised: they share one model and one set of caches.
         """
@@ -297,7 +272,7 @@ class TransformersPolicy:
         self,
         prompts: list[tuple[int, ...]],
         limits: list[int],
-        sampling: SamplingParams,
+        sampling: SamplingConfig,
         stops: tuple[int, ...],
     ) -> list[Generated]:
         if not all(prompts):
@@ -328,7 +303,7 @@ class TransformersPolicy:
         return Row(cache, prompt[-1], limit, []), held
 
     def _generation_config(
-        self, max_new_tokens: int, sampling: SamplingParams, stops: tuple[int, ...]
+        self, max_new_tokens: int, sampling: SamplingConfig, stops: tuple[int, ...]
     ) -> GenerationConfig:
         common: dict[str, Any] = {
             "max_new_tokens": max_new_tokens,
@@ -422,7 +397,7 @@ class TransformersPolicy:
         )
 
 
-def _sampler(sampling: SamplingParams) -> Sampler:
+def _sampler(sampling: SamplingConfig) -> Sampler:
     """Next tokens for a batch of logits: argmax, or temperature and nucleus (top-p)."""
     if sampling.is_greedy:
         return lambda logits: logits.argmax(dim=-1)

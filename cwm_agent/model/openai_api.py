@@ -26,6 +26,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from cwm_agent.model.policy import Completion, PolicyError, TokenLimit, per_conversation
+from cwm_agent.model.spec import SamplingConfig
 from cwm_agent.protocol.chat import EOT, STOP_TOKENS, ChatTokenizer, Message, render_text
 
 _SPECIAL_TOKEN = re.compile(r"<\|(?=[A-Za-z0-9_]+\|>)")
@@ -72,9 +73,7 @@ class OpenAIPolicy:
         timeout_s: float = 600,
         retries: int = 5,
         concurrency: int = 8,
-        temperature: float = 1.0,
-        top_p: float = 0.95,
-        seed: int | None = None,
+        sampling: SamplingConfig = SamplingConfig(),
         api_key: str | None = None,
         backoff_s: float = 1.0,
         max_backoff_s: float = 30.0,
@@ -84,9 +83,9 @@ class OpenAIPolicy:
         self.timeout_s = timeout_s
         self.retries = retries
         self.concurrency = max(1, concurrency)
-        self.temperature = temperature
-        self.top_p = top_p
-        self.seed = seed
+        self.temperature = 0.0 if sampling.is_greedy else sampling.temperature
+        self.top_p = sampling.top_p
+        self.seed = sampling.seed
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         # Each request gets seed + its number, so k identical prompts still get k samples.

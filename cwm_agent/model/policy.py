@@ -11,13 +11,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from cwm_agent.errors import UserError
 from cwm_agent.protocol.chat import ChatTokenizer, Message
 
 FinishReason = Literal["stop", "length"]
 TokenLimit = int | Sequence[int]  # one limit for every conversation, or one each
 
 
-class PolicyError(Exception):
+class PolicyError(UserError):
     """A policy cannot be loaded or cannot answer; the message is meant for users."""
 
 

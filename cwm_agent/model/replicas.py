@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from cwm_agent.errors import first_line
-from cwm_agent.model import ModelOptions, PolicyPool, load_policy
-from cwm_agent.model.batching import BatchingPolicy, RolloutPolicy
+from cwm_agent.model import ModelSpec, PolicyPool, load_policy
 from cwm_agent.model.policy import Completion, Policy, PolicyError, TokenLimit
+from cwm_agent.model.request_batching import BatchingPolicy, RolloutPolicy
 from cwm_agent.protocol.chat import ChatTokenizer, Message
 
 MAX_RESTARTS = 3  # of a replica, and retries of each call that was waiting on it
@@ -29,8 +29,8 @@ MAX_RESTARTS = 3  # of a replica, and retries of each call that was waiting on i
 class Replica:
     """The actor: one model, its rollouts by key; methods run on many threads."""
 
-    def __init__(self, spec: str, options: ModelOptions) -> None:
-        self.shared = BatchingPolicy(load_policy(spec, options))
+    def __init__(self, spec: ModelSpec) -> None:
+        self.shared = BatchingPolicy(load_policy(spec))
         self.rollouts: dict[str, RolloutPolicy] = {}
         self.lock = threading.Lock()
 
@@ -57,7 +57,7 @@ class Replica:
             policy.close()
 
 
-def start_replicas(spec: str, options: ModelOptions, count: int, gpus: float) -> list[Any]:
+def start_replicas(spec: ModelSpec, count: int, gpus: float) -> list[Any]:
     """The actors, each with its model loaded; a model that does not load fails here."""
     import ray
 
@@ -74,7 +74,7 @@ def start_replicas(spec: str, options: ModelOptions, count: int, gpus: float) ->
         max_task_retries=MAX_RESTARTS,
         max_concurrency=1024,  # one thread per waiting rollout, so their requests batch
     )
-    handles = [actor.remote(spec, options) for _ in range(count)]
+    handles = [actor.remote(spec) for _ in range(count)]
     try:
         ray.get([handle.load.remote() for handle in handles])
     except ray.exceptions.RayError as exc:

@@ -5,22 +5,21 @@ use local weights where vLLM is not installed, and it is the reference the tests
 check the raw-prompt path against. Prompts are tokenised as vLLM does (special-token
 strings become special tokens); one model is shared, so generation is serialised.
 
-    python -m cwm_agent.model.server --model DIR [--port 8000]
+    cwm-agent serve --model DIR [--port 8000]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import threading
 import time
 import uuid
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, get_args
+from typing import Any
 
-from cwm_agent.model.hf import DTYPES, Quantization, SamplingParams, TransformersPolicy
-from cwm_agent.model.policy import PolicyError
+from cwm_agent.model.hf import TransformersPolicy
+from cwm_agent.model.spec import SamplingConfig
 from cwm_agent.protocol.chat import STOP_TOKENS, stop_token_ids
 
 _MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -94,7 +93,7 @@ class CompletionServer(ThreadingHTTPServer):
                 "stop",
             )
 
-        sampling = SamplingParams(temperature=temperature, top_p=top_p, seed=seed)  # 0 is greedy
+        sampling = SamplingConfig(temperature=temperature, top_p=top_p, seed=seed)  # 0 is greedy
         with self.generation_lock:  # also guards the tokenizer, which is not thread-safe
             tokenizer = self.policy.tokenizer
             ids = (
@@ -231,41 +230,3 @@ def serve(
     thread = threading.Thread(target=server.serve_forever, name="cwm-completions", daemon=True)
     thread.start()
     return server, thread
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m cwm_agent.model.server", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--model", required=True, help="Hugging Face model id or local directory")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: local only)")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--dtype", default="auto", choices=list(DTYPES))
-    parser.add_argument("--device-map", default=None, help='e.g. "auto" to spread over GPUs')
-    parser.add_argument("--quantization", choices=get_args(Quantization), default=None)
-    parser.add_argument("--attn-implementation", default=None, help="e.g. sdpa, flash_attention_2")
-    parser.add_argument("--offline", action="store_true", help="never download from the Hub")
-    args = parser.parse_args(argv)
-    try:
-        policy = TransformersPolicy(
-            args.model,
-            dtype=args.dtype,
-            device_map=args.device_map,
-            quantization=args.quantization,
-            attn_implementation=args.attn_implementation,
-            offline=args.offline,
-        )
-    except PolicyError as exc:
-        parser.exit(1, f"error: {exc}\n")
-    server = CompletionServer((args.host, args.port), policy)
-    print(f"serving {args.model} at {server.url}/v1 (Ctrl-C stops)", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """Containers and the persistent shell session the agent acts through."""
 
-from cwm_agent.sandbox.config import SandboxConfig
+from cwm_agent.sandbox.config import WORKDIR, SandboxConfig
 from cwm_agent.sandbox.container import LABEL, PathStat, Sandbox, docker_client, remove_leftovers
 from cwm_agent.sandbox.errors import (
     DockerUnavailableError,
@@ -16,6 +16,7 @@ from cwm_agent.sandbox.session import ShellResult, ShellSession
 
 __all__ = [
     "LABEL",
+    "WORKDIR",
     "DockerUnavailableError",
     "FileChangedError",
     "FileTooLargeError",

@@ -8,13 +8,14 @@ from pydantic import BaseModel, Field, field_validator
 
 OUTPUT_CAP_BYTES = 480 * 1024  # the CWM evaluation's cap on one bash call's output
 DEFAULT_SESSION_TIMEOUT_S = 120.0  # per bash call, as in the CWM evaluation
+WORKDIR = "/testbed"  # the repository inside a sandbox, where SWE-bench images keep it
 
 
 class SandboxConfig(BaseModel):
     """Everything needed to start a sandbox; validated before any container exists."""
 
     image: str = "cwm-base:bookworm"
-    workdir: str = Field("/testbed", description="start directory of every (re)started session")
+    workdir: str = Field(WORKDIR, description="start directory of every (re)started session")
     startup: list[str] = Field(
         default_factory=list,
         description="shell commands run at the start of every (re)started session",

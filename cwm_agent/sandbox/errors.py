@@ -6,8 +6,10 @@ it without a traceback.
 
 from __future__ import annotations
 
+from cwm_agent.errors import UserError
 
-class SandboxError(Exception):
+
+class SandboxError(UserError):
     """A sandbox could not be created or used; the message is meant for users."""
 
 

@@ -237,13 +237,11 @@ def run_instances(
     import ray
 
     assert options.ray is not None
-    if options.model.partition(":")[0] not in ("replay", "openai"):  # a local model
+    if options.model.kind == "local":
         from cwm_agent.model.replicas import start_replicas
 
         settings = options.ray
-        _replicas[:] = start_replicas(
-            options.model, options.model_options, settings.replicas, settings.replica_gpus
-        )
+        _replicas[:] = start_replicas(options.model, settings.replicas, settings.replica_gpus)
     work = functools.partial(_run_on_node, options, run_id, list(_replicas))
     slots = slots_for(options.scaling)
     try:

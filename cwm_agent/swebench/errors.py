@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from cwm_agent.errors import UserError
 
-class SwebenchError(Exception):
+
+class SwebenchError(UserError):
     """Bad dataset, selection, predictions or options; the message is meant for users."""

@@ -28,10 +28,10 @@ from pydantic import BaseModel, Field
 
 from cwm_agent.atomic_write import write_json
 from cwm_agent.errors import first_line
-from cwm_agent.sandbox import Sandbox, SandboxError, docker_client
+from cwm_agent.sandbox import WORKDIR, Sandbox, SandboxError, docker_client
 from cwm_agent.swebench.dataset import Instance
 from cwm_agent.swebench.errors import SwebenchError
-from cwm_agent.swebench.images import REPO_ROOT, image_for, workspace_for
+from cwm_agent.swebench.images import image_for, workspace_for
 from cwm_agent.swebench.parallel import run_parallel
 from cwm_agent.swebench.predictions import Prediction
 
@@ -224,7 +224,7 @@ def evaluate_instance(
     workspace = workspace_for(image_for(instance, image_template), run_id, hygiene=False)
     try:
         with workspace.open(client) as opened:
-            plan = eval_plan(instance, opened.head, REPO_ROOT)
+            plan = eval_plan(instance, opened.head, WORKDIR)
             (folder / "eval.sh").write_text(plan.script)
             log = _run_tests(opened.box, patch, plan, timeout)
     except (SwebenchError, SandboxError, DockerException) as exc:

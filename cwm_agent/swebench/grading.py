@@ -53,9 +53,9 @@ from swebench.harness.test_spec.create_scripts import make_eval_script_list
 from swebench.harness.test_spec.test_spec import TestSpec
 from swebench.harness.utils import get_modified_files
 
+from cwm_agent.sandbox import WORKDIR
 from cwm_agent.swebench.dataset import Instance
 from cwm_agent.swebench.errors import SwebenchError
-from cwm_agent.swebench.images import REPO_ROOT
 from cwm_agent.tts.regression import (
     Detector,
     Method,
@@ -88,7 +88,7 @@ class EvalPlan:
     parser: Parser
 
 
-def eval_plan(instance: Instance, head: str, workdir: str = "/testbed") -> EvalPlan:
+def eval_plan(instance: Instance, head: str, workdir: str = WORKDIR) -> EvalPlan:
     """The test script for an instance whose container starts at `head`."""
     row = {**instance.row(), "base_commit": head}
     if instance.test_cmd is not None:
@@ -146,7 +146,7 @@ def _instance_way(instance: Instance, tracked: set[str]) -> Method | Refused:
             return Refused(name, "none of the files its test patch touches exists before it")
         headers = "".join(f"diff --git a/{f} b/{f}\n" for f in present)  # file names only
         row = {**instance.row(), "test_patch": headers}
-        lines = make_eval_script_list(row, specs, "testbed", REPO_ROOT, "HEAD", headers)
+        lines = make_eval_script_list(row, specs, "testbed", WORKDIR, "HEAD", headers)
         test_cmd = specs["test_cmd"]
         command = "\n".join([*specs.get("eval_commands", []), _test_block("\n".join(lines)) or ""])
         why = (

@@ -8,13 +8,12 @@ as they are.
 from __future__ import annotations
 
 from cwm_agent.sandbox import LABEL
-from cwm_agent.sandbox.config import DEFAULT_SESSION_TIMEOUT_S
+from cwm_agent.sandbox.config import DEFAULT_SESSION_TIMEOUT_S, WORKDIR
 from cwm_agent.swebench.dataset import Instance
 from cwm_agent.swebench.errors import SwebenchError
 from cwm_agent.workspace import Workspace
 
 OFFICIAL_TEMPLATE = "swebench/sweb.eval.x86_64.{official_id}:latest"
-REPO_ROOT = "/testbed"
 BATCH_LABEL = f"{LABEL}.swebench"  # the run or eval a container belongs to
 
 # Activates the official images' env where there is one; a no-op elsewhere.
@@ -69,7 +68,7 @@ def workspace_for(
     """The instance's start state: the image's /testbed at its HEAD (hygiene for agents)."""
     return Workspace(
         image=image,
-        workdir=REPO_ROOT,
+        workdir=WORKDIR,
         prepare=HYGIENE if hygiene else None,
         startup=(ACTIVATE_TESTBED,),
         session_timeout=session_timeout,

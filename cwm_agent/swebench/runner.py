@@ -27,12 +27,19 @@ from pathlib import Path
 from typing import Literal
 
 import docker
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from cwm_agent.agent import RolloutConfig
 from cwm_agent.atomic_write import write_json
 from cwm_agent.errors import first_line
-from cwm_agent.model import ModelOptions, PolicyError, PolicyPool
+from cwm_agent.model import ModelSpec, PolicyError, PolicyPool
 from cwm_agent.sandbox import ImageNotFoundError, docker_client, remove_leftovers, teardown
 from cwm_agent.solve import Solution, solve
 from cwm_agent.swebench.cluster import ClusterOptions
@@ -54,8 +61,7 @@ class RunOptions(BaseModel):
     split: str = "test"
     instance_ids: list[str] | None = None
     slice: str | None = None
-    model: str
-    model_options: ModelOptions = Field(default_factory=ModelOptions)
+    model: ModelSpec
     scaling: TTSOptions = Field(default_factory=TTSOptions, description="per instance")
     workers: int = Field(1, ge=1)
     image_template: str | None = None
@@ -63,6 +69,26 @@ class RunOptions(BaseModel):
     resume: bool = False
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     ray: ClusterOptions | None = Field(None, description="`--ray`; None: threads here")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _spec_from_run_json(cls, data: object) -> object:
+        """run.json holds the spec as its text and its knobs beside it, flat."""
+        if isinstance(data, dict) and "model_options" in data:
+            data = {**data}
+            data["model"] = ModelSpec.from_knobs(data["model"], data.pop("model_options"))
+        return data
+
+    @model_serializer(mode="wrap")
+    def _spec_as_run_json(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        """The form `_spec_from_run_json` reads, keys in the order run.json always had."""
+        fields = handler(self)
+        spec = {"model": str(self.model), "model_options": self.model.knobs()}
+        return {
+            k: v
+            for key, value in fields.items()
+            for k, v in (spec.items() if key == "model" else [(key, value)])
+        }
 
 
 class InstanceResult(BaseModel):
@@ -116,14 +142,15 @@ def policy_source(options: RunOptions) -> Callable[[Instance], PolicyPool]:
     samples, the folder `DIR/<instance_id>/`); any other spec is loaded once,
     here, so a bad --model fails before the first container starts, and every
     worker's requests share it (an in-process model batches them)."""
-    kind, _, rest = options.model.partition(":")
-    if kind == "replay" and Path(rest).is_dir():
-        folder = Path(rest)
+    spec = options.model
+    if spec.kind == "replay" and spec.path.is_dir():
         suffix = "" if options.scaling.enabled else ".json"
-        return lambda instance: PolicyPool(f"replay:{folder / instance.instance_id}{suffix}")
+        return lambda instance: PolicyPool(
+            spec.model_copy(update={"target": f"{spec.path / instance.instance_id}{suffix}"})
+        )
     if options.ray is not None:  # each node's tasks open the spec (a local one: replicas)
-        return lambda instance: PolicyPool(options.model, options.model_options)
-    shared = PolicyPool(options.model, options.model_options)
+        return lambda instance: PolicyPool(spec)
+    shared = PolicyPool(spec)
     return lambda instance: shared
 
 
@@ -185,7 +212,7 @@ def run_batch(
             predictions.add(
                 Prediction(
                     instance_id=instance.instance_id,
-                    model_name_or_path=options.model,
+                    model_name_or_path=str(options.model),
                     model_patch=patch.decode("utf-8", "surrogateescape"),
                 )
             )
@@ -336,7 +363,7 @@ def _open_record(options: RunOptions) -> RunRecord:
                 f"(split {record.options.split}), not {options.dataset} (split {options.split}): "
                 "one predictions file holds one dataset's instances"
             )
-        if record.options.model != options.model:
+        if str(record.options.model) != str(options.model):
             raise SwebenchError(
                 f"--resume: {output} was run with --model {record.options.model}, "
                 f"not {options.model}: one predictions file holds one model's patches"

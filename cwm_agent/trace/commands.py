@@ -1,16 +1,12 @@
-"""The world-model commands: `trace`, `debug` and `eval cruxeval`.
-
-`register(app, guard)` adds them to the main CLI, with its error guard, so a user's
-mistake ends in one line here exactly as it does for `fix`.
-"""
+"""The world-model commands: `trace`, `debug` and `eval cruxeval`."""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -18,7 +14,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cwm_agent import flags
-from cwm_agent.model import ModelOptions
+from cwm_agent.model import DEFAULT_MODEL, LoadConfig, ModelSpec, SamplingConfig
 from cwm_agent.trace.actual import ActualTrace, TraceJob, TracerLimits, run_tracer
 from cwm_agent.trace.cruxeval import EvalSettings, run_cruxeval
 from cwm_agent.trace.debugger import Debugger, repl
@@ -28,14 +24,12 @@ from cwm_agent.trace.predict import PredictLimits, TraceTask, predict_traces
 from cwm_agent.trace.scoring import score_trace, summarize
 from cwm_agent.trace.view import compare_table, scores_table, trace_table
 
-F = TypeVar("F", bound=Callable[..., object])
 console = Console()
 TRACER, PREDICT = TracerLimits(), PredictLimits()  # the defaults flags show
 
 File = Annotated[Path, typer.Argument(help="Python file holding the function")]
 Function = Annotated[str, typer.Option(help="entry function (top level in FILE)")]
 Args = Annotated[str, typer.Option(help="call arguments in Python syntax, e.g. '[1, 2], k=3'")]
-Model = Annotated[str, typer.Option(help="replay:PATH, openai:URL, or a model id / directory")]
 Tokenizer = Annotated[
     str | None, typer.Option(help="openai: the tokenizer to encode prompts with (Hub id or dir)")
 ]
@@ -47,10 +41,43 @@ Sample = Annotated[
 ]
 
 
-def _model(spec: str, sample: bool, tokenizer: str | None, **options: object) -> TraceModel:
-    """The trace model; `options` are ModelOptions fields (seed and the local-model flags)."""
-    model_options = ModelOptions.model_validate(options)
-    return load_trace_model(spec, model_options, sample=sample, tokenizer=tokenizer)
+SEED = flags.SAMPLING.pick("seed")
+LOAD = flags.LOAD.pick("dtype", "quantization", "device_map", "offline")
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """How every world-model command loads its model and bounds its traces."""
+
+    sampling: SamplingConfig
+    tokenizer: str | None
+    tracer: TracerLimits
+    budget: PredictLimits
+    load: LoadConfig
+
+    def model(self, spec: str, sample: bool) -> TraceModel:
+        """The trace model `spec` names: greedy unless `sample`."""
+        parsed = ModelSpec.parse(spec, self.load, self.sampling)
+        return load_trace_model(parsed, sample=sample, tokenizer=self.tokenizer)
+
+
+@flags.expand
+def predictor(
+    sampling: SamplingConfig = flags.group(SEED),
+    tokenizer: Tokenizer = None,
+    image: Image = TRACER.image,
+    timeout: Timeout = TRACER.timeout_s,
+    max_frame_tokens: MaxFrameTokens = PREDICT.max_frame_tokens,
+    load: LoadConfig = flags.group(LOAD),
+) -> Predictor:
+    """The flags every world-model command shares, after its own."""
+    return Predictor(
+        sampling,
+        tokenizer,
+        TracerLimits(image=image, timeout_s=timeout),
+        PredictLimits(max_frame_tokens=max_frame_tokens),
+        load,
+    )
 
 
 def _read(file: Path, function: str) -> str:
@@ -73,180 +100,119 @@ def real_trace(
     return trace
 
 
-def register(app: typer.Typer, guard: Callable[[F], F]) -> None:
-    @app.command()
-    @guard
-    def trace(
-        file: File,
-        function: Function,
-        args: Args = "",
-        model: Model = "facebook/cwm",
-        actual: Annotated[bool, typer.Option("--actual", help="the real trace only")] = False,
-        compare: Annotated[
-            bool, typer.Option("--compare", help="predicted and real side by side, with scores")
-        ] = False,
-        json_: Annotated[bool, typer.Option("--json", help="print JSON, not tables")] = False,
-        sample: Sample = False,
-        seed: flags.Seed = None,
-        tokenizer: Tokenizer = None,
-        image: Image = TRACER.image,
-        timeout: Timeout = TRACER.timeout_s,
-        max_frame_tokens: MaxFrameTokens = PREDICT.max_frame_tokens,
-        dtype: flags.Dtype = "auto",
-        quantization: flags.Quantization = None,
-        device_map: flags.DeviceMap = None,
-        offline: flags.Offline = False,
-    ) -> None:
-        """Predict how FUNCTION(ARGS) runs, line by line; --actual runs it for real."""
-        source = _read(file, function)
-        predictor = None
-        if compare or not actual:
-            predictor = _model(
-                model,
-                sample,
-                tokenizer,
-                seed=seed,
-                dtype=dtype,
-                quantization=quantization,
-                device_map=device_map,
-                offline=offline,
-            )
-        limits = TracerLimits(image=image, timeout_s=timeout)
-        real = real_trace(source, function, args, limits, full=actual or compare)
-        result: dict[str, object] = {"function": function, "args": args}
-        if predictor is not None:
-            task = TraceTask("trace", source, function, (real.frames[0],))
-            budget = PredictLimits(max_frame_tokens=max_frame_tokens)
-            (prediction,) = predict_traces(predictor, [task], budget)
-            result["predicted"] = prediction.to_json()
-        if actual or compare:
-            result["actual"] = real.to_json()
-        if compare:
-            score = score_trace(
-                prediction.frames, real.frames, valid=prediction.valid, expected_output=real.output
-            )
-            result["scores"] = score.to_json()
-        if json_:
-            typer.echo(json.dumps(result, indent=2))
-            return
-        if predictor is not None and not compare:
-            console.print(
-                trace_table(prediction.frames, f"predicted ({predictor.name})", prediction.error)
-            )
-        if actual and not compare:
-            console.print(trace_table(real.frames, f"actual ({real.status})"))
-        if compare:
-            console.print(compare_table(prediction.frames, real.frames, score))
-            if prediction.error is not None:
-                console.print(f"[red]malformed frame:[/red] {escape(prediction.error.reason)}")
-            if not real.complete:
-                console.print(
-                    f"the real trace is incomplete ({real.status}): compared as far as it goes"
-                )
-            console.print(scores_table(summarize([score]), paper=False))
-
-    @app.command()
-    @guard
-    def debug(
-        file: File,
-        function: Function,
-        args: Args = "",
-        model: Model = "facebook/cwm",
-        greedy: flags.Greedy = False,
-        seed: flags.Seed = None,
-        tokenizer: Tokenizer = None,
-        image: Image = TRACER.image,
-        timeout: Timeout = TRACER.timeout_s,
-        max_frame_tokens: MaxFrameTokens = PREDICT.max_frame_tokens,
-        dtype: flags.Dtype = "auto",
-        quantization: flags.Quantization = None,
-        device_map: flags.DeviceMap = None,
-        offline: flags.Offline = False,
-    ) -> None:
-        """A neural debugger: step through CWM's prediction of FUNCTION(ARGS) (`help` inside)."""
-        source = _read(file, function)
-        predictor = _model(
-            model,
-            not greedy,
-            tokenizer,
-            seed=seed,
-            dtype=dtype,
-            quantization=quantization,
-            device_map=device_map,
-            offline=offline,
-        )
-        limits = TracerLimits(image=image, timeout_s=timeout)
-        call = real_trace(source, function, args, limits, full=False).frames[0]
-        full: list[ActualTrace] = []
-
-        def reality() -> ActualTrace:
-            if not full:
-                full.append(real_trace(source, function, args, limits, full=True))
-            return full[0]
-
-        task = TraceTask("trace", source, function, (call,))
-        budget = PredictLimits(max_frame_tokens=max_frame_tokens)
-        repl(Debugger(predictor, task, reality, budget), console)
-
+def register(app: typer.Typer) -> None:
+    """Add `trace`, `debug` and `eval cruxeval` to the main CLI."""
+    app.command()(trace)
+    app.command()(debug)
     eval_app = typer.Typer(help="Benchmarks of CWM as a world model.")
+    eval_app.command()(cruxeval)
     app.add_typer(eval_app, name="eval")
 
-    @eval_app.command()
-    @guard
-    def cruxeval(
-        data: Annotated[
-            Path,
-            typer.Option(help="cruxeval.jsonl (facebookresearch/cruxeval data/cruxeval.jsonl)"),
-        ],
-        model: Model = "facebook/cwm",
-        output: Annotated[
-            Path | None, typer.Option(help="run folder: new, or one to resume")
-        ] = None,
-        limit: Annotated[int | None, typer.Option(help="only the first N rows")] = None,
-        workers: Annotated[int, typer.Option(min=1, help="traces decoded at once")] = 8,
-        sample: Sample = False,
-        seed: flags.Seed = None,
-        tokenizer: Tokenizer = None,
-        image: Image = TRACER.image,
-        timeout: Timeout = TRACER.timeout_s,
-        max_frame_tokens: MaxFrameTokens = PREDICT.max_frame_tokens,
-        dtype: flags.Dtype = "auto",
-        quantization: flags.Quantization = None,
-        device_map: flags.DeviceMap = None,
-        offline: flags.Offline = False,
-    ) -> None:
-        """CRUXEval-O by full trace prediction, with the CWM paper's figures beside ours."""
-        predictor = _model(
-            model,
-            sample,
-            tokenizer,
-            seed=seed,
-            dtype=dtype,
-            quantization=quantization,
-            device_map=device_map,
-            offline=offline,
+
+@flags.expand
+def trace(
+    file: File,
+    function: Function,
+    args: Args = "",
+    model: flags.Model = DEFAULT_MODEL,
+    actual: Annotated[bool, typer.Option("--actual", help="the real trace only")] = False,
+    compare: Annotated[
+        bool, typer.Option("--compare", help="predicted and real side by side, with scores")
+    ] = False,
+    json_: Annotated[bool, typer.Option("--json", help="print JSON, not tables")] = False,
+    sample: Sample = False,
+    how: Predictor = flags.group(predictor),
+) -> None:
+    """Predict how FUNCTION(ARGS) runs, line by line; --actual runs it for real."""
+    source = _read(file, function)
+    predicting = how.model(model, sample) if compare or not actual else None
+    real = real_trace(source, function, args, how.tracer, full=actual or compare)
+    result: dict[str, object] = {"function": function, "args": args}
+    if predicting is not None:
+        task = TraceTask("trace", source, function, (real.frames[0],))
+        (prediction,) = predict_traces(predicting, [task], how.budget)
+        result["predicted"] = prediction.to_json()
+    if actual or compare:
+        result["actual"] = real.to_json()
+    if compare:
+        score = score_trace(
+            prediction.frames, real.frames, valid=prediction.valid, expected_output=real.output
         )
-        folder = output or Path("cwm-agent-runs") / time.strftime("cruxeval-%Y%m%d-%H%M%S")
-        settings = EvalSettings(data, folder, limit, workers, sample, seed)
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-        with Progress(*columns, TimeElapsedColumn(), console=console) as bar:
-            tasks: dict[str, int] = {}
-
-            def progress(phase: str, done: int, total: int) -> None:
-                if phase not in tasks:
-                    tasks[phase] = bar.add_task(phase, total=total)
-                bar.update(tasks[phase], completed=done)
-
-            summary = run_cruxeval(
-                predictor,
-                settings,
-                TracerLimits(image=image, timeout_s=timeout),
-                PredictLimits(max_frame_tokens=max_frame_tokens),
-                progress,
-            )
-        title = f"CRUXEval-O, {summary['rows']} rows, {predictor.name}"
-        console.print(scores_table(summary["figures"], paper=True, title=title))
+        result["scores"] = score.to_json()
+    if json_:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    if predicting is not None and not compare:
         console.print(
-            f"malformed traces: {summary['malformed']}; rows whose real trace is incomplete: "
-            f"{summary['untraced']}; outputs: {folder}/"
+            trace_table(prediction.frames, f"predicted ({predicting.name})", prediction.error)
         )
+    if actual and not compare:
+        console.print(trace_table(real.frames, f"actual ({real.status})"))
+    if compare:
+        console.print(compare_table(prediction.frames, real.frames, score))
+        if prediction.error is not None:
+            console.print(f"[red]malformed frame:[/red] {escape(prediction.error.reason)}")
+        if not real.complete:
+            console.print(
+                f"the real trace is incomplete ({real.status}): compared as far as it goes"
+            )
+        console.print(scores_table(summarize([score]), paper=False))
+
+
+@flags.expand
+def debug(
+    file: File,
+    function: Function,
+    args: Args = "",
+    model: flags.Model = DEFAULT_MODEL,
+    greedy: flags.Greedy = False,
+    how: Predictor = flags.group(predictor),
+) -> None:
+    """A neural debugger: step through CWM's prediction of FUNCTION(ARGS) (`help` inside)."""
+    source = _read(file, function)
+    predicting = how.model(model, not greedy)
+    call = real_trace(source, function, args, how.tracer, full=False).frames[0]
+    full: list[ActualTrace] = []
+
+    def reality() -> ActualTrace:
+        if not full:
+            full.append(real_trace(source, function, args, how.tracer, full=True))
+        return full[0]
+
+    task = TraceTask("trace", source, function, (call,))
+    repl(Debugger(predicting, task, reality, how.budget), console)
+
+
+@flags.expand
+def cruxeval(
+    data: Annotated[
+        Path,
+        typer.Option(help="cruxeval.jsonl (facebookresearch/cruxeval data/cruxeval.jsonl)"),
+    ],
+    model: flags.Model = DEFAULT_MODEL,
+    output: Annotated[Path | None, typer.Option(help="run folder: new, or one to resume")] = None,
+    limit: Annotated[int | None, typer.Option(help="only the first N rows")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="traces decoded at once")] = 8,
+    sample: Sample = False,
+    how: Predictor = flags.group(predictor),
+) -> None:
+    """CRUXEval-O by full trace prediction, with the CWM paper's figures beside ours."""
+    predicting = how.model(model, sample)
+    folder = output or Path("cwm-agent-runs") / time.strftime("cruxeval-%Y%m%d-%H%M%S")
+    settings = EvalSettings(data, folder, limit, workers, sample, how.sampling.seed)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TimeElapsedColumn(), console=console) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(phase, total=total)
+            bar.update(tasks[phase], completed=done)
+
+        summary = run_cruxeval(predicting, settings, how.tracer, how.budget, progress)
+    title = f"CRUXEval-O, {summary['rows']} rows, {predicting.name}"
+    console.print(scores_table(summary["figures"], paper=True, title=title))
+    console.print(
+        f"malformed traces: {summary['malformed']}; rows whose real trace is incomplete: "
+        f"{summary['untraced']}; outputs: {folder}/"
+    )

@@ -21,6 +21,7 @@ from enum import StrEnum
 from typing import Any
 
 from cwm_agent import pyparse
+from cwm_agent.errors import UserError
 from cwm_agent.protocol.chat import BEGIN_OF_TEXT, END_OF_TEXT, Piece
 
 FRAME_SEP = "<|frame_sep|>"
@@ -54,7 +55,7 @@ OUTPUT_TOKENS = (*TRACE_TOKENS, END_OF_TEXT, BEGIN_OF_TEXT)  # what a model may 
 _TOKEN_SPELLING = re.compile("(" + "|".join(re.escape(t) for t in OUTPUT_TOKENS) + ")")
 
 
-class TraceError(Exception):
+class TraceError(UserError):
     """A trace cannot be made (no such function, a bad call); the message is for users."""
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from cwm_agent.model import ModelOptions, PolicyError, load_policy
+from cwm_agent.model import DEFAULT_MODEL, ModelSpec, PolicyError, SamplingConfig, load_policy
 from cwm_agent.model.openai_api import OpenAIPolicy
 from cwm_agent.model.routing import EndpointRouter
 from cwm_agent.protocol.chat import END_OF_TEXT, Piece, encode_pieces, special_token_id
@@ -45,27 +45,25 @@ class TraceModel(Protocol):
         ...
 
 
-def trace_options(options: ModelOptions, sample: bool) -> ModelOptions:
-    """`options` with the trace sampling settings: greedy unless `sample`."""
-    return options.model_copy(
+def trace_sampling(sampling: SamplingConfig, sample: bool) -> SamplingConfig:
+    """`sampling` (its seed) with the trace sampling settings: greedy unless `sample`."""
+    return sampling.model_copy(
         update={"temperature": TRACE_TEMPERATURE, "top_p": TRACE_TOP_P, "greedy": not sample}
     )
 
 
-def load_trace_model(
-    spec: str, options: ModelOptions, *, sample: bool, tokenizer: str | None = None
-) -> TraceModel:
-    """The trace model a `--model` value names; `tokenizer` (a Hub id or directory)
+def load_trace_model(spec: ModelSpec, *, sample: bool, tokenizer: str | None = None) -> TraceModel:
+    """The trace model `spec` names; `tokenizer` (a Hub id or directory)
     encodes prompts for an `openai:` server, which does not expose its own."""
-    kind, _, rest = spec.partition(":")
-    if kind == "replay" and rest:
-        return ReplayTraceModel(Path(rest))
-    policy: Any = load_policy(spec, trace_options(options, sample))
-    if kind == "openai" and rest:
+    if spec.kind == "replay":
+        return ReplayTraceModel(spec.path)
+    sampling = trace_sampling(spec.sampling, sample)
+    policy: Any = load_policy(spec.model_copy(update={"sampling": sampling}))
+    if spec.kind == "openai":
         from cwm_agent.model.hf import load_tokenizer
 
-        source = tokenizer or "facebook/cwm"
-        return TokenTraceModel(policy, load_tokenizer(source, options.offline))
+        source = tokenizer or DEFAULT_MODEL
+        return TokenTraceModel(policy, load_tokenizer(source, spec.load.offline))
     return TokenTraceModel(policy, policy.tokenizer)
 
 

@@ -42,8 +42,9 @@ def _seconds(value: float | None) -> str:
     return f"{value:.1f} s" if value < 120 else f"{value / 60:.1f} min"
 
 
-def _short(spec: str) -> str:
+def _short(named: object) -> str:
     """A model or dataset without the folders of a local path (the page's title has it whole)."""
+    spec = str(named)  # a `ModelSpec` reads as the --model text it was given
     kind, colon, rest = spec.partition(":")
     if colon and kind == "replay":
         return f"replay:{Path(rest).name}"

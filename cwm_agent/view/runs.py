@@ -18,7 +18,7 @@ from typing import Literal, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from cwm_agent.agent import Trajectory
-from cwm_agent.errors import first_line
+from cwm_agent.errors import UserError, first_line
 from cwm_agent.fix import FixResult
 from cwm_agent.swebench.errors import SwebenchError
 from cwm_agent.swebench.evaluate import EvalReport
@@ -31,7 +31,7 @@ M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
 
 
-class ViewError(Exception):
+class ViewError(UserError):
     """A folder that is not a run, or a record that does not read; meant for users."""
 
 
