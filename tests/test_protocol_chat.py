@@ -1,4 +1,4 @@
-"""CWM chat rendering (cwm-protocol.md §1) as text and as token ids."""
+"""CWM chat rendering (docs/protocol.md §1) as text and as token ids."""
 
 from __future__ import annotations
 

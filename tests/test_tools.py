@@ -1,4 +1,4 @@
-"""The four tools: every message of cwm-protocol.md §6, byte for byte.
+"""The four tools: every message of docs/protocol.md §6, byte for byte.
 
 The pure part (edit matching, snippet bounds, every message) is checked first,
 without a container; the Docker tests after it prove that the bytes go through

@@ -2,7 +2,7 @@
 
 Like CWM's tokenizer it is a byte-level BPE with the Llama 3 split pattern, followed by
 256 special-token slots whose layout follows CWM's: the named tokens of
-cwm-protocol.md §1 sit at the same offsets from the end of the BPE vocabulary
+docs/protocol.md §1 sit at the same offsets from the end of the BPE vocabulary
 (``<|eot_id|>`` is base + 9 here, 128000 + 9 in CWM) and the other slots are reserved
 tokens. The ids are therefore small, not CWM's: code must look them up by string.
 """

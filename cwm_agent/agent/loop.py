@@ -1,4 +1,4 @@
-"""One rollout: CWM's agent protocol turn by turn (cwm-protocol.md §2 to §6).
+"""One rollout: CWM's agent protocol turn by turn (docs/protocol.md §2 to §6, §9).
 
 The loop follows the CWM evaluation environment step for step, so the model
 sees the budgets and errors it was trained on:

@@ -1,6 +1,6 @@
 """Local CWM inference with Hugging Face transformers, reusing the KV cache across turns.
 
-An agent conversation is append-only (cwm-protocol.md §1): turn N+1's prompt is turn
+An agent conversation is append-only (docs/protocol.md §1): turn N+1's prompt is turn
 N's prompt, the reply and its stop token, then the new tool result. Prefilling the
 whole conversation again every turn would make a 100-turn episode quadratic, so the
 policy keeps a small LRU of KV caches (`PrefixCache`) keyed by the token ids each

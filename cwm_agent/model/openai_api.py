@@ -5,7 +5,7 @@ The conversation is rendered by `cwm_agent.protocol` and sent as a raw prompt to
 exactly the text CWM was trained on. Servers tokenise a raw prompt with special
 tokens recognised; message text that spells a special token (a README quoting
 `<|eot_id|>`) is therefore broken up with a zero-width space first, so that it
-cannot end a turn (cwm-protocol.md §1).
+cannot end a turn (docs/protocol.md §1).
 """
 
 from __future__ import annotations

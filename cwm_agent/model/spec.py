@@ -22,7 +22,7 @@ Quantization = Literal["fp8", "int8", "int4"]
 
 
 class SamplingConfig(BaseModel):
-    """How to pick tokens; the defaults are CWM's evaluation settings (cwm-protocol.md §9).
+    """How to pick tokens; the defaults are CWM's evaluation settings (docs/protocol.md §9).
 
     A temperature of 0 means greedy, as in OpenAI's API. A seed makes one
     `generate_ids` call reproducible (torch's global generator is seeded once, then

@@ -1,6 +1,6 @@
 """CWM's trained interface: chat rendering, prompts and tool-call parsing.
 
-Pure functions with no I/O; the strings follow cwm-protocol.md byte for byte
+Pure functions with no I/O; the strings follow docs/protocol.md byte for byte
 because the model was trained on exactly these.
 """
 

@@ -1,4 +1,4 @@
-"""CWM's chat format (cwm-protocol.md §1): a conversation rendered as text or token ids.
+"""CWM's chat format (docs/protocol.md §1): a conversation rendered as text or token ids.
 
 Both renderings come from one list of pieces, so they cannot disagree. Special tokens
 enter only as pieces the renderer makes; every text piece is encoded as plain text, so

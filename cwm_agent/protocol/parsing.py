@@ -1,4 +1,4 @@
-"""Reading a model reply (cwm-protocol.md §2, §5): reasoning, answer, and its tool call.
+"""Reading a model reply (docs/protocol.md §2, §5): reasoning, answer, and its tool call.
 
 A reply the protocol cannot use is not an exception here but a value: the agent loop
 answers it with a user message (:attr:`ReplyError.feedback`) and carries on, or takes

@@ -1,4 +1,4 @@
-"""Prompt and feedback texts of CWM's agentic protocol (cwm-protocol.md §2 to §7).
+"""Prompt and feedback texts of CWM's agentic protocol (docs/protocol.md §2 to §7).
 
 The model was trained on these strings: they are data and must stay byte-for-byte
 (tests/golden holds the expected renderings, checked against the protocol document).

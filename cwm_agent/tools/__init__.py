@@ -1,7 +1,7 @@
 """The four tools CWM acts through: bash, edit, create, submit.
 
 `Toolbox.run(name, argument)` executes one parsed tool call in a sandbox and
-returns the feedback text of cwm-protocol.md §6 (without the budget wrapper,
+returns the feedback text of docs/protocol.md §6 (without the budget wrapper,
 which belongs to the agent loop).
 """
 

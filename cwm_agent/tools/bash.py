@@ -1,4 +1,4 @@
-"""The `bash` tool: one command in the persistent session (cwm-protocol.md §6)."""
+"""The `bash` tool: one command in the persistent session (docs/protocol.md §6)."""
 
 from __future__ import annotations
 

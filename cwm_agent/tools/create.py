@@ -1,4 +1,4 @@
-"""The `create` tool: a new file whose parent directory exists (cwm-protocol.md §6)."""
+"""The `create` tool: a new file whose parent directory exists (docs/protocol.md §6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The `edit` tool: one SEARCH/REPLACE block applied to a file (cwm-protocol.md §6).
+"""The `edit` tool: one SEARCH/REPLACE block applied to a file (docs/protocol.md §6).
 
 The text work is pure (`parse_edit`, `apply_edit`, `edit_bytes`, `not_edited`)
 so its every message can be checked without a container; `run_edit` only moves

@@ -1,4 +1,5 @@
-"""The `submit` tool: a patch file (issue solving) or a test file (test generation)."""
+"""The `submit` tool: a patch file (issue solving) or a test file
+(test generation); docs/protocol.md §6.5."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""CWM's execution-trace format (cwm-protocol.md §10): frames, their rendering, their parsing.
+"""CWM's execution-trace format (docs/protocol.md §10): frames, their rendering, their parsing.
 
 A prompt is `<|begin_of_text|><|trace_context_start|>SOURCE<|frame_sep|>` with the
 entry function's `def` line marked `  # << START_OF_TRACE`, followed by the frames

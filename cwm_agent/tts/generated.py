@@ -1,4 +1,4 @@
-"""Generated reproduction tests (cwm-protocol.md §7): which to keep, what they say.
+"""Generated reproduction tests (docs/protocol.md §7): which to keep, what they say.
 
 A test speaks through three markers. On the original code a kept test prints
 `Issue reproduced` and neither other marker; on a candidate it counts as a pass

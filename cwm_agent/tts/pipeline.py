@@ -1,5 +1,5 @@
 """Test-time scaling for one task: K candidate rollouts, M test-generation
-rollouts, the tests run, one candidate selected (cwm-protocol.md §7 and §8).
+rollouts, the tests run, one candidate selected (docs/protocol.md §7 and §8).
 
 Every piece of work is a thread that waits for what it needs and then takes
 one of `jobs` container slots, so work overlaps as far as its dependencies

@@ -1,4 +1,4 @@
-"""Choosing one candidate (cwm-protocol.md §8): most tests passed, then the
+"""Choosing one candidate (docs/protocol.md §8): most tests passed, then the
 majority patch, then the fewest tokens.
 
 Votes count patches by what they do, not how they are written: every touched
