@@ -169,85 +169,104 @@ def run_batch(
     had finished stays recorded.
     """
     teardown.install_signal_handlers()  # a SIGTERM from here on unwinds like Ctrl-C
-    instances = select(
-        load_instances(options.dataset, options.split), options.instance_ids, options.slice
-    )
-    output = options.output
-    record = _open_record(options)
-    _check_rows(record, instances)
-    predictions = PredictionsFile(output / "predictions.jsonl")
-    todo = [i for i in instances if i.instance_id not in predictions.done]
-    policy_for = policy_source(options)
-    client = docker_client()
-    for instance in todo:  # half-finished by an earlier session
-        shutil.rmtree(output / "trajectories" / instance.instance_id, ignore_errors=True)
-    run_id = output.resolve().name
-    # A session killed while Docker was creating a container leaves that container
-    # behind once the daemon finishes: clear such orphans at both ends of a session.
-    orphans = f"{BATCH_LABEL}={run_id}"
-    remove_leftovers(client, label=orphans)
+    return _Batch(options, on_done).run(on_start)
 
-    session = Session(
-        options=options,
-        started_at=_now(),
-        selected=len(instances),
-        skipped=len(instances) - len(todo),
-    )
-    record.sessions.append(session)
-    started = time.monotonic()
 
-    def work(instance: Instance, stopping: threading.Event) -> InstanceResult | None:
+class _Batch:
+    """One session of a batch: the instances left to do, where their outcomes go."""
+
+    def __init__(self, options: RunOptions, on_done: InstanceObserver | None) -> None:
+        self.options, self.on_done = options, on_done
+        self.instances = select(
+            load_instances(options.dataset, options.split), options.instance_ids, options.slice
+        )
+        self.output = options.output
+        self.record = _open_record(options)
+        _check_rows(self.record, self.instances)
+        self.predictions = PredictionsFile(self.output / "predictions.jsonl")
+        self.todo = [i for i in self.instances if i.instance_id not in self.predictions.done]
+        self.policy_for = policy_source(options)
+        self.client = docker_client()
+        self.run_id = self.output.resolve().name
+        # A session killed while Docker was creating a container leaves that container
+        # behind once the daemon finishes: such orphans are cleared at both ends.
+        self.orphans = f"{BATCH_LABEL}={self.run_id}"
+        self.results: list[InstanceResult] = []
+
+    def run(self, on_start: Callable[[int, int], None] | None) -> list[InstanceResult]:
+        """The session, recorded in run.json from its first write to its end."""
+        for instance in self.todo:  # half-finished by an earlier session
+            shutil.rmtree(self.output / "trajectories" / instance.instance_id, ignore_errors=True)
+        remove_leftovers(self.client, label=self.orphans)
+        self.session = Session(
+            options=self.options,
+            started_at=_now(),
+            selected=len(self.instances),
+            skipped=len(self.instances) - len(self.todo),
+        )
+        self.record.sessions.append(self.session)
+        started = time.monotonic()
+        try:  # from the first write of the session on, an interrupt is recorded as one
+            _write_record(self.output, self.record)
+            if on_start is not None:
+                on_start(len(self.instances), self.session.skipped)
+            self.run_instances()
+        except BaseException:
+            self.session.interrupted = True
+            raise
+        finally:
+            remove_leftovers(self.client, label=self.orphans)
+            self.session.finished_at = _now()
+            self.session.duration_s = round(time.monotonic() - started, 3)
+            _write_record(self.output, self.record)
+        return self.results
+
+    def run_instances(self) -> None:
+        """In this process's threads, or as tasks on a Ray cluster."""
+        if self.options.ray is None:
+            run_parallel(self.todo, self.work, self.options.workers, self.done)
+        else:
+            from cwm_agent.swebench.cluster import run_instances
+
+            run_instances(self.todo, self.options, self.run_id, self.write_outcome, self.done)
+
+    def work(self, instance: Instance, stopping: threading.Event) -> InstanceResult | None:
+        """One instance in a worker thread; None once the batch is stopping."""
         if stopping.is_set():
             return None
-        result, patch = _run_instance(instance, options, policy_for, client, run_id, stopping)
+        result, patch = _run_instance(
+            instance, self.options, self.policy_for, self.client, self.run_id, stopping
+        )
         if stopping.is_set():  # its container was torn down under it: not a real outcome
             return None
-        return write_outcome(instance, result, patch)
+        return self.write_outcome(instance, result, patch)
 
-    def write_outcome(instance: Instance, result: InstanceResult, patch: bytes) -> InstanceResult:
-        folder = output / "trajectories" / instance.instance_id
+    def write_outcome(
+        self, instance: Instance, result: InstanceResult, patch: bytes
+    ) -> InstanceResult:
+        """result.json, and the prediction unless the instance errored."""
+        folder = self.output / "trajectories" / instance.instance_id
         folder.mkdir(parents=True, exist_ok=True)
         write_json(folder / "result.json", result)
         if result.status != "error":
-            predictions.add(
+            self.predictions.add(
                 Prediction(
                     instance_id=instance.instance_id,
-                    model_name_or_path=str(options.model),
+                    model_name_or_path=str(self.options.model),
                     model_patch=patch.decode("utf-8", "surrogateescape"),
                 )
             )
         return result
 
-    results: list[InstanceResult] = []
-
-    def done(result: InstanceResult) -> None:
-        results.append(result)
+    def done(self, result: InstanceResult) -> None:
+        """Counted in this session, then shown (in the thread that runs the batch)."""
+        self.results.append(result)
         if result.status == "error":
-            session.errors += 1
+            self.session.errors += 1
         else:
-            session.finished += 1
-        if on_done is not None:
-            on_done(result)
-
-    try:  # from the first write of the session on, an interrupt is recorded as one
-        _write_record(output, record)
-        if on_start is not None:
-            on_start(len(instances), session.skipped)
-        if options.ray is None:
-            run_parallel(todo, work, options.workers, done)
-        else:
-            from cwm_agent.swebench.cluster import run_instances
-
-            run_instances(todo, options, run_id, write_outcome, done)
-    except BaseException:
-        session.interrupted = True
-        raise
-    finally:
-        remove_leftovers(client, label=orphans)
-        session.finished_at = _now()
-        session.duration_s = round(time.monotonic() - started, 3)
-        _write_record(output, record)
-    return results
+            self.session.finished += 1
+        if self.on_done is not None:
+            self.on_done(result)
 
 
 def _run_instance(
