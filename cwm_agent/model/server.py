@@ -14,11 +14,12 @@ import json
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from cwm_agent.model.hf import TransformersPolicy
+from cwm_agent.model.hf import Generated, TransformersPolicy
 from cwm_agent.model.spec import SamplingConfig
 from cwm_agent.protocol.chat import STOP_TOKENS, stop_token_ids
 
@@ -33,6 +34,17 @@ class RequestError(Exception):
         super().__init__(message)
         self.status = status
         self.param = param
+
+
+@dataclass(frozen=True)
+class _Completion:
+    """A checked `/v1/completions` request: what generation and the reply need."""
+
+    prompt: str | list[int]
+    extra_stops: list[int]
+    max_tokens: int
+    sampling: SamplingConfig
+    return_token_ids: bool
 
 
 class CompletionServer(ThreadingHTTPServer):
@@ -53,20 +65,18 @@ class CompletionServer(ThreadingHTTPServer):
         return f"http://{host}:{port}"
 
     def complete(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Answers one `/v1/completions` body."""
+        """Answers one `/v1/completions` body: check it, generate, reply as vLLM does."""
+        completion = self._check(request)
+        generated, stop_id = self._generate(completion)
+        return self._response(completion, generated, stop_id)
+
+    def _check(self, request: dict[str, Any]) -> _Completion:
+        """Every refusal happens here, before the model is touched, in a fixed order
+        (the first problem of a request is the one its error names)."""
         model = request.get("model")
         if model is not None and model != self.model_name:
             raise RequestError(HTTPStatus.NOT_FOUND, f"the model {model!r} does not exist", "model")
-        prompt = request.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1 and not isinstance(prompt[0], int):
-            prompt = prompt[0]
-        is_ids = isinstance(prompt, list) and all(type(i) is int for i in prompt)
-        if not (isinstance(prompt, str) or is_ids) or not prompt:
-            raise RequestError(
-                HTTPStatus.BAD_REQUEST,
-                "prompt must be one non-empty string or list of token ids",
-                "prompt",
-            )
+        prompt = _prompt(request)
         extra_stops = request.get("stop_token_ids") or []
         if not isinstance(extra_stops, list) or not all(type(i) is int for i in extra_stops):
             raise RequestError(
@@ -78,29 +88,27 @@ class CompletionServer(ThreadingHTTPServer):
         if not 0 < top_p <= 1:
             raise RequestError(HTTPStatus.BAD_REQUEST, "top_p must be in (0, 1]", "top_p")
         seed = _number(request, "seed", None, int)
-        if _number(request, "n", 1, int) != 1:
-            raise RequestError(HTTPStatus.BAD_REQUEST, "only n=1 is supported", "n")
-        for field in _UNSUPPORTED:
-            if request.get(field):
-                raise RequestError(HTTPStatus.BAD_REQUEST, f"{field} is not supported", field)
-        stop = request.get("stop") or []
-        stop = [stop] if isinstance(stop, str) else stop
-        if not isinstance(stop, list) or not all(s in STOP_TOKENS for s in stop):
-            raise RequestError(
-                HTTPStatus.BAD_REQUEST,
-                f"stop may only name CWM's stop tokens {list(STOP_TOKENS)}: "
-                "this server always stops on them and on nothing else",
-                "stop",
-            )
+        _refuse_unsupported(request)
+        return _Completion(
+            prompt=prompt,
+            extra_stops=extra_stops,
+            max_tokens=max_tokens,
+            sampling=SamplingConfig(temperature=temperature, top_p=top_p, seed=seed),  # 0: greedy
+            return_token_ids=bool(request.get("return_token_ids")),
+        )
 
-        sampling = SamplingConfig(temperature=temperature, top_p=top_p, seed=seed)  # 0 is greedy
-        with self.generation_lock:  # also guards the tokenizer, which is not thread-safe
+    def _generate(self, completion: _Completion) -> tuple[Generated, int | None]:
+        """Tokenise, check the context and generate under one lock: the model is shared and
+        the tokenizer is not thread-safe. Returns the continuation and its stop token's id."""
+        with self.generation_lock:
             tokenizer = self.policy.tokenizer
+            prompt = completion.prompt
             ids = (
                 prompt
-                if is_ids
+                if isinstance(prompt, list)
                 else tokenizer.encode(prompt, add_special_tokens=False, split_special_tokens=False)
             )
+            max_tokens = completion.max_tokens
             if len(ids) + max_tokens > self.context_size:
                 raise RequestError(
                     HTTPStatus.BAD_REQUEST,
@@ -108,14 +116,22 @@ class CompletionServer(ThreadingHTTPServer):
                     f"but {len(ids)} prompt tokens + max_tokens {max_tokens} were requested",
                     "max_tokens",
                 )
-            stops = [*stop_token_ids(tokenizer), *extra_stops]
-            generated = self.policy.generate_ids([ids], max_tokens, sampling, stop_ids=stops)[0]
+            stops = [*stop_token_ids(tokenizer), *completion.extra_stops]
+            generated = self.policy.generate_ids(
+                [ids], max_tokens, completion.sampling, stop_ids=stops
+            )[0]
             stop_id = (
                 None if generated.stop is None else tokenizer.convert_tokens_to_ids(generated.stop)
             )
+        return generated, stop_id
+
+    def _response(
+        self, completion: _Completion, generated: Generated, stop_id: int | None
+    ) -> dict[str, Any]:
+        """The OpenAI `text_completion` body; the stop token counts as a completion token."""
         completion_tokens = len(generated.token_ids) + (generated.stop is not None)
         # As vLLM: a stop on a requested id is named by the id, on a stop string by the string.
-        stop_reason = stop_id if stop_id in extra_stops else generated.stop
+        stop_reason = stop_id if stop_id in completion.extra_stops else generated.stop
         token_ids = [*generated.token_ids, *([] if stop_id is None else [stop_id])]
         return {
             "id": f"cmpl-{uuid.uuid4().hex}",
@@ -129,7 +145,7 @@ class CompletionServer(ThreadingHTTPServer):
                     "logprobs": None,
                     "finish_reason": generated.finish_reason,
                     "stop_reason": stop_reason,
-                    **({"token_ids": token_ids} if request.get("return_token_ids") else {}),
+                    **({"token_ids": token_ids} if completion.return_token_ids else {}),
                 }
             ],
             "usage": {
@@ -146,6 +162,40 @@ class CompletionServer(ThreadingHTTPServer):
                 {"id": self.model_name, "object": "model", "created": 0, "owned_by": "cwm-agent"}
             ],
         }
+
+
+def _prompt(request: dict[str, Any]) -> str | list[int]:
+    """One prompt, as text or token ids; a one-element batch of text is unwrapped."""
+    prompt = request.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and not isinstance(prompt[0], int):
+        prompt = prompt[0]
+    is_ids = isinstance(prompt, list) and all(type(i) is int for i in prompt)
+    if not (isinstance(prompt, str) or is_ids) or not prompt:
+        raise RequestError(
+            HTTPStatus.BAD_REQUEST,
+            "prompt must be one non-empty string or list of token ids",
+            "prompt",
+        )
+    return prompt
+
+
+def _refuse_unsupported(request: dict[str, Any]) -> None:
+    """What this server does not do is refused, not silently ignored: one choice, no
+    streaming or logprobs, and CWM's own stop tokens as the only stops."""
+    if _number(request, "n", 1, int) != 1:
+        raise RequestError(HTTPStatus.BAD_REQUEST, "only n=1 is supported", "n")
+    for field in _UNSUPPORTED:
+        if request.get(field):
+            raise RequestError(HTTPStatus.BAD_REQUEST, f"{field} is not supported", field)
+    stop = request.get("stop") or []
+    stop = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stop, list) or not all(s in STOP_TOKENS for s in stop):
+        raise RequestError(
+            HTTPStatus.BAD_REQUEST,
+            f"stop may only name CWM's stop tokens {list(STOP_TOKENS)}: "
+            "this server always stops on them and on nothing else",
+            "stop",
+        )
 
 
 def _number(

@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -94,27 +94,12 @@ def evaluate(
 ) -> EvalReport:
     """Grade every prediction whose instance is in `instances`; write `output/report.json`.
     With `ray` (connected to by the caller), local grading runs as tasks on its nodes."""
-    try:
-        import swebench.harness.grading  # noqa: F401  (the parsers and grading we rely on)
-    except ImportError:
-        raise SwebenchError(
-            "grading needs the official swebench package: pip install 'cwm-agent[swebench]'"
-        ) from None
-    by_id = {instance.instance_id: instance for instance in instances}
-    unknown = [i for i in predictions if i not in by_id]
-    if unknown:
-        raise SwebenchError(
-            f"{len(unknown)} prediction(s) name instances not in the dataset, e.g. {unknown[0]}"
-        )
-    graded = [by_id[i] for i in by_id if i in predictions]
-    if not graded:
-        raise SwebenchError("no predictions to grade")
+    _require_harness()
+    graded = _to_grade(instances, predictions)
     run_id = f"cwm-agent-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
     output.mkdir(parents=True, exist_ok=True)
     reports = {i.instance_id: _empty(i) for i in graded if _patch(predictions, i) is None}
-    for empty in reports.values():
-        if on_done is not None:
-            on_done(empty)
+    _announce(reports.values(), on_done)
     patched = [i for i in graded if _patch(predictions, i) is not None]
     harness_report = None
     if patched and backend == "local":
@@ -126,11 +111,57 @@ def evaluate(
             patched, predictions_path, output, run_id, workers, timeout
         )
         reports |= found
-        for graded_report in found.values():
-            if on_done is not None:
-                on_done(graded_report)
+        _announce(found.values(), on_done)
+    report = _summary(backend, run_id, dataset, predictions_path, reports, harness_report)
+    write_json(output / "report.json", report)
+    return report
+
+
+def _require_harness() -> None:
+    """Fail before any container starts: grading uses the harness's parsers and reports."""
+    try:
+        import swebench.harness.grading  # noqa: F401  (the parsers and grading we rely on)
+    except ImportError:
+        raise SwebenchError(
+            "grading needs the official swebench package: pip install 'cwm-agent[swebench]'"
+        ) from None
+
+
+def _to_grade(instances: list[Instance], predictions: dict[str, Prediction]) -> list[Instance]:
+    """The instances with a prediction, in dataset order; a prediction for an instance
+    the dataset lacks is a mistake (a wrong dataset or split), not something to skip."""
+    by_id = {instance.instance_id: instance for instance in instances}
+    unknown = [i for i in predictions if i not in by_id]
+    if unknown:
+        raise SwebenchError(
+            f"{len(unknown)} prediction(s) name instances not in the dataset, e.g. {unknown[0]}"
+        )
+    graded = [by_id[i] for i in by_id if i in predictions]
+    if not graded:
+        raise SwebenchError("no predictions to grade")
+    return graded
+
+
+def _announce(
+    reports: Iterable[InstanceReport], on_done: Callable[[InstanceReport], None] | None
+) -> None:
+    """Tell the caller about verdicts that did not come one by one from a worker."""
+    if on_done is not None:
+        for report in reports:
+            on_done(report)
+
+
+def _summary(
+    backend: Backend,
+    run_id: str,
+    dataset: str,
+    predictions_path: Path,
+    reports: dict[str, InstanceReport],
+    harness_report: str | None,
+) -> EvalReport:
+    """The counts over every verdict, with the verdicts sorted by instance id."""
     counts = Counter(report.status for report in reports.values())
-    report = EvalReport(
+    return EvalReport(
         backend=backend,
         run_id=run_id,
         dataset=dataset,
@@ -143,8 +174,6 @@ def evaluate(
         harness_report=harness_report,
         instances=dict(sorted(reports.items())),
     )
-    write_json(output / "report.json", report)
-    return report
 
 
 def _patch(predictions: dict[str, Prediction], instance: Instance) -> str | None:
