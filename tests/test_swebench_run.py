@@ -110,7 +110,9 @@ def test_run_eval_report(
 
     shown = run_cli("swebench", "report", str(output))
     assert shown.returncode == 0, shown.stderr
-    assert "resolved 1/3 (33.3%)" in shown.stdout
+    assert "resolved 1/3 (33.3%) of the graded predictions, 1/4 (25.0%) of all instances run" in (
+        shown.stdout
+    )
     assert "4 instance(s): 2 submitted a patch, 1 submitted none, 1 error(s)" in shown.stdout
     assert "image_missing" in shown.stdout and "calc/calc" in shown.stdout
 

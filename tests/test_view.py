@@ -289,6 +289,9 @@ def test_a_batch_page_and_its_instances(
     assert {r.attrs["data-id"]: r.all("td")[7].text for r in rows} == {
         i: r["worker"] for i, r in results.items()
     }
+    headline = dom.one("div", "headline").text
+    assert "resolved: 1 of the 3 graded predictions" in headline
+    assert "1 of all 4 instances run (an error counts as unresolved)" in headline
     summary = summarize(output)
     by_repo = dom.all("figure", "chart")[0]
     assert by_repo.one("figcaption").text == "resolved by repo"

@@ -86,9 +86,13 @@ def summary_of(results: list[InstanceResult], graded: EvalReport | None) -> Summ
 
 def render(summary: Summary, console: Console) -> None:
     if summary.resolved is not None and summary.graded:
+        # SWE-bench's own rate divides by every instance: an error counts as unresolved.
+        run = sum(group.resolved or 0 for group in summary.by_repo.values())
+        rate = run / max(summary.instances, 1)
         console.print(
             f"resolved {summary.resolved}/{summary.graded} "
-            f"({summary.resolved_rate:.1%}) of the graded predictions"
+            f"({summary.resolved_rate:.1%}) of the graded predictions, "
+            f"{run}/{summary.instances} ({rate:.1%}) of all instances run"
         )
     else:
         console.print("not graded yet: run `cwm-agent swebench eval` for resolved counts")
