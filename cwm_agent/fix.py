@@ -139,7 +139,7 @@ def run_fix(
     output = _output_dir(options.output)
     teardown.install_signal_handlers()  # SIGTERM unwinds like Ctrl-C from here on
     try:
-        return _fix(options, pool, repo, output, observer, progress, warn)
+        return _fix(options, issue, pool, repo, output, observer, progress, warn)
     except (KeyboardInterrupt, SandboxInterrupted) as exc:
         _write_result(output, _interrupted(options, pool.name, output, exc))
         raise
@@ -147,6 +147,7 @@ def run_fix(
 
 def _fix(
     options: FixOptions,
+    issue: str,
     pool: PolicyPool,
     repo: git.Repo | None,
     output: Path,
@@ -165,7 +166,6 @@ def _fix(
         session_timeout=options.rollout.session_timeout,
         labels={f"{LABEL}.job": "fix"},
     )
-    issue = options.issue.strip()
     solution = solve(
         workspace, issue, pool, options.scaling, options.rollout, output, client, observer, progress
     )

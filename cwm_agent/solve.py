@@ -83,5 +83,6 @@ def solve(
         head = start.head
     output.mkdir(parents=True, exist_ok=True)
     (output / "patch.diff").write_bytes(patch)
-    write_json(output / "trajectory.json", trajectory, newline=False)
+    if report is not None:  # a single rollout's checkpoint has written its own
+        write_json(output / "trajectory.json", trajectory, newline=False)
     return Solution(head, trajectory, patch, patch_error, report)

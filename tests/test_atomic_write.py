@@ -45,6 +45,8 @@ def test_without_the_final_newline(tmp_path: Path) -> None:
 def test_the_file_is_replaced_whole_and_nothing_is_left_beside_it(tmp_path: Path) -> None:
     path = tmp_path / "predictions.jsonl"
     path.write_text("old and longer than the new text\n")
+    before = path.stat().st_ino
     write_atomically(path, "new\n", durable=True)
     assert path.read_bytes() == b"new\n"
+    assert path.stat().st_ino != before  # a new file renamed over it, not written in place
     assert [p.name for p in tmp_path.iterdir()] == ["predictions.jsonl"]

@@ -17,13 +17,12 @@ import pytest
 from cwm_agent.sandbox import LABEL
 from tests.conftest import run_cli
 from tests.github_api import FakeGitHub, serve
-from tests.helpers import call, committed_copy, git
+from tests.helpers import CALC_EXAMPLE as EXAMPLE
+from tests.helpers import EXAMPLES, call, committed_copy, git
 
 pytestmark = pytest.mark.docker
 
-ROOT = Path(__file__).parent.parent
-EXAMPLE = ROOT / "examples" / "calc"
-EVENT = ROOT / "examples" / "github" / "event-issue-labeled.json"
+EVENT = EXAMPLES / "github" / "event-issue-labeled.json"
 TOKEN = "ghs_testtoken0123456789abcdef"
 BRANCH = "cwm-agent/issue-7"
 FIX = json.loads((EXAMPLE / "replay.json").read_text())

@@ -25,6 +25,7 @@ from cwm_agent.ci.guards import (
 )
 from cwm_agent.ci.push import auth_env
 from cwm_agent.gitrepo import commit_patch
+from tests.helpers import GIT
 
 RULES = TriggerRules()
 
@@ -124,9 +125,6 @@ def test_issues_not_to_work_on(
         check_issue(fetched, Trigger(slug="a/b", issue=7, label=label, why="test"))
     assert stop.value.code == code and message in str(stop.value)
     check_issue(Issue(number=7, title="t", labels=[]), Trigger(slug="a/b", issue=7, why="hand"))
-
-
-GIT = ["git", "-c", "user.name=dev", "-c", "user.email=dev@example.invalid"]
 
 
 @pytest.fixture

@@ -114,6 +114,8 @@ def test_run_eval_report(
         shown.stdout
     )
     assert "4 instance(s): 2 submitted a patch, 1 submitted none, 1 error(s)" in shown.stdout
+    data = json.loads(run_cli("swebench", "report", str(output), "--json").stdout)
+    assert [data[k] for k in ("resolved", "graded", "resolved_of_all", "instances")] == [1, 3, 1, 4]
     assert "image_missing" in shown.stdout and "calc/calc" in shown.stdout
 
 

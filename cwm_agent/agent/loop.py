@@ -52,6 +52,7 @@ from cwm_agent.protocol.prompts import (
     truncate_tool_message,
 )
 from cwm_agent.sandbox import WORKDIR, SandboxError, SandboxInterrupted
+from cwm_agent.sandbox.config import DEFAULT_SESSION_TIMEOUT_S
 from cwm_agent.tools import TOOL_NAMES, Toolbox
 from cwm_agent.tools.result import readable
 
@@ -69,7 +70,9 @@ class RolloutConfig(BaseModel):
     max_turns: int = Field(128, ge=1)
     context_size: int = Field(131_072, gt=0)
     max_reply_tokens: int = Field(65_536, gt=0)
-    session_timeout: float = Field(120.0, gt=0, description="per bash call, in the prompt too")
+    session_timeout: float = Field(
+        DEFAULT_SESSION_TIMEOUT_S, gt=0, description="per bash call, in the prompt too"
+    )
     max_duration_s: float | None = Field(
         None, gt=0, description="wall-time cap, checked before each reply is generated"
     )

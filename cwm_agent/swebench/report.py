@@ -40,6 +40,8 @@ class Summary(BaseModel):
     graded: int | None
     resolved: int | None
     resolved_rate: float | None
+    # SWE-bench's own figure: of every instance run, an error counting as unresolved.
+    resolved_of_all: int | None
     by_repo: dict[str, Group]
     by_difficulty: dict[str, Group]
     turns: Spread | None
@@ -67,6 +69,7 @@ def summary_of(results: list[InstanceResult], graded: EvalReport | None) -> Summ
         return Group(instances=len(members), resolved=resolved)
 
     resolved = None if graded is None else graded.resolved
+    by_repo_groups = {k: group(v) for k, v in sorted(by_repo.items())}
     return Summary(
         instances=len(results),
         submitted=sum(r.status == "submitted" for r in results),
@@ -75,7 +78,10 @@ def summary_of(results: list[InstanceResult], graded: EvalReport | None) -> Summ
         graded=None if graded is None else graded.total,
         resolved=resolved,
         resolved_rate=None if graded is None else graded.resolved_rate,
-        by_repo={k: group(v) for k, v in sorted(by_repo.items())},
+        resolved_of_all=(
+            None if graded is None else sum(g.resolved or 0 for g in by_repo_groups.values())
+        ),
+        by_repo=by_repo_groups,
         by_difficulty={k: group(v) for k, v in sorted(by_difficulty.items())},
         turns=_spread([r.turns for r in ran]),
         tokens=_spread([r.tokens_used for r in ran]),
@@ -86,13 +92,12 @@ def summary_of(results: list[InstanceResult], graded: EvalReport | None) -> Summ
 
 def render(summary: Summary, console: Console) -> None:
     if summary.resolved is not None and summary.graded:
-        # SWE-bench's own rate divides by every instance: an error counts as unresolved.
-        run = sum(group.resolved or 0 for group in summary.by_repo.values())
-        rate = run / max(summary.instances, 1)
+        run = summary.resolved_of_all or 0
         console.print(
             f"resolved {summary.resolved}/{summary.graded} "
             f"({summary.resolved_rate:.1%}) of the graded predictions, "
-            f"{run}/{summary.instances} ({rate:.1%}) of all instances run"
+            f"{run}/{summary.instances} ({run / max(summary.instances, 1):.1%}) "
+            "of all instances run"
         )
     else:
         console.print("not graded yet: run `cwm-agent swebench eval` for resolved counts")

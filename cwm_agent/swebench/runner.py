@@ -82,13 +82,13 @@ class RunOptions(BaseModel):
     @model_serializer(mode="wrap")
     def _spec_as_run_json(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
         """The form `_spec_from_run_json` reads, keys in the order run.json always had."""
-        fields = handler(self)
-        spec = {"model": str(self.model), "model_options": self.model.knobs()}
-        return {
-            k: v
-            for key, value in fields.items()
-            for k, v in (spec.items() if key == "model" else [(key, value)])
-        }
+        shown: dict[str, object] = {}
+        for key, value in handler(self).items():
+            if key == "model":
+                shown["model"], shown["model_options"] = str(self.model), self.model.knobs()
+            else:
+                shown[key] = value
+        return shown
 
 
 class InstanceResult(BaseModel):

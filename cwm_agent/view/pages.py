@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cwm_agent.agent.trajectory import MessageRecord, ToolCallRecord, ToolResultRecord, Trajectory
-from cwm_agent.swebench.report import summary_of
+from cwm_agent.swebench.report import Summary, summary_of
 from cwm_agent.swebench.runner import InstanceResult
 from cwm_agent.tools.bash import FAILURE_MESSAGES
 from cwm_agent.tts import TTSReport
@@ -182,11 +182,15 @@ def rows(batch: BatchRun) -> list[Row]:
     return found
 
 
-def batch_charts(batch: BatchRun) -> list[plots.Chart]:
-    """What `swebench report` prints, drawn: resolved rate by repo and by difficulty (once
-    graded), the turns, tokens and wall-time distributions, errors by kind."""
+def summary(batch: BatchRun) -> Summary:
+    """What `swebench report` prints, of this batch."""
+    return summary_of(list(batch.results.values()), batch.graded)
+
+
+def batch_charts(batch: BatchRun, summary: Summary) -> list[plots.Chart]:
+    """`summary` drawn: resolved rate by repo and by difficulty (once graded), the turns,
+    tokens and wall-time distributions, errors by kind."""
     results = list(batch.results.values())
-    summary = summary_of(results, batch.graded)
     charts = []
     for title, groups in (
         ("resolved by repo", summary.by_repo),

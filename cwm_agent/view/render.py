@@ -90,8 +90,13 @@ def tts_page(run: TTSRun, instance: InstanceResult | None = None) -> str:
 
 
 def batch_page(run: BatchRun, link: InstanceLink) -> str:
+    summary = pages.summary(run)
     return _env.get_template("batch.html.j2").render(
-        run=run, rows=pages.rows(run), charts=pages.batch_charts(run), link=link
+        run=run,
+        rows=pages.rows(run),
+        summary=summary,
+        charts=pages.batch_charts(run, summary),
+        link=link,
     )
 
 
