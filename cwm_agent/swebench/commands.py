@@ -26,9 +26,8 @@ from cwm_agent.swebench.evaluate import InstanceReport, evaluate
 from cwm_agent.swebench.predictions import read_predictions
 from cwm_agent.swebench.report import render, summarize
 from cwm_agent.swebench.runner import InstanceResult, RunOptions, run_batch
-from cwm_agent.terminal import shown
+from cwm_agent.terminal import how_to_open, shown
 from cwm_agent.tts import TTSOptions
-from cwm_agent.view import how_to_open
 
 console = Console()
 RayAddress = Annotated[
