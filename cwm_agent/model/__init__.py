@@ -43,7 +43,17 @@ def load_policy(spec: ModelSpec) -> Policy:
     # server users never need them.
     from cwm_agent.model.hf import TransformersPolicy
 
-    return TransformersPolicy(spec.target, **spec.load.model_dump(), sampling=spec.sampling)
+    load = spec.load  # field by field: a renamed field or parameter is a type error here
+    return TransformersPolicy(
+        spec.target,
+        dtype=load.dtype,
+        device_map=load.device_map,
+        quantization=load.quantization,
+        attn_implementation=load.attn_implementation,
+        offline=load.offline,
+        compile=load.compile,
+        sampling=spec.sampling,
+    )
 
 
 class PolicyPool:
