@@ -64,6 +64,7 @@ class _Job:
     request: Request
     ids: list[int]
     max_tokens: int
+    stops: list[int]  # CWM's stop tokens and those the request added
 
 
 class _Tokenizers:
@@ -132,7 +133,7 @@ class CompletionServer(ThreadingHTTPServer):
                 f"but {len(ids)} prompt tokens + max_tokens {max_tokens} were requested",
                 "max_tokens",
             )
-        return _Job(request, ids, max_tokens)
+        return _Job(request, ids, max_tokens, [*self._stop_ids, *request.extra_stops])
 
     def generate(
         self, job: _Job, on_token: Callable[[int, int], None] | None = None
@@ -143,7 +144,7 @@ class CompletionServer(ThreadingHTTPServer):
             [job.ids] * request.n,
             job.max_tokens,
             request.sampling,
-            stop_ids=[*self._stop_ids, *request.extra_stops],
+            stop_ids=job.stops,
             on_token=on_token,
         )
         return [self._choice(request, g) for g in generated]
@@ -153,9 +154,6 @@ class CompletionServer(ThreadingHTTPServer):
         return self.policy.tokenizer.decode(
             ids, skip_special_tokens=False, clean_up_tokenization_spaces=False
         )
-
-    def stops(self, request: Request) -> set[int]:
-        return {*self._stop_ids, *request.extra_stops}
 
     def models(self) -> dict[str, Any]:
         return {
@@ -190,6 +188,17 @@ class CompletionServer(ThreadingHTTPServer):
             completion_tokens=len(token_ids),
             token_ids=token_ids if request.return_token_ids else None,
         )
+
+
+def _failed(exc: Exception) -> RequestError:
+    return RequestError(HTTPStatus.INTERNAL_SERVER_ERROR, f"generation failed: {exc}")
+
+
+def _error_body(exc: RequestError) -> Event:
+    """OpenAI's error shape, which its SDK raises as the matching exception."""
+    kind = "server_error" if exc.status >= 500 else "invalid_request_error"
+    error = {"message": str(exc), "type": kind, "param": exc.param, "code": exc.status.value}
+    return {"error": error}
 
 
 def _no_constant(name: str) -> Any:
@@ -229,7 +238,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(exc)
         except Exception as exc:  # the client gets the reason; the server keeps serving
             self.log_error("generation failed: %r", exc)
-            self._error(RequestError(HTTPStatus.INTERNAL_SERVER_ERROR, f"generation failed: {exc}"))
+            self._error(_failed(exc))
 
     def _authorize(self) -> None:
         """With an API key, every request must carry it as `Authorization: Bearer KEY`."""
@@ -276,7 +285,7 @@ class _Handler(BaseHTTPRequestHandler):
         after the events began is sent as an error event (the SDK raises it)."""
         server = self.server
         reply = Reply(job.request.endpoint, server.model_name)
-        stream = Stream(job.request, reply, server.decode, server.stops(job.request), self._event)
+        stream = Stream(job.request, reply, server.decode, set(job.stops), self._event)
         self.send_response(HTTPStatus.OK)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
@@ -289,8 +298,7 @@ class _Handler(BaseHTTPRequestHandler):
                 raise
             except Exception as exc:
                 self.log_error("generation failed: %r", exc)
-                error = {"message": f"generation failed: {exc}", "type": "server_error"}
-                self._event({"error": {**error, "param": None, "code": 500}})
+                self._event(_error_body(_failed(exc)))
             self._send_bytes(b"data: [DONE]\n\n")
         except _ClientLeft:
             self.log_error("the client left before its stream ended")
@@ -306,9 +314,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise _ClientLeft from exc
 
     def _error(self, exc: RequestError) -> None:
-        kind = "server_error" if exc.status >= 500 else "invalid_request_error"
-        error = {"message": str(exc), "type": kind, "param": exc.param, "code": exc.status.value}
-        self._reply(exc.status, {"error": error})
+        self._reply(exc.status, _error_body(exc))
 
     def _reply(self, status: HTTPStatus, body: dict[str, Any]) -> None:
         data = json.dumps(body).encode("utf-8")
