@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from cwm_agent.model.hf import TransformersPolicy
-from cwm_agent.model.server import CompletionServer, serve
+from cwm_agent.model.server import CompletionServer, ServeError, listen, serve
 from cwm_agent.protocol.chat import render_ids
 from tests import helpers
 from tests.conftest import run_cli, start_cli
@@ -200,6 +200,15 @@ def test_a_busy_port_is_named_in_one_line(tiny_cwm_dir: Path) -> None:
     )
     assert "Traceback" not in result.stderr
     assert "Errno" not in result.stderr
+
+
+def test_an_address_this_machine_lacks_is_one_line(local: TransformersPolicy) -> None:
+    with pytest.raises(ServeError) as error:
+        listen(local, "192.0.2.1", 8000)  # TEST-NET-1: never this machine's
+    assert str(error.value) == (
+        "cannot listen on 192.0.2.1:8000: Cannot assign requested address: "
+        "choose another --host or --port"
+    )
 
 
 def test_serving_beyond_this_machine_warns(tiny_cwm_dir: Path) -> None:

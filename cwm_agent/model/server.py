@@ -150,7 +150,8 @@ class CompletionServer(ThreadingHTTPServer):
         return [self._choice(request, g) for g in generated]
 
     def decode(self, ids: list[int]) -> str:
-        """Text of generated ids, as `Generated.text` has it (for streamed pieces)."""
+        """Text of generated ids, as `Generated.text` has it: a stream's pieces, decoded in
+        the generating thread under the model's lock, as the policy decodes its own."""
         return self.policy.tokenizer.decode(
             ids, skip_special_tokens=False, clean_up_tokenization_spaces=False
         )

@@ -39,8 +39,8 @@ class Reply:
 
     endpoint: Endpoint
     model: str
-    id: str = ""
-    created: int = field(default_factory=lambda: int(time.time()))
+    id: str = field(init=False)
+    created: int = field(init=False, default_factory=lambda: int(time.time()))
 
     def __post_init__(self) -> None:
         self.id = f"{_ID_PREFIXES[self.endpoint]}-{uuid.uuid4().hex}"

@@ -73,10 +73,11 @@ def check(endpoint: Endpoint, body: dict[str, Any], model_name: str, limits: Lim
     if not isinstance(extra_stops, list) or not all(type(i) is int for i in extra_stops):
         raise bad("stop_token_ids must be token ids", "stop_token_ids")
     check_ids(extra_stops, limits, "stop_token_ids")
-    max_field = "max_completion_tokens" if body.get("max_completion_tokens") is not None else None
-    max_tokens = _number(
-        body, max_field or "max_tokens", 16 if endpoint == "completions" else None, int, minimum=1
+    # Newer chat clients name it max_completion_tokens.
+    limit = (
+        "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     )
+    max_tokens = _number(body, limit, 16 if endpoint == "completions" else None, int, minimum=1)
     temperature = _number(body, "temperature", 1.0, float, minimum=0)
     top_p = _number(body, "top_p", 1.0, float)
     if not 0 < top_p <= 1:
@@ -161,7 +162,9 @@ def _message(message: object) -> Message:
     if role not in (SYSTEM, USER, ASSISTANT) and not (
         isinstance(role, str) and role.startswith("tool: ")
     ):
-        raise bad(f"a message's role must be system, user, assistant or tool, not {role!r}")
+        raise bad(
+            f"a message's role must be system, user, assistant or tool, not {role!r}", "messages"
+        )
     try:
         return Message(role, content)
     except ValueError as exc:
