@@ -11,6 +11,7 @@ import contextlib
 import json
 import queue
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -165,6 +166,26 @@ def test_a_body_that_never_arrives_times_out(local: TransformersPolicy) -> None:
         impatient.shutdown()
         impatient.server_close()
         thread.join(10)
+
+
+def test_a_client_that_leaves_a_stream_stops_its_generation(
+    server: CompletionServer, local: TransformersPolicy
+) -> None:
+    before = local.stats.generated_tokens  # counts generations that finish
+    # Greedy, this prompt's reply ends after 197 tokens: far more than the stream gets.
+    body = {"prompt": "hi", "max_tokens": 5000, "temperature": 0, "stream": True}
+    data = json.dumps(body).encode()
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as connection:
+        head = f"POST /v1/completions HTTP/1.1\r\nContent-Length: {len(data)}\r\n\r\n"
+        connection.sendall(head.encode() + data)
+        received = b""
+        while b"data: " not in received:  # the first token's text
+            received += connection.recv(65536)
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    # The next request waits for the model: once it is answered, the stream is over.
+    assert post(server, {"prompt": "hi", "max_tokens": 1}).status_code == 200
+    assert local.stats.generated_tokens - before == 1  # the stream's generation never finished
 
 
 def test_an_api_key_is_required_when_set(local: TransformersPolicy) -> None:
