@@ -41,6 +41,7 @@ from cwm_agent.model import (
     load_policy,
     loading_line,
 )
+from cwm_agent.model.openai_api import API_KEY_ENV
 from cwm_agent.sandbox import (
     LABEL,
     WORKDIR,
@@ -393,11 +394,20 @@ def serve(
         "127.0.0.1"
     ),
     port: Annotated[int, typer.Option(help="port")] = 8000,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar=API_KEY_ENV,
+            show_envvar=True,
+            help="require this key from clients (Authorization: Bearer KEY)",
+        ),
+    ] = None,
     load: LoadConfig = flags.group(flags.LOAD),
 ) -> None:
-    """Serve a local CWM over an OpenAI-compatible /v1/completions (for --model openai:URL)."""
+    """Serve a local CWM over OpenAI's /v1/completions and /v1/chat/completions
+    (for --model openai:URL and OpenAI clients)."""
     from cwm_agent.model.hf import TransformersPolicy
-    from cwm_agent.model.server import CompletionServer
+    from cwm_agent.model.server import exposure_warning, listen
 
     spec = ModelSpec.parse(model, load)
     if loading := loading_line(spec):
@@ -405,7 +415,9 @@ def serve(
     policy = load_policy(spec)
     if not isinstance(policy, TransformersPolicy):
         raise PolicyError(f"serve needs a local model (a Hub id or a directory), not {model}")
-    server = CompletionServer((host, port), policy)
+    server = listen(policy, host, port, api_key)
+    if warning := exposure_warning(host, api_key):
+        typer.echo(warning, err=True)
     console.print(f"serving {model} at {server.url}/v1 (Ctrl-C stops)")
     try:
         server.serve_forever()
