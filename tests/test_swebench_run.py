@@ -118,6 +118,25 @@ def test_run_eval_report(
     assert [data[k] for k in ("resolved", "graded", "resolved_of_all", "instances")] == [1, 3, 1, 4]
     assert "image_missing" in shown.stdout and "calc/calc" in shown.stdout
 
+    # Token and time accounting: each result's from its trajectory, the report's sums.
+    for instance_id in lines:
+        usage = results[instance_id]["usage"]
+        folder = output / "trajectories" / instance_id
+        rollout = json.loads((folder / "trajectory.json").read_text())
+        assert usage["prompt_tokens"] == rollout["prompt_tokens"] > 0
+        assert usage["completion_tokens"] == rollout["completion_tokens"] > 0
+        assert usage["model_s"] == round(rollout["generation_s"], 3)
+        assert usage["sandbox_s"] == round(rollout["tools_s"], 3)
+    assert results["calc__calc-2"]["usage"]["sandbox_s"] >= 2  # it ran `sleep 2`
+    assert results["calc__calc-4"]["usage"]["prompt_tokens"] == 0  # no rollout
+    for key in ("prompt_tokens", "completion_tokens", "model_s", "sandbox_s"):
+        values = [r["usage"][key] for r in results.values()]
+        assert data["usage"][key] == pytest.approx(sum(values))
+        ran = sorted(results[i]["usage"][key] for i in lines)
+        assert (data[key]["min"], data[key]["max"]) == (ran[0], ran[-1])
+    assert data["usage_by_part"] is None
+    assert "prompt tokens" in shown.stdout and "sandbox time (s)" in shown.stdout
+
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_resume_after_a_kill_loses_and_repeats_nothing(
@@ -197,6 +216,27 @@ def test_samples_pick_a_patch_per_instance_with_test_time_scaling(
     assert [c["generated"] for c in report["candidates"]] == [{"0": False}, {"0": True}]
     result = json.loads((instance / "result.json").read_text())
     assert result["status"] == "submitted" and result["start"] == report["start"]
+    # The cost of every rollout and test run, split three ways.
+    parts = result["usage_by_part"]
+    for part, folder in (("candidates", "candidates"), ("testgen", "testgen")):
+        rollouts = [json.loads(p.read_text()) for p in instance.glob(f"{folder}/*/trajectory.json")]
+        assert len(rollouts) == (2 if part == "candidates" else 1)
+        assert parts[part]["prompt_tokens"] == sum(r["prompt_tokens"] for r in rollouts) > 0
+        assert parts[part]["completion_tokens"] == sum(r["completion_tokens"] for r in rollouts)
+    tested = report["regression"]["baseline_s"] + sum(
+        c["regression_s"] for c in report["candidates"]
+    )
+    assert parts["tests"] == {
+        "prompt_tokens": 0, "completion_tokens": 0, "model_s": 0.0,
+        "sandbox_s": round(tested, 3),
+    }  # fmt: skip
+    assert parts["tests"]["sandbox_s"] > 0
+    for key in ("prompt_tokens", "completion_tokens", "model_s", "sandbox_s"):
+        assert result["usage"][key] == pytest.approx(sum(p[key] for p in parts.values()))
+    data = json.loads(run_cli("swebench", "report", str(output), "--json").stdout)
+    assert data["usage_by_part"] == parts and data["usage"] == result["usage"]
+    shown = run_cli("swebench", "report", str(output)).stdout
+    assert "candidate rollouts" in shown and "test-generation rollouts" in shown
     assert result["start"] == git(repo, "rev-parse", "main").strip()
     assert batch_containers(client, output) == []
 

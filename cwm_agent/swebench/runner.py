@@ -36,7 +36,7 @@ from pydantic import (
     model_validator,
 )
 
-from cwm_agent.agent import RolloutConfig
+from cwm_agent.agent import RolloutConfig, Usage
 from cwm_agent.atomic_write import write_json
 from cwm_agent.errors import first_line
 from cwm_agent.model import ModelSpec, PolicyError, PolicyPool
@@ -106,8 +106,12 @@ class InstanceResult(BaseModel):
     turns: int = 0
     tokens_used: int = 0
     duration_s: float = 0.0
-    generation_s: float = 0.0
-    tools_s: float = 0.0
+    usage: Usage = Field(
+        default_factory=Usage, description="tokens and model/sandbox seconds, every rollout's"
+    )
+    usage_by_part: dict[str, Usage] | None = Field(
+        None, description="test-time scaling: candidates, testgen, tests"
+    )
     patch_bytes: int = 0
     node: str | None = Field(None, description="the Ray node it ran on (`--ray`)")
     worker: str | None = Field(None, description="host/thread that ran it")
@@ -319,8 +323,7 @@ def _run_instance(
     result.turns = trajectory.turns
     result.tokens_used = trajectory.tokens_used
     result.duration_s = round(time.monotonic() - started, 3)
-    result.generation_s = round(trajectory.generation_s, 3)
-    result.tools_s = round(trajectory.tools_s, 3)
+    result.usage, result.usage_by_part = solution.usage, solution.usage_by_part
     result.patch_bytes = len(solution.patch)
     failure = _failure(solution)
     if failure is not None:
