@@ -4,6 +4,7 @@ Layout of a run folder:
     predictions.jsonl               official format, one line per finished instance
     trajectories/<instance_id>/     trajectory.json, patch.diff, result.json
     run.json                        options, package versions, one entry per session
+    config.toml                     the first session's settings, for `--config`
 
 An instance is done once its line is in predictions.jsonl; anything else in
 its folder is from a session that stopped half-way and is redone on --resume.
@@ -24,7 +25,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import docker
 from pydantic import (
@@ -36,6 +37,7 @@ from pydantic import (
     model_validator,
 )
 
+from cwm_agent import toml_config
 from cwm_agent.agent import RolloutConfig, Usage
 from cwm_agent.atomic_write import write_json
 from cwm_agent.errors import first_line
@@ -69,6 +71,10 @@ class RunOptions(BaseModel):
     resume: bool = False
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     ray: ClusterOptions | None = Field(None, description="`--ray`; None: threads here")
+    settings: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the command's flags as resolved, keyed as config.toml keys them",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -376,8 +382,8 @@ def _open_record(options: RunOptions) -> RunRecord:
             record = RunRecord.model_validate_json(path.read_text(encoding="utf-8"))
         except (OSError, ValidationError) as exc:
             raise SwebenchError(f"--resume: {path} is unreadable: {first_line(exc)}") from None
-        if (_dataset_key(record.options.dataset), record.options.split) != (
-            _dataset_key(options.dataset),
+        if (dataset_key(record.options.dataset), record.options.split) != (
+            dataset_key(options.dataset),
             options.split,
         ):
             raise SwebenchError(
@@ -392,10 +398,12 @@ def _open_record(options: RunOptions) -> RunRecord:
             )
         return record  # keeps the first session's options; each session records its own
     output.mkdir(parents=True, exist_ok=True)
+    if options.settings:  # `--config RUN/config.toml` repeats the run
+        (output / "config.toml").write_text(toml_config.dumps(options.settings), encoding="utf-8")
     return RunRecord(cwm_agent_version=_version("cwm-agent"), versions=_versions(), options=options)
 
 
-def _dataset_key(name: str) -> str:
+def dataset_key(name: str) -> str:
     """The same dataset however it was named: a file by its real path, a hub alias by name."""
     path = Path(name)
     return str(path.resolve()) if path.is_file() else ALIASES.get(name.lower(), name)
