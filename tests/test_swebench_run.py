@@ -347,6 +347,28 @@ def test_samples_pick_a_patch_per_instance_with_test_time_scaling(
     assert data["usage_by_part"] == parts and data["usage"] == result["usage"]
     shown = run_cli("swebench", "report", str(output)).stdout
     assert "candidate rollouts" in shown and "test-generation rollouts" in shown
+
+    # Its leaderboard entry: the selected candidate's trajectory, tts.json beside it.
+    graded = run_cli(
+        "swebench", "eval", "--predictions", str(output / "predictions.jsonl"),
+        "--dataset", str(dataset), "--quiet",
+    )  # fmt: skip
+    assert graded.returncode == 0 and "resolved 1/1" in graded.stdout, graded.stderr
+    entry = tmp_path / "entry"
+    bundled = run_cli("swebench", "bundle", str(output), "--out", str(entry), "--name", "K=2")
+    assert bundled.returncode == 0, bundled.stderr
+    trajs = entry / "trajs"
+    assert sorted(p.name for p in trajs.iterdir()) == ["calc__calc-2.json", "calc__calc-2.tts.json"]
+    selected = json.loads((trajs / "calc__calc-2.json").read_text())
+    assert selected == json.loads((instance / "candidates/candidate-1/trajectory.json").read_text())
+    assert json.loads((trajs / "calc__calc-2.tts.json").read_text()) == report
+    assert yaml.safe_load((entry / "metadata.yaml").read_text())["tags"]["system"] == {
+        "attempts": "2+"
+    }
+    assert (
+        "K = 2 candidate rollouts, M = 1 test-generation rollouts"
+        in (entry / "README.md").read_text()
+    )
     assert result["start"] == git(repo, "rev-parse", "main").strip()
     assert batch_containers(client, output) == []
 
