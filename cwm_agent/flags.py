@@ -3,7 +3,9 @@
 A flag that fills a config field takes its default from that field, so a default
 such as 128 turns is written only where the config defines it. Flags that fill one
 config come as a `Group`; a command asks for one with a parameter whose default is
-`group(GROUP)` and `expand` gives typer the group's flags in that place.
+`group(GROUP)` and `expand` gives typer the group's flags in that place;
+`configurable` adds `--config FILE.toml`, whose keys are checked by the same
+fields (docs/configuration.md).
 """
 
 from __future__ import annotations

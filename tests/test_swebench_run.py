@@ -190,6 +190,14 @@ def test_run_eval_report(
     assert again.returncode == 1 and again.stderr == f"error: --out {entry} is not empty: " + (
         "choose a new folder\n"
     )
+    # A run made before run.json recorded its settings: the README gives its options.
+    record = json.loads((output / "run.json").read_text())
+    del record["options"]["settings"]
+    (output / "run.json").write_text(json.dumps(record))
+    older = run_cli(*bundle[:-4], "--out", str(tmp_path / "older"), "--name", "older")
+    assert older.returncode == 0, older.stderr
+    readme = (tmp_path / "older" / "README.md").read_text()
+    assert '```json\n{\n  "dataset": ' in readme and '"max_turns": 5' in readme
 
 
 def test_a_config_file_fills_the_flags_and_config_toml_repeats_the_run(

@@ -215,6 +215,27 @@ tags:
 """
 
 
+def _settings(record: RunRecord) -> list[str]:
+    """The README's lines giving the settings: config.toml, or for a run made before
+    run.json recorded them, its options."""
+    if not record.options.settings:
+        return [
+            "where `config.toml` holds the flags behind these options (run.json's; the run "
+            "was made before cwm-agent recorded its settings):",
+            "",
+            "```json",
+            record.options.model_dump_json(indent=2),
+            "```",
+        ]
+    return [
+        "with this `config.toml` (the settings the run was made with, as run.json records them):",
+        "",
+        "```toml",
+        toml_dumps(record.options.settings).rstrip("\n"),
+        "```",
+    ]
+
+
 def _readme(name: str, record: RunRecord, report: EvalReport, summary: Summary) -> str:
     """How the run was made, its result and cost, and the checklist to confirm."""
     options = record.options
@@ -249,11 +270,7 @@ def _readme(name: str, record: RunRecord, report: EvalReport, summary: Summary) 
         "cwm-agent swebench run --config config.toml --output RUN",
         "```",
         "",
-        "with this `config.toml` (the settings the run was made with, as run.json records them):",
-        "",
-        "```toml",
-        toml_dumps(options.settings).rstrip("\n"),
-        "```",
+        *_settings(record),
         "",
         f"Versions: {', '.join(f'{k} {v}' for k, v in record.versions.items())}.",
         "",
