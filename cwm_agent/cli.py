@@ -128,7 +128,7 @@ SCALING = flags.Group(
 
 
 @app.command()
-@flags.expand
+@flags.configurable
 def fix(
     repo: Annotated[Path | None, typer.Option(help="git repository to fix (read-only)")] = None,
     issue: Annotated[str | None, typer.Option(help="the issue text")] = None,
@@ -288,7 +288,7 @@ LIMITS = flags.Group(
 
 
 @app.command()
-@flags.expand
+@flags.configurable
 def ci(
     repo: Annotated[Path, typer.Option(help="the checked-out repository")] = CI.repo,
     event: Annotated[

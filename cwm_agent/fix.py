@@ -20,7 +20,7 @@ import git
 from pydantic import BaseModel, Field
 
 from cwm_agent import gitrepo
-from cwm_agent.agent import MessageObserver, RolloutConfig, Trajectory
+from cwm_agent.agent import MessageObserver, RolloutConfig, Trajectory, Usage
 from cwm_agent.atomic_write import write_json
 from cwm_agent.errors import UserError
 from cwm_agent.model import ModelSpec, PolicyPool
@@ -75,8 +75,10 @@ class FixResult(BaseModel):
     turns: int
     tokens_used: int
     duration_s: float
-    generation_s: float
-    tools_s: float
+    usage: Usage = Field(description="tokens and model/sandbox seconds, every rollout's")
+    usage_by_part: dict[str, Usage] | None = Field(
+        None, description="test-time scaling: candidates, testgen, tests"
+    )
     model: str
     image: str
     start: str
@@ -231,8 +233,8 @@ def _result(
         turns=trajectory.turns,
         tokens_used=trajectory.tokens_used,
         duration_s=round(trajectory.duration_s if report is None else report.duration_s, 3),
-        generation_s=round(trajectory.generation_s, 3),
-        tools_s=round(trajectory.tools_s, 3),
+        usage=solution.usage,
+        usage_by_part=solution.usage_by_part,
         model=model,
         image=options.image,
         start=start,
@@ -265,8 +267,7 @@ def _interrupted(options: FixOptions, model: str, output: Path, exc: BaseExcepti
         turns=trajectory.turns if trajectory else 0,
         tokens_used=trajectory.tokens_used if trajectory else 0,
         duration_s=round(trajectory.duration_s, 3) if trajectory else 0.0,
-        generation_s=round(trajectory.generation_s, 3) if trajectory else 0.0,
-        tools_s=round(trajectory.tools_s, 3) if trajectory else 0.0,
+        usage=Usage.of(trajectory) if trajectory else Usage(),
         model=model,
         image=options.image,
         start="",

@@ -115,5 +115,6 @@ def parse(shown: Shown) -> None:
 
 
 @pytest.mark.parametrize("shown", SHOWN, ids=str)
-def test_a_command_the_docs_show_parses(shown: Shown) -> None:
+def test_a_command_the_docs_show_parses(shown: Shown, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)  # the pages' paths are the checkout's (`--config` reads its file)
     parse(shown)

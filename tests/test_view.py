@@ -293,6 +293,13 @@ def test_a_batch_page_and_its_instances(
     assert "resolved: 1 of the 3 graded predictions" in headline
     assert "1 of all 4 instances run (an error counts as unresolved)" in headline
     summary = summarize(output)
+    facts = {
+        d.one("dt").text: d.one("dd").text for d in dom.one("dl", "facts").all("div")
+    }  # the batch's cost, totals over every instance
+    assert facts["prompt tokens"] == f"{summary.usage.prompt_tokens:,}"
+    assert facts["completion tokens"] == f"{summary.usage.completion_tokens:,}"
+    assert facts["model time"] == f"{summary.usage.model_s:.1f} s"
+    assert facts["sandbox time"] == f"{summary.usage.sandbox_s:.1f} s"
     by_repo = dom.all("figure", "chart")[0]
     assert by_repo.one("figcaption").text == "resolved by repo"
     for repo, group in summary.by_repo.items():

@@ -1,4 +1,4 @@
-"""The `cwm-agent swebench` commands: run, eval, report."""
+"""The `cwm-agent swebench` commands: run, eval, report, bundle."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from cwm_agent import flags
 from cwm_agent.agent import RolloutConfig
 from cwm_agent.model import LoadConfig, ModelSpec, SamplingConfig, loading_line
 from cwm_agent.swebench import cluster
+from cwm_agent.swebench.bundle import bundle as write_bundle
 from cwm_agent.swebench.dataset import load_instances, read_ids
 from cwm_agent.swebench.errors import SwebenchError
 from cwm_agent.swebench.evaluate import InstanceReport, evaluate
@@ -92,7 +93,7 @@ app = typer.Typer(help="SWE-bench runs: run the agent, grade its predictions, re
 
 
 @app.command()
-@flags.expand
+@flags.configurable
 def run(
     dataset: Dataset,
     model: Annotated[str, typer.Option(help="replay:DIR, openai:URL, or a model id/dir")],
@@ -116,6 +117,7 @@ def run(
         float | None, typer.Option(help="with --ray: GPUs per replica (default 1)")
     ] = None,
     quiet: Quiet = False,
+    settings: dict[str, object] = flags.resolved(),
 ) -> None:
     """Run the agent on each instance in its own container; write predictions.jsonl."""
     if instances is not None and instances_file is not None:
@@ -137,6 +139,7 @@ def run(
         resume=resume,
         rollout=rollout,
         ray=on_cluster,
+        settings=settings,
     )
     if not quiet and on_cluster is None and (loading := loading_line(options.model)):
         console.print(loading, highlight=False)  # on a cluster, the replicas load
@@ -177,6 +180,7 @@ def _run_batch_shown(options: RunOptions, quiet: bool, ray: str | None) -> list[
 
 
 @app.command(name="eval")
+@flags.configurable
 def eval_(
     predictions: Annotated[Path, typer.Option(help="predictions .jsonl or .json")],
     dataset: Dataset,
@@ -224,6 +228,26 @@ def eval_(
     console.print(
         f"resolved {report.resolved}/{report.total} ({report.resolved_rate:.1%}); "
         f"report: {(output or predictions.parent) / 'report.json'}"
+    )
+
+
+@app.command()
+def bundle(
+    run: Annotated[Path, typer.Argument(help="a graded run folder")],
+    out: Annotated[Path, typer.Option(help="new folder for the leaderboard entry")],
+    name: Annotated[str, typer.Option(help="the entry's name on the leaderboard")],
+    eval_: Annotated[
+        Path | None,
+        typer.Option("--eval", help="the run's eval: its report.json or folder (default: RUN)"),
+    ] = None,
+) -> None:
+    """Write a graded run as a SWE-bench leaderboard entry (the experiments repository's
+    layout): all_preds.jsonl, metadata.yaml, README.md, logs/, trajs/."""
+    done = write_bundle(run, eval_, out, name)
+    console.print(
+        f"wrote {done.out}: {done.predictions} prediction(s), logs of {done.logs} graded "
+        f"instance(s), {done.trajectories} trajectories; fill in metadata.yaml's empty fields",
+        highlight=False,
     )
 
 

@@ -4,6 +4,7 @@ Layout of a run folder:
     predictions.jsonl               official format, one line per finished instance
     trajectories/<instance_id>/     trajectory.json, patch.diff, result.json
     run.json                        options, package versions, one entry per session
+    config.toml                     the first session's settings, for `--config`
 
 An instance is done once its line is in predictions.jsonl; anything else in
 its folder is from a session that stopped half-way and is redone on --resume.
@@ -37,7 +38,8 @@ from pydantic import (
     model_validator,
 )
 
-from cwm_agent.agent import RolloutConfig
+from cwm_agent import toml_config
+from cwm_agent.agent import RolloutConfig, Usage
 from cwm_agent.atomic_write import write_json
 from cwm_agent.errors import first_line
 from cwm_agent.model import ModelSpec, PolicyError, PolicyPool
@@ -71,6 +73,10 @@ class RunOptions(BaseModel):
     resume: bool = False
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     ray: ClusterOptions | None = Field(None, description="`--ray`; None: threads here")
+    settings: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the command's flags as resolved, keyed as config.toml keys them",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -108,8 +114,12 @@ class InstanceResult(BaseModel):
     turns: int = 0
     tokens_used: int = 0
     duration_s: float = 0.0
-    generation_s: float = 0.0
-    tools_s: float = 0.0
+    usage: Usage = Field(
+        default_factory=Usage, description="tokens and model/sandbox seconds, every rollout's"
+    )
+    usage_by_part: dict[str, Usage] | None = Field(
+        None, description="test-time scaling: candidates, testgen, tests"
+    )
     patch_bytes: int = 0
     node: str | None = Field(None, description="the Ray node it ran on (`--ray`)")
     worker: str | None = Field(None, description="host/thread that ran it")
@@ -346,8 +356,7 @@ def _run_instance(
     result.turns = trajectory.turns
     result.tokens_used = trajectory.tokens_used
     result.duration_s = round(time.monotonic() - started, 3)
-    result.generation_s = round(trajectory.generation_s, 3)
-    result.tools_s = round(trajectory.tools_s, 3)
+    result.usage, result.usage_by_part = solution.usage, solution.usage_by_part
     result.patch_bytes = len(solution.patch)
     failure = _failure(solution)
     if failure is not None:
@@ -418,8 +427,8 @@ def _open_record(options: RunOptions) -> RunRecord:
             record = RunRecord.model_validate_json(path.read_text(encoding="utf-8"))
         except (OSError, ValidationError) as exc:
             raise SwebenchError(f"--resume: {path} is unreadable: {first_line(exc)}") from None
-        if (_dataset_key(record.options.dataset), record.options.split) != (
-            _dataset_key(options.dataset),
+        if (dataset_key(record.options.dataset), record.options.split) != (
+            dataset_key(options.dataset),
             options.split,
         ):
             raise SwebenchError(
@@ -434,10 +443,12 @@ def _open_record(options: RunOptions) -> RunRecord:
             )
         return record  # keeps the first session's options; each session records its own
     output.mkdir(parents=True, exist_ok=True)
+    if options.settings:  # `--config RUN/config.toml` repeats the run
+        (output / "config.toml").write_text(toml_config.dumps(options.settings), encoding="utf-8")
     return RunRecord(cwm_agent_version=_version("cwm-agent"), versions=_versions(), options=options)
 
 
-def _dataset_key(name: str) -> str:
+def dataset_key(name: str) -> str:
     """The same dataset however it was named: a file by its real path, a hub alias by name."""
     path = Path(name)
     return str(path.resolve()) if path.is_file() else ALIASES.get(name.lower(), name)
