@@ -52,11 +52,11 @@ from cwm_agent.sandbox import (
 from cwm_agent.sandbox.container import owned_containers
 from cwm_agent.sandbox.image import DEFAULT_IMAGE
 from cwm_agent.swebench.commands import app as swebench_app
-from cwm_agent.terminal import shown
+from cwm_agent.terminal import how_to_open, make_console, shown
 from cwm_agent.trace.commands import register as register_trace_commands
 from cwm_agent.tts import TTSOptions
 from cwm_agent.tts import table as candidates_table
-from cwm_agent.view import PAGE, how_to_open
+from cwm_agent.view import PAGE
 from cwm_agent.view import write as write_view
 
 app = typer.Typer(
@@ -65,7 +65,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
+console = make_console()
 
 F = TypeVar("F", bound=Callable[..., object])
 

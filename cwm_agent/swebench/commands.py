@@ -26,11 +26,10 @@ from cwm_agent.swebench.evaluate import InstanceReport, evaluate
 from cwm_agent.swebench.predictions import read_predictions
 from cwm_agent.swebench.report import render, summarize
 from cwm_agent.swebench.runner import InstanceResult, RunOptions, run_batch
-from cwm_agent.terminal import shown
+from cwm_agent.terminal import how_to_open, make_console, shown
 from cwm_agent.tts import TTSOptions
-from cwm_agent.view import how_to_open
 
-console = Console()
+console = make_console()
 RayAddress = Annotated[
     str | None,
     typer.Option(

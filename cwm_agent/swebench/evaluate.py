@@ -11,6 +11,7 @@ images), its per-instance reports gathered into the same `report.json`.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
@@ -28,10 +29,11 @@ from pydantic import BaseModel, Field
 
 from cwm_agent.atomic_write import write_json
 from cwm_agent.errors import first_line
-from cwm_agent.sandbox import WORKDIR, Sandbox, SandboxError, docker_client
+from cwm_agent.sandbox import WORKDIR, Sandbox, SandboxError, docker_client, remove_leftovers
+from cwm_agent.swebench.cluster import run_on_cluster
 from cwm_agent.swebench.dataset import Instance
 from cwm_agent.swebench.errors import SwebenchError
-from cwm_agent.swebench.images import image_for, workspace_for
+from cwm_agent.swebench.images import BATCH_LABEL, image_for, workspace_for
 from cwm_agent.swebench.parallel import run_parallel
 from cwm_agent.swebench.predictions import Prediction
 
@@ -98,13 +100,15 @@ def evaluate(
     graded = _to_grade(instances, predictions)
     run_id = f"cwm-agent-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
     output.mkdir(parents=True, exist_ok=True)
-    reports = {i.instance_id: _empty(i) for i in graded if _patch(predictions, i) is None}
+    patches = {i.instance_id: _patch(predictions, i) for i in graded}
+    reports = {i.instance_id: _empty(i) for i in graded if patches[i.instance_id] is None}
     _announce(reports.values(), on_done)
-    patched = [i for i in graded if _patch(predictions, i) is not None]
+    patched = [i for i in graded if patches[i.instance_id] is not None]
     harness_report = None
     if patched and backend == "local":
+        to_apply = {i.instance_id: patches[i.instance_id] or "" for i in patched}
         reports |= _local(
-            patched, predictions, output, run_id, workers, timeout, image_template, on_done, ray
+            patched, to_apply, output, run_id, workers, timeout, image_template, on_done, ray
         )
     elif patched:
         found, harness_report = _official(
@@ -192,7 +196,7 @@ def _empty(instance: Instance) -> InstanceReport:
 
 def _local(
     instances: list[Instance],
-    predictions: dict[str, Prediction],
+    patches: dict[str, str],
     output: Path,
     run_id: str,
     workers: int,
@@ -201,6 +205,7 @@ def _local(
     on_done: Callable[[InstanceReport], None] | None,
     ray: str | None,
 ) -> dict[str, InstanceReport]:
+    """Grade each instance's non-empty patch in this process's threads, or as Ray tasks."""
     reports: dict[str, InstanceReport] = {}
 
     def done(report: InstanceReport) -> None:
@@ -209,23 +214,48 @@ def _local(
             on_done(report)
 
     if ray is not None:
-        from cwm_agent.swebench.cluster import grade_instances
 
-        patches = {i.instance_id: predictions[i.instance_id].model_patch or "" for i in instances}
-        grade_instances(instances, patches, output, run_id, timeout, image_template, done)
+        def lost(instance: Instance, reason: str) -> InstanceReport:
+            return InstanceReport(
+                instance_id=instance.instance_id,
+                repo=instance.repo,
+                difficulty=instance.difficulty,
+                status="error",
+                reason=f"on the cluster: {reason}",
+            )
+
+        work = functools.partial(_grade_on_node, patches, run_id, timeout, image_template)
+        run_on_cluster(instances, work, output, 1, lambda _, shipped: done(shipped.value), lost)
         return reports
     client = docker_client()
 
-    def work(instance: Instance, stopping: threading.Event) -> InstanceReport | None:
+    def grade_here(instance: Instance, stopping: threading.Event) -> InstanceReport | None:
         if stopping.is_set():
             return None
         folder = output / "eval" / instance.instance_id
-        patch = predictions[instance.instance_id].model_patch or ""
+        patch = patches[instance.instance_id]
         report = evaluate_instance(instance, patch, folder, client, run_id, timeout, image_template)
         return None if stopping.is_set() else report
 
-    run_parallel(instances, work, workers, done)
+    run_parallel(instances, grade_here, workers, done)
     return reports
+
+
+def _grade_on_node(
+    patches: dict[str, str],
+    run_id: str,
+    timeout: int,
+    image_template: str | None,
+    instance: Instance,
+    scratch: Path,
+) -> InstanceReport:
+    """A Ray task's body: one instance graded on this node, its logs under `scratch`."""
+    folder = scratch / "eval" / instance.instance_id
+    client = docker_client()
+    remove_leftovers(client, label=f"{BATCH_LABEL}={run_id}")
+    return evaluate_instance(
+        instance, patches[instance.instance_id], folder, client, run_id, timeout, image_template
+    )
 
 
 def evaluate_instance(

@@ -13,6 +13,7 @@ no prediction, so a resumed run retries them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -24,7 +25,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import docker
 from pydantic import (
@@ -42,6 +43,7 @@ from cwm_agent.errors import first_line
 from cwm_agent.model import ModelSpec, PolicyError, PolicyPool
 from cwm_agent.sandbox import ImageNotFoundError, docker_client, remove_leftovers, teardown
 from cwm_agent.solve import Solution, solve
+from cwm_agent.swebench import cluster
 from cwm_agent.swebench.cluster import ClusterOptions
 from cwm_agent.swebench.dataset import ALIASES, Instance, load_instances, select
 from cwm_agent.swebench.errors import SwebenchError
@@ -226,9 +228,34 @@ class _Batch:
         if self.options.ray is None:
             run_parallel(self.todo, self.work, self.options.workers, self.done)
         else:
-            from cwm_agent.swebench.cluster import run_instances
+            self.run_on_cluster(self.options.ray)
 
-            run_instances(self.todo, self.options, self.run_id, self.write_outcome, self.done)
+    def run_on_cluster(self, settings: ClusterOptions) -> None:
+        """Each instance as a Ray task; its outcome is recorded here as it lands."""
+
+        def landed(
+            instance: Instance, shipped: cluster.Shipped[tuple[InstanceResult, bytes]]
+        ) -> None:
+            result, patch = shipped.value
+            result.node = shipped.node or None
+            self.done(self.write_outcome(instance, result, patch))
+
+        def lost(instance: Instance, reason: str) -> tuple[InstanceResult, bytes]:
+            result = InstanceResult(
+                instance_id=instance.instance_id,
+                repo=instance.repo,
+                difficulty=instance.difficulty,
+                image=image_for(instance, self.options.image_template),
+                status="error",
+                error="sandbox",
+                reason=f"on the cluster: {reason}",
+            )
+            return result, b""
+
+        with cluster.model_replicas(self.options.model, settings) as replicas:
+            work = functools.partial(_run_on_node, self.options, self.run_id, replicas)
+            slots = cluster.slots_for(self.options.scaling)
+            cluster.run_on_cluster(self.todo, work, self.options.output, slots, landed, lost)
 
     def work(self, instance: Instance, stopping: threading.Event) -> InstanceResult | None:
         """One instance in a worker thread; None once the batch is stopping."""
@@ -328,6 +355,24 @@ def _run_instance(
     else:
         result.status = "submitted" if solution.patch else "empty"
     return result, solution.patch
+
+
+def _run_on_node(
+    options: RunOptions, run_id: str, replicas: list[Any], instance: Instance, scratch: Path
+) -> tuple[InstanceResult, bytes]:
+    """A Ray task's body: the instance on this node, its files written under `scratch`."""
+    from cwm_agent.model.replicas import ReplicaPool
+
+    here = options.model_copy(update={"output": scratch})
+    client = docker_client()
+    # Containers of this run whose owner died here (a worker lost with its raylet).
+    remove_leftovers(client, label=f"{BATCH_LABEL}={run_id}")
+    if replicas:
+        pool = ReplicaPool(replicas)
+        policy_for: Callable[[Instance], Any] = lambda _: pool  # noqa: E731
+    else:
+        policy_for = policy_source(here)
+    return _run_instance(instance, here, policy_for, client, run_id, threading.Event())
 
 
 def _regression_ways(instance: Instance) -> Detector:
