@@ -4,6 +4,8 @@ a real container."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +19,8 @@ from cwm_agent.tts.pipeline import decide
 from cwm_agent.tts.report import CandidateReport
 from cwm_agent.tts.selection import Entry, select_candidate
 from cwm_agent.workspace import CommandRun, StartSandbox, Workspace
-from tests.helpers import CLAMP_EXAMPLE, committed_copy
+from tests.conftest import run_cli
+from tests.helpers import CLAMP_EXAMPLE, committed_copy, fix_containers, scaled_fix_args
 
 RESOLVED = 'print("Issue resolved")'
 
@@ -183,3 +186,43 @@ def test_only_the_top_five_majority_groups_score() -> None:
     assert decision.selected == 0
     everything = [Entry(c, sum(passes[c].values()), f"k{c}", tokens[c]) for c in range(4)]
     assert select_candidate(everything).selected == 1  # what a sixth group would do
+
+
+@pytest.mark.docker
+def test_copies_are_tested_once_and_still_vote(
+    tmp_path: Path, base_image: str, client: docker.DockerClient
+) -> None:
+    """The clamp example plus a sixth candidate replaying the second's rollout and
+    a fifth test that is the first with a comment: neither costs a run, both count."""
+    replays = tmp_path / "replays"
+    shutil.copytree(CLAMP_EXAMPLE / "replays", replays)
+    shutil.copy(replays / "candidate-1.json", replays / "candidate-5.json")
+    first = json.loads((replays / "testgen-0.json").read_text())
+    copy = [
+        r.replace("<tool: create>\ntest_issue.py\n", "<tool: create>\ntest_issue.py\n# same\n")
+        for r in first
+    ]
+    assert copy != first
+    (replays / "testgen-4.json").write_text(json.dumps(copy))
+    repo = committed_copy(CLAMP_EXAMPLE / "repo", tmp_path / "clamp")
+    out = tmp_path / "run"
+    args = scaled_fix_args(repo, base_image, out, replays, "--samples", "6")
+    done = run_cli(*args, "--test-samples", "5", "--jobs", "4")
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "tts.json").read_text())
+    c = report["candidates"]
+    tests = report["generated_tests"]
+
+    assert [t["duplicate_of"] for t in tests] == [None, None, None, None, 0]
+    assert tests[4]["kept"] and tests[4]["original_output"] == tests[0]["original_output"]
+    assert report["groups"][0]["tests"] == [0, 1, 4]  # the copy adds to its group's weight
+    assert [x["tested_as"] for x in c] == [0, 0, 2, None, None, 0]
+    assert c[5]["generated"] == c[0]["generated"] and set(c[5]["generated"]) == {"0", "1", "4"}
+    assert [c[i]["votes"] for i in (0, 1, 2, 5)] == [3, 3, 1, 3]
+    assert [c[i]["score"] for i in (0, 1, 2, 5)] == [5, 5, 4, 5]  # 3 generated + 2 or 1 regression
+    assert report["selected"] == 0
+    tried = [a for a in report["regression"]["attempts"] if a["status"] != "refused"]
+    # Tests 0-2 on the original (4 is 0), then 2 distinct patches x (regression + 2 tests).
+    assert report["testing"]["test_executions"] == len(tried) + 3 + 2 * 3
+    assert report["testing"]["containers"] == 5
+    assert fix_containers(client) == []
