@@ -39,6 +39,7 @@ from cwm_agent.model import (
     PolicyError,
     SamplingConfig,
     load_policy,
+    loading_line,
 )
 from cwm_agent.sandbox import (
     LABEL,
@@ -170,7 +171,10 @@ def fix(
         rollout=rollout,
         scaling=scaling,
     )
-    result = _run_fix_shown(options, live=not (quiet or json_output))
+    live = not (quiet or json_output)
+    if live and (loading := loading_line(options.model)):
+        console.print(loading, highlight=False)
+    result = _run_fix_shown(options, live=live)
     if json_output:
         typer.echo(json.dumps(result.model_dump(), indent=2))
     else:
@@ -395,7 +399,10 @@ def serve(
     from cwm_agent.model.hf import TransformersPolicy
     from cwm_agent.model.server import CompletionServer
 
-    policy = load_policy(ModelSpec.parse(model, load))
+    spec = ModelSpec.parse(model, load)
+    if loading := loading_line(spec):
+        console.print(loading, highlight=False)
+    policy = load_policy(spec)
     if not isinstance(policy, TransformersPolicy):
         raise PolicyError(f"serve needs a local model (a Hub id or a directory), not {model}")
     server = CompletionServer((host, port), policy)

@@ -45,17 +45,18 @@ def test_the_example_batch_runs_grades_reports_and_views(
 ) -> None:
     build, *commands = readme_commands()
     assert build == ["examples/swebench/build-image.sh"]
+    run_folder = commands[0][commands[0].index("--output") + 1]
     assert [c[:3] for c in commands] == [
         ["cwm-agent", "swebench", "run"],
         ["cwm-agent", "swebench", "eval"],
         ["cwm-agent", "swebench", "report"],
-        ["cwm-agent", "view", "runs/example"],
+        ["cwm-agent", "view", run_folder],
     ]
     subprocess.run([ROOT / build[0], example_image, base_image], check=True, cwd=ROOT)
     output = str(tmp_path / "example")
     done = []
     for command in commands:
-        args = [arg.replace("runs/example", output) for arg in command[1:]]
+        args = [arg.replace(run_folder, output) for arg in command[1:]]
         if args[:2] in (["swebench", "run"], ["swebench", "eval"]):
             args += ["--image-template", example_image]
         done.append(run_cli(*args, cwd=ROOT, timeout=120))

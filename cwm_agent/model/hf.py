@@ -47,6 +47,7 @@ from transformers import (
     GenerationConfig,
     PreTrainedConfig,
 )
+from transformers.utils import logging as transformers_logging
 
 from cwm_agent.errors import first_line
 from cwm_agent.model import compiled
@@ -485,6 +486,9 @@ def load_tokenizer(model: str, offline: bool) -> Any:
 
 
 def _load_model(model: str, config: PreTrainedConfig, offline: bool, **kwargs: Any) -> Any:
+    # transformers draws a progress bar over the weights it loads: in a CI log or under
+    # --quiet that is noise, and the commands say in one line that the weights load.
+    transformers_logging.disable_progress_bar()
     try:
         return AutoModelForCausalLM.from_pretrained(
             model, config=config, local_files_only=offline, **kwargs

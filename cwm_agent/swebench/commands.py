@@ -18,7 +18,7 @@ from rich.progress import (
 
 from cwm_agent import flags
 from cwm_agent.agent import RolloutConfig
-from cwm_agent.model import LoadConfig, ModelSpec, SamplingConfig
+from cwm_agent.model import LoadConfig, ModelSpec, SamplingConfig, loading_line
 from cwm_agent.swebench import cluster
 from cwm_agent.swebench.dataset import load_instances, read_ids
 from cwm_agent.swebench.errors import SwebenchError
@@ -138,6 +138,8 @@ def run(
         rollout=rollout,
         ray=on_cluster,
     )
+    if not quiet and on_cluster is None and (loading := loading_line(options.model)):
+        console.print(loading, highlight=False)  # on a cluster, the replicas load
     results = _run_batch_shown(options, quiet, ray)
     errors = sum(result.status == "error" for result in results)
     console.print(

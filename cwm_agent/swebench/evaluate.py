@@ -100,13 +100,13 @@ def evaluate(
     graded = _to_grade(instances, predictions)
     run_id = f"cwm-agent-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
     output.mkdir(parents=True, exist_ok=True)
-    patches = {i.instance_id: _patch(predictions, i) for i in graded}
-    reports = {i.instance_id: _empty(i) for i in graded if patches[i.instance_id] is None}
+    patches = {i.instance_id: _patch(predictions, i) for i in graded}  # each looked up once
+    to_apply = {name: patch for name, patch in patches.items() if patch is not None}
+    reports = {i.instance_id: _empty(i) for i in graded if i.instance_id not in to_apply}
     _announce(reports.values(), on_done)
-    patched = [i for i in graded if patches[i.instance_id] is not None]
+    patched = [i for i in graded if i.instance_id in to_apply]
     harness_report = None
     if patched and backend == "local":
-        to_apply = {i.instance_id: patches[i.instance_id] or "" for i in patched}
         reports |= _local(
             patched, to_apply, output, run_id, workers, timeout, image_template, on_done, ray
         )

@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cwm_agent import flags
-from cwm_agent.model import DEFAULT_MODEL, LoadConfig, ModelSpec, SamplingConfig
+from cwm_agent.model import DEFAULT_MODEL, LoadConfig, ModelSpec, SamplingConfig, loading_line
 from cwm_agent.terminal import make_console
 from cwm_agent.trace.actual import ActualTrace, TraceJob, TracerLimits, run_tracer
 from cwm_agent.trace.cruxeval import EvalSettings, run_cruxeval
@@ -58,6 +58,8 @@ class Predictor:
     def model(self, spec: str, sample: bool) -> TraceModel:
         """The trace model `spec` names: greedy unless `sample`."""
         parsed = ModelSpec.parse(spec, self.load, self.sampling)
+        if loading := loading_line(parsed):  # on stderr: --json output stays JSON alone
+            typer.echo(loading, err=True)
         return load_trace_model(parsed, sample=sample, tokenizer=self.tokenizer)
 
 
