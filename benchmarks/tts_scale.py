@@ -16,6 +16,7 @@ every command run in a test tree is counted. The test phase is what comes
 after the last rollout's container is gone.
 
 Run: .venv/bin/python benchmarks/tts_scale.py [--k 8 16 40] [--m 8 40] [--mix dup distinct]
+     [--paths old new]  (the old path at K = M = 40 is hours of CPU on two cores)
 """
 
 from __future__ import annotations
@@ -59,7 +60,14 @@ def sympy_tree(cache: Path) -> Path:
     subprocess.run([*pip, "--no-binary", ":all:", SYMPY], check=True)
     subprocess.run([*pip, "--only-binary", ":all:", MPMATH], check=True)
     partial = Path(tempfile.mkdtemp(dir=cache))
-    tar = ["tar", "xzf", str(downloads / "sympy-1.12.tar.gz"), "--no-same-owner", "-C", str(partial)]
+    tar = [
+        "tar",
+        "xzf",
+        str(downloads / "sympy-1.12.tar.gz"),
+        "--no-same-owner",
+        "-C",
+        str(partial),
+    ]
     subprocess.run(tar, check=True)
     source = partial / "sympy-1.12"
     with zipfile.ZipFile(downloads / "mpmath-1.3.0-py3-none-any.whl") as wheel:
@@ -221,6 +229,7 @@ def main() -> None:
     parser.add_argument("--mix", nargs="+", choices=list(MIXES), default=list(MIXES))
     parser.add_argument("--jobs", type=int, default=4)
     parser.add_argument("--old-ref", default=OLD_REF)
+    parser.add_argument("--paths", nargs="+", choices=("old", "new"), default=["old", "new"])
     parser.add_argument("--image", default="cwm-base:bookworm")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # one measured run, as JSON
     args = parser.parse_args()
@@ -248,6 +257,8 @@ def main() -> None:
                     folder = replays(root / f"replays-{k}-{m}-{mix}", k, m, mix)
                     results = {}
                     for path, code in (("old", old), ("new", ROOT)):
+                        if path not in args.paths:
+                            continue
                         case = {
                             "k": k,
                             "m": m,
@@ -263,6 +274,8 @@ def main() -> None:
                             f"| {r['cpu_s']} s | {r['selected']} |",
                             flush=True,
                         )
+                    if len(results) < 2:
+                        continue
                     same = results["old"]["selected"] == results["new"]["selected"]
                     ratio = results["old"]["cpu_s"] / max(results["new"]["cpu_s"], 0.1)
                     print(f"|  |  |  |  | new vs old | CPU ÷{ratio:.1f} | same selection: {same} |")
