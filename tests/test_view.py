@@ -190,6 +190,11 @@ def test_a_scaling_page_explains_the_choice(clamp_run: Path, tmp_path: Path) -> 
     assert selected[0].all("span", "star")
     for row, candidate in zip(rows, report["candidates"], strict=True):
         assert (candidate["why_not"] or "") in row.text
+        first = candidate["tested_as"]
+        shown_as = "" if first is None else "itself" if first == candidate["index"] else f"{first}"
+        assert row.one("td", "tested-as").text.endswith(shown_as)
+    testing = report["testing"]
+    assert f"{testing['containers']} containers" in dom.one("div", id="overview").text
 
     matrix = dom.one("table", "matrix")
     kept = [t for t in report["generated_tests"] if t["kept"]]
