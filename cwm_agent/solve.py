@@ -97,8 +97,7 @@ def solve(
 def usage_by_part(report: TTSReport, output: Path) -> dict[str, Usage]:
     """Test-time scaling's cost split three ways: the candidate rollouts, the
     test-generation rollouts (each from its trajectory, as tts.json points to it),
-    and the test runs tts.json times (the regression baseline and each candidate's
-    regression run)."""
+    and testing (the seconds its containers were open, as tts.json sums them)."""
 
     def rollouts(paths: list[str]) -> Usage:
         total = Usage()
@@ -107,9 +106,8 @@ def usage_by_part(report: TTSReport, output: Path) -> dict[str, Usage]:
                 total += Usage.of(Trajectory.model_validate_json((output / path).read_bytes()))
         return total
 
-    tests_s = report.regression.baseline_s + sum(c.regression_s for c in report.candidates)
     return {
         "candidates": rollouts([c.trajectory for c in report.candidates]),
         "testgen": rollouts([t.trajectory for t in report.generated_tests]),
-        "tests": Usage(sandbox_s=round(tests_s, 3)),
+        "tests": Usage(sandbox_s=round(report.testing.container_s, 3)),
     }

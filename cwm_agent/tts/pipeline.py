@@ -174,14 +174,19 @@ class TTSRun:
         with self.slots:
             if self.cancelled.is_set():
                 raise SandboxInterrupted("test-time scaling was interrupted")
-            with self.workspace.open(self.client, {f"{LABEL}.role": name}) as start:
-                self.live.add(start.box)
-                try:
-                    yield start
-                finally:
-                    self.live.discard(start.box)
+            opened = time.monotonic()
+            try:
+                with self.workspace.open(self.client, {f"{LABEL}.role": name}) as start:
+                    self.live.add(start.box)
+                    try:
+                        yield start
+                    finally:
+                        self.live.discard(start.box)
+            finally:
+                if testing:
+                    self._count(container_s=time.monotonic() - opened)
 
-    def _count(self, **more: int) -> None:
+    def _count(self, **more: float) -> None:
         with self.counting:
             for name, count in more.items():
                 setattr(self.cost, name, getattr(self.cost, name) + count)

@@ -62,6 +62,7 @@ class TestingCost(BaseModel):
     """What testing took, for a budget: containers, test runs, interpreter starts."""
 
     containers: int = 0
+    container_s: float = Field(0.0, description="seconds its containers were open, summed")
     test_executions: int = Field(0, description="regression commands and generated tests run")
     interpreter_starts: int = 0
     fallbacks: list[str] = Field(
