@@ -23,12 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import docker
-from docker.errors import DockerException
 from pydantic import BaseModel, Field
 
 from cwm_agent.atomic_write import write_json
 from cwm_agent.errors import first_line
-from cwm_agent.sandbox import WORKDIR, Sandbox, SandboxError, docker_client
+from cwm_agent.sandbox import WORKDIR, Sandbox, SandboxError, daemon, docker_client
 from cwm_agent.swebench.dataset import Instance
 from cwm_agent.swebench.errors import SwebenchError
 from cwm_agent.swebench.images import image_for, workspace_for
@@ -114,6 +113,8 @@ def evaluate(
         _announce(found.values(), on_done)
     report = _summary(backend, run_id, dataset, predictions_path, reports, harness_report)
     write_json(output / "report.json", report)
+    if report.counts["error"] and backend == "local":  # the daemon lost, or just some failed?
+        daemon.check("grade again with `cwm-agent swebench eval`")
     return report
 
 
@@ -256,8 +257,8 @@ def evaluate_instance(
             plan = eval_plan(instance, opened.head, WORKDIR)
             (folder / "eval.sh").write_text(plan.script)
             log = _run_tests(opened.box, patch, plan, timeout)
-    except (SwebenchError, SandboxError, DockerException) as exc:
-        report.reason = first_line(exc, 300)
+    except (SwebenchError, SandboxError, *daemon.LOST_ERRORS) as exc:
+        report.reason = daemon.reason_for(exc) or first_line(exc, 300)
         report.duration_s = round(time.monotonic() - started, 3)
         return report
     (folder / "test_output.txt").write_text(log)
