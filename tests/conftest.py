@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tarfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import docker
@@ -99,6 +99,28 @@ def no_bash_image(client: docker.DockerClient) -> Iterator[str]:
 def run_label() -> str:
     """A run id for one test, so it can check that nothing of its own is left."""
     return f"test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """`small_disk("128k")`: a new folder on a tmpfs of that size, so a test can fill
+    a real disk (mounting needs root); each is unmounted at the test's end."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        folder = tmp_path / f"disk-{len(mounted)}"
+        folder.mkdir()
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], check=True
+        )
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)], check=True)
 
 
 STARTED: set[int] = set()  # pids of the cwm-agent processes this test session started

@@ -3,11 +3,14 @@ mapping as `json.dumps` (non-ASCII escaped), and it leaves no partial file."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from pydantic import BaseModel
 
 from cwm_agent.atomic_write import write_atomically, write_json
+from cwm_agent.errors import DiskFullError
 
 
 class Row(BaseModel):
@@ -50,3 +53,17 @@ def test_the_file_is_replaced_whole_and_nothing_is_left_beside_it(tmp_path: Path
     assert path.read_bytes() == b"new\n"
     assert path.stat().st_ino != before  # a new file renamed over it, not written in place
     assert [p.name for p in tmp_path.iterdir()] == ["predictions.jsonl"]
+
+
+def test_a_full_disk_names_the_file_and_leaves_the_old_one_alone(
+    small_disk: Callable[[str], Path],
+) -> None:
+    """Issue 23.3: the temporary file goes too, so nothing half-written is left."""
+    folder = small_disk("64k")
+    path = folder / "result.json"
+    path.write_text("old\n")
+    with pytest.raises(DiskFullError) as raised:
+        write_atomically(path, "x" * 200_000)
+    assert str(raised.value).startswith(f"the disk is full: cannot write {path}: ")
+    assert path.read_text() == "old\n"
+    assert [p.name for p in folder.iterdir()] == ["result.json"]

@@ -271,3 +271,86 @@ def test_a_lost_daemon_during_trace_is_one_line(
         ),
         "the tracer's container to go",
     )
+
+
+# -- a full disk -----------------------------------------------------------------
+
+BIG_OUTPUT = call("bash", "head -c 60000 /dev/zero | tr '\\0' a")  # a large trajectory
+
+
+def assert_disk_line(stderr: str, folder: Path) -> None:
+    """One line naming a file under `folder` and saying the disk is full."""
+    assert "Traceback" not in stderr and "Errno" not in stderr, stderr
+    [line] = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert line.startswith(f"error: the disk is full: cannot write {folder}/"), line
+
+
+def assert_nothing_partial(folder: Path) -> None:
+    """No temporary file left, and every file a reader takes for whole parses whole."""
+    assert list(folder.rglob("*.tmp")) == []
+    for path in folder.rglob("*.json"):
+        json.loads(path.read_text())
+    for path in folder.rglob("*.jsonl"):
+        assert all(json.loads(line) for line in path.read_text().splitlines())
+        assert path.read_text().endswith("\n") or path.read_text() == ""
+
+
+def test_a_full_disk_ends_the_batch_in_one_line_and_resume_finishes_it(
+    calc: dict[str, object],
+    calc_image: str,
+    tmp_path: Path,
+    client: docker.DockerClient,
+    small_disk: Callable[[str], Path],
+) -> None:
+    rows: list[dict[str, object]] = calc["rows"]  # type: ignore[assignment]
+    ids = [str(row["instance_id"]) for row in rows]
+    dataset = tmp_path / "dataset.jsonl"
+    dataset.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    replays = tmp_path / "replays"
+    replays.mkdir()
+    gold: dict[str, str] = calc["gold"]  # type: ignore[assignment]
+    for instance_id in ids:
+        script = [BIG_OUTPUT, write_patch(gold[instance_id]), *SUBMIT]
+        (replays / f"{instance_id}.json").write_text(json.dumps(script))
+    disk = small_disk("160k")
+    output = disk / "run"
+    args = run_args(dataset, replays, output)
+    done = run_cli(*args)
+    assert done.returncode == 1, done.stderr + done.stdout
+    assert_disk_line(done.stderr, output)
+    assert_nothing_partial(output)
+    assert batch_containers(client, output) == []
+
+    subprocess.run(["mount", "-o", "remount,size=16m", str(disk)], check=True)  # space again
+    resumed = run_cli(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr + resumed.stdout
+    assert sorted(p["instance_id"] for p in predictions(output)) == sorted(ids)
+    assert all(p["model_patch"] == gold[p["instance_id"]] for p in predictions(output))
+    assert_nothing_partial(output)
+
+
+def test_a_full_disk_during_fix_is_one_line(
+    tmp_path: Path, base_image: str, small_disk: Callable[[str], Path]
+) -> None:
+    repo = committed_copy(CALC_EXAMPLE / "repo", tmp_path / "repo")
+    replay = tmp_path / "replay.json"
+    replay.write_text(json.dumps([BIG_OUTPUT, call("bash", "true")]))
+    output = small_disk("96k") / "out"
+    done = run_cli(*fix_args(repo, base_image, output, f"replay:{replay}"))
+    assert done.returncode == 1, done.stderr + done.stdout
+    assert_disk_line(done.stderr, output)
+    assert_nothing_partial(output)
+
+
+def test_a_full_disk_under_view_out_is_one_line(
+    tmp_path: Path, base_image: str, small_disk: Callable[[str], Path]
+) -> None:
+    repo = committed_copy(CALC_EXAMPLE / "repo", tmp_path / "repo")
+    run = tmp_path / "run"
+    done = run_cli(*fix_args(repo, base_image, run, f"replay:{CALC_EXAMPLE / 'replay.json'}"))
+    assert done.returncode == 0, done.stderr + done.stdout
+    disk = small_disk("8k")
+    shown = run_cli("view", str(run), "--out", str(disk / "index.html"))
+    assert shown.returncode == 1, shown.stderr + shown.stdout
+    assert_disk_line(shown.stderr, disk)
+    assert list(disk.iterdir()) == []  # no index.html.tmp, and no half page

@@ -38,7 +38,7 @@ from pydantic import (
 
 from cwm_agent.agent import RolloutConfig
 from cwm_agent.atomic_write import write_json
-from cwm_agent.errors import first_line
+from cwm_agent.errors import DiskFullError, first_line
 from cwm_agent.model import ModelSpec, PolicyError, PolicyPool
 from cwm_agent.sandbox import ImageNotFoundError, daemon, docker_client, remove_leftovers, teardown
 from cwm_agent.solve import Solution, solve
@@ -317,6 +317,8 @@ def _run_instance(
             cancelled=stopping,
             detect=_regression_ways(instance) if options.scaling.enabled else None,
         )
+    except DiskFullError:  # no instance can be recorded: the batch ends, in one line
+        raise
     except PolicyError as exc:
         return _failed(result, "model", str(exc), started), b""
     except ImageNotFoundError as exc:
