@@ -23,6 +23,7 @@ from transformers import PreTrainedTokenizerFast
 from cwm_agent.sandbox import LABEL, Sandbox, SandboxConfig, SandboxError, docker_client
 
 BASE_IMAGE = os.environ.get("CWM_AGENT_TEST_IMAGE", "cwm-base:bookworm")
+BASE_IMAGE_SCRIPT = Path(__file__).parent.parent / "scripts" / "base-image.sh"
 # Images the tests make are tagged per test session, so that sessions sharing one
 # daemon (CI beside a developer, parallel worktrees) never remove each other's.
 # (The pid, not a random id: this module is also imported as `tests.conftest`.)
@@ -51,8 +52,15 @@ def client() -> docker.DockerClient:
 
 @pytest.fixture(scope="session")
 def base_image(client: docker.DockerClient) -> str:
+    """The base image, once checked to hold what the tests run in it (by the script that
+    builds it), so a wrong image of that name fails here with one line, not in `pgrep`."""
     if not client.images.list(name=BASE_IMAGE):
         pytest.fail(f"{BASE_IMAGE} is missing: run scripts/setup.sh")
+    checked = subprocess.run(
+        [str(BASE_IMAGE_SCRIPT), "--check", BASE_IMAGE], capture_output=True, text=True
+    )
+    if checked.returncode != 0:
+        pytest.fail(checked.stderr.strip(), pytrace=False)
     return BASE_IMAGE
 
 

@@ -4,11 +4,13 @@
   unix-socket proxy (tests/docker_proxy.py, its own process) that the test
   kills, so the real daemon and other runs go on.
 - A full disk: the output folder is a small tmpfs mounted for the test (root).
+- A base image of the right name and the wrong content.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -22,7 +24,7 @@ import pytest
 
 from cwm_agent.sandbox import LABEL, Sandbox, SandboxConfig
 from tests import helpers
-from tests.conftest import containers_of, run_cli, start_cli
+from tests.conftest import BASE_IMAGE_SCRIPT, containers_of, run_cli, start_cli, test_image
 from tests.helpers import (
     CALC_EXAMPLE,
     batch_containers,
@@ -354,3 +356,45 @@ def test_a_full_disk_under_view_out_is_one_line(
     assert shown.returncode == 1, shown.stderr + shown.stdout
     assert_disk_line(shown.stderr, disk)
     assert list(disk.iterdir()) == []  # no index.html.tmp, and no half page
+
+
+# -- a wrong base image ------------------------------------------------------------
+
+
+@pytest.fixture
+def without_procps(client: docker.DockerClient, base_image: str) -> Iterator[str]:
+    """The base image as an older build or another tool's might be: no procps."""
+    name = test_image("base-without-procps")
+    container = client.containers.create(
+        base_image, ["bash", "-c", "rm /usr/bin/pgrep /usr/bin/pkill /usr/bin/ps"]
+    )
+    try:
+        container.start()
+        assert container.wait(timeout=60)["StatusCode"] == 0
+        container.commit(*name.split(":"))
+    finally:
+        container.remove(force=True)
+    yield name
+    client.images.remove(name, force=True)
+
+
+def test_a_base_image_without_what_the_project_runs_is_one_line(without_procps: str) -> None:
+    built = subprocess.run(
+        [str(BASE_IMAGE_SCRIPT), without_procps], capture_output=True, text=True, timeout=120
+    )
+    assert built.returncode == 1, built.stdout + built.stderr
+    assert built.stderr == (
+        f"base image {without_procps} lacks pgrep (procps), pkill (procps), ps (procps): it was "
+        "built otherwise (an older build, another tool's); remove it (docker rmi "
+        f"{without_procps}) and run scripts/base-image.sh again\n"
+    )
+    # The suite names it too, before any test can fail in `pgrep`.
+    suite = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         "tests/test_sandbox.py::test_keepalive_survives_what_root_can_do_inside"],
+        capture_output=True, text=True, timeout=300, cwd=BASE_IMAGE_SCRIPT.parent.parent,
+        env={**os.environ, "CWM_AGENT_TEST_IMAGE": without_procps},
+    )  # fmt: skip
+    assert suite.returncode == 1, suite.stdout + suite.stderr
+    assert f"base image {without_procps} lacks pgrep (procps)" in suite.stdout
+    assert "pgrep: command not found" not in suite.stdout
