@@ -38,9 +38,33 @@ def write_atomically(path: Path, data: str | bytes, *, durable: bool = False) ->
     except BaseException as exc:
         with contextlib.suppress(OSError):
             partial.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-            raise DiskFullError(path) from None
+        _raise_disk_full(path, exc)
         raise
+
+
+def append_line(path: Path, line: str) -> None:
+    """Add one line (its newline added here) to a log that readers take line by line:
+    a failed append (a full disk) is cut off again, so no half line is left for the
+    next append to run into."""
+    data = line.encode("utf-8") + b"\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        start = os.fstat(fd).st_size
+        try:
+            while data:  # unbuffered, so nothing is left to fail at close
+                data = data[os.write(fd, data) :]
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+            _raise_disk_full(path, exc)
+            raise
+    finally:
+        os.close(fd)
+
+
+def _raise_disk_full(path: Path, exc: BaseException) -> None:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        raise DiskFullError(path) from None
 
 
 def write_json(path: Path, data: BaseModel | Mapping[str, Any], *, newline: bool = True) -> None:

@@ -3,6 +3,7 @@ mapping as `json.dumps` (non-ASCII escaped), and it leaves no partial file."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from pydantic import BaseModel
 
 from cwm_agent.atomic_write import write_atomically, write_json
 from cwm_agent.errors import DiskFullError
+from cwm_agent.trace.cruxeval import append_jsonl
 
 
 class Row(BaseModel):
@@ -67,3 +69,14 @@ def test_a_full_disk_names_the_file_and_leaves_the_old_one_alone(
     assert str(raised.value).startswith(f"the disk is full: cannot write {path}: ")
     assert path.read_text() == "old\n"
     assert [p.name for p in folder.iterdir()] == ["result.json"]
+
+
+def test_a_failed_append_leaves_only_whole_lines(small_disk: Callable[[str], Path]) -> None:
+    """A log read line by line (cruxeval's) never keeps half a line to merge with the next."""
+    path = small_disk("16k") / "actual.jsonl"
+    line = json.dumps({"id": 0, "trace": "x" * 1000})
+    with pytest.raises(DiskFullError):
+        for _ in range(100):
+            append_jsonl(path, json.loads(line))
+    text = path.read_text()
+    assert text.endswith("\n") and all(json.loads(row) for row in text.splitlines())
