@@ -175,9 +175,16 @@ def _fix(
     )
     try:
         solution = solve(
-            workspace, issue, pool, options.scaling, options.rollout, output, client, observer,
+            workspace,
+            issue,
+            pool,
+            options.scaling,
+            options.rollout,
+            output,
+            client,
+            observer,
             progress,
-        )  # fmt: skip
+        )
     except daemon.LOST_ERRORS:
         daemon.check(AGAIN)
         raise

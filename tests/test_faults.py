@@ -154,6 +154,8 @@ def test_a_lost_daemon_ends_the_batch_in_one_line_and_resume_finishes_it(
     batch = start_cli(*args, env=proxy.env)
     folders = [output / "trajectories" / i for i in ids]
     wait_for(lambda: all(trajectory_holds(f, "sleep 120") for f in folders), "every instance")
+    run_label = {"label": f"{LABEL}.run={output.name}"}  # what `cleanup --run` finds
+    assert len(client.containers.list(filters=run_label)) == len(ids)
     proxy.kill()
     out, err = batch.communicate(timeout=120)
     assert batch.returncode == 1, out + err
