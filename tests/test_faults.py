@@ -346,6 +346,30 @@ def test_a_full_disk_during_fix_is_one_line(
     assert_nothing_partial(output)
 
 
+def test_a_full_disk_under_eval_output_is_one_line(
+    calc: dict[str, object], calc_image: str, tmp_path: Path, small_disk: Callable[[str], Path]
+) -> None:
+    rows: list[dict[str, object]] = calc["rows"]  # type: ignore[assignment]
+    dataset = tmp_path / "dataset.jsonl"
+    dataset.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    predicted = tmp_path / "predictions.jsonl"
+    gold: dict[str, str] = calc["gold"]  # type: ignore[assignment]
+    predicted.write_text(
+        "".join(
+            json.dumps({"instance_id": i, "model_name_or_path": "m", "model_patch": p}) + "\n"
+            for i, p in gold.items()
+        )
+    )
+    output = small_disk("24k")
+    graded = run_cli(
+        "swebench", "eval", "--predictions", str(predicted), "--dataset", str(dataset),
+        "--output", str(output), "--quiet",
+    )  # fmt: skip
+    assert graded.returncode == 1, graded.stderr + graded.stdout
+    assert_disk_line(graded.stderr, output)
+    assert_nothing_partial(output)
+
+
 def test_a_full_disk_under_view_out_is_one_line(
     tmp_path: Path, base_image: str, small_disk: Callable[[str], Path]
 ) -> None:
