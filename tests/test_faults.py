@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -27,7 +28,6 @@ from tests import helpers
 from tests.conftest import BASE_IMAGE_SCRIPT, containers_of, run_cli, start_cli, test_image
 from tests.helpers import (
     CALC_EXAMPLE,
-    batch_containers,
     call,
     committed_copy,
     fix_args,
@@ -96,9 +96,15 @@ def assert_daemon_line(stderr: str, proxy: DockerProxy, then: str) -> None:
     """One line naming the daemon and what to do: no raw exception, no traceback."""
     assert "Traceback" not in stderr and "Exception in thread" not in stderr, stderr
     assert "ConnectionError" not in stderr and "Connection aborted" not in stderr, stderr
-    [line] = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert f"lost the Docker daemon at {proxy.host}" in line, stderr
+    [line] = stderr.splitlines()
+    assert line.startswith(f"error: lost the Docker daemon at {proxy.host} ("), stderr
     assert then in line, line
+
+
+def labelled(client: docker.DockerClient, *labels: str) -> list[str]:
+    """Ids of the containers carrying every label, from the plain listing (docker-py's
+    `containers.list` inspects each one, and fails on one removed meanwhile)."""
+    return [c["Id"] for c in client.api.containers(all=True, filters={"label": list(labels)})]
 
 
 def trajectory_holds(folder: Path, text: str) -> bool:
@@ -154,8 +160,8 @@ def test_a_lost_daemon_ends_the_batch_in_one_line_and_resume_finishes_it(
     batch = start_cli(*args, env=proxy.env)
     folders = [output / "trajectories" / i for i in ids]
     wait_for(lambda: all(trajectory_holds(f, "sleep 120") for f in folders), "every instance")
-    run_label = {"label": f"{LABEL}.run={output.name}"}  # what `cleanup --run` finds
-    assert len(client.containers.list(filters=run_label)) == len(ids)
+    # The label `cleanup --run` finds them by.
+    assert len(labelled(client, f"{LABEL}.run={output.name}")) == len(ids)
     proxy.kill()
     out, err = batch.communicate(timeout=120)
     assert batch.returncode == 1, out + err
@@ -165,7 +171,8 @@ def test_a_lost_daemon_ends_the_batch_in_one_line_and_resume_finishes_it(
         assert result["status"] == "error" and "lost the Docker daemon" in result["reason"]
     assert not (output / "predictions.jsonl").exists() or predictions(output) == []
     # The real daemon never went away: the run's containers go on their own.
-    wait_for(lambda: batch_containers(client, output) == [], "the run's containers to go")
+    of_run = f"{LABEL}.swebench={output.name}"
+    wait_for(lambda: labelled(client, of_run) == [], "the run's containers to go")
 
     proxy.start()  # the daemon answers again
     for instance_id in ids:
@@ -177,7 +184,7 @@ def test_a_lost_daemon_ends_the_batch_in_one_line_and_resume_finishes_it(
     lines = predictions(output)
     assert sorted(p["instance_id"] for p in lines) == sorted(ids)  # each once
     assert all(p["model_patch"] == gold[p["instance_id"]] for p in lines)
-    assert batch_containers(client, output) == []
+    assert labelled(client, f"{LABEL}.swebench={output.name}") == []
 
 
 def test_a_lost_daemon_during_fix_leaves_result_json_and_one_line(
@@ -232,13 +239,9 @@ def test_a_lost_daemon_during_eval_records_errors_and_one_line(
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["counts"]["error"] == len(gold)
     assert all("lost the Docker daemon" in r["reason"] for r in report["instances"].values())
+    grades = f"{LABEL}.swebench={report['run_id']}"
     wait_for(
-        lambda: (
-            client.containers.list(
-                all=True, filters={"label": f"{LABEL}.swebench={report['run_id']}"}
-            )
-            == []
-        ),
+        lambda: labelled(client, grades) == [],
         "eval's containers to go",
     )
 
@@ -253,10 +256,14 @@ def test_a_lost_daemon_during_trace_is_one_line(
         "--timeout", "120", env=proxy.env,
     )  # fmt: skip
 
+    mine = ("cwm-agent.purpose=trace", f"{LABEL}.pid={tracing.pid}")
+
     def tracer_running() -> bool:
-        found = client.containers.list(filters={"label": "cwm-agent.purpose=trace"})
-        mine = [c for c in found if c.labels.get(f"{LABEL}.pid") == str(tracing.pid)]
-        return any("--batch" in str(c.top()["Processes"]) for c in mine)
+        for found in labelled(client, *mine):
+            with contextlib.suppress(docker.errors.NotFound):
+                if "--batch" in str(client.api.top(found)["Processes"]):
+                    return True
+        return False
 
     wait_for(tracer_running, "the tracer to run")
     proxy.kill()
@@ -264,15 +271,7 @@ def test_a_lost_daemon_during_trace_is_one_line(
     assert tracing.returncode == 1, out + err
     assert_daemon_line(err, proxy, "run the command again")
     wait_for(
-        lambda: (
-            not [
-                c
-                for c in client.containers.list(
-                    all=True, filters={"label": "cwm-agent.purpose=trace"}
-                )
-                if c.labels.get(f"{LABEL}.pid") == str(tracing.pid)
-            ]
-        ),
+        lambda: labelled(client, *mine) == [],
         "the tracer's container to go",
     )
 
@@ -285,8 +284,8 @@ BIG_OUTPUT = call("bash", "head -c 60000 /dev/zero | tr '\\0' a")  # a large tra
 def assert_disk_line(stderr: str, folder: Path) -> None:
     """One line naming a file under `folder` and saying the disk is full."""
     assert "Traceback" not in stderr and "Errno" not in stderr, stderr
-    [line] = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert line.startswith(f"error: the disk is full: cannot write {folder}/"), line
+    [line] = stderr.splitlines()
+    assert line.startswith(f"error: the disk is full: cannot write {folder}/"), stderr
 
 
 def assert_nothing_partial(folder: Path) -> None:
@@ -323,7 +322,7 @@ def test_a_full_disk_ends_the_batch_in_one_line_and_resume_finishes_it(
     assert done.returncode == 1, done.stderr + done.stdout
     assert_disk_line(done.stderr, output)
     assert_nothing_partial(output)
-    assert batch_containers(client, output) == []
+    assert labelled(client, f"{LABEL}.swebench={output.name}") == []
 
     subprocess.run(["mount", "-o", "remount,size=16m", str(disk)], check=True)  # space again
     resumed = run_cli(*args, "--resume")
