@@ -7,6 +7,7 @@ a traceback.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import importlib.metadata
 import json
@@ -30,7 +31,7 @@ from cwm_agent.ci import CISettings, Stop, run_ci
 from cwm_agent.ci.event import TriggerRules
 from cwm_agent.ci.github import run_url
 from cwm_agent.ci.guards import Limits
-from cwm_agent.errors import UserError, first_line
+from cwm_agent.errors import DiskFullError, UserError, first_line
 from cwm_agent.fix import FixError, FixOptions, FixResult, run_fix
 from cwm_agent.model import (
     DEFAULT_MODEL,
@@ -47,6 +48,7 @@ from cwm_agent.sandbox import (
     WORKDIR,
     SandboxError,
     SandboxInterrupted,
+    daemon,
     docker_client,
     remove_leftovers,
     teardown,
@@ -89,13 +91,24 @@ def user_errors(command: F) -> F:
             raise typer.Exit(1) from None
         except (DockerException, GitCommandError, OSError) as exc:
             # Not foreseen, but still the user's environment: one line, no traceback.
-            typer.echo(f"error: {type(exc).__name__}: {first_line(exc)}", err=True)
+            typer.echo(f"error: {_unforeseen(exc)}", err=True)
             raise typer.Exit(1) from None
         except (KeyboardInterrupt, SandboxInterrupted):
             typer.echo(f"interrupted: {_leftovers()}", err=True)
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _unforeseen(exc: Exception) -> str:
+    """The line for an error no command turned into one: a lost daemon or a full disk
+    said as such, anything else as its type and first line."""
+    why = daemon.lost() if isinstance(exc, daemon.LOST_ERRORS) else None
+    if why is not None:
+        return str(daemon.DockerLostError(why, "run the command again"))
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return str(DiskFullError(exc.filename))
+    return f"{type(exc).__name__}: {first_line(exc)}"
 
 
 def _leftovers() -> str:

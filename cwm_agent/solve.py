@@ -13,7 +13,7 @@ from pathlib import Path
 import docker
 
 from cwm_agent.agent import MessageObserver, RolloutConfig, Trajectory, Usage, run_rollout
-from cwm_agent.atomic_write import write_json
+from cwm_agent.atomic_write import write_atomically, write_json
 from cwm_agent.model import PolicyPool
 from cwm_agent.sandbox.container import require_image
 from cwm_agent.tools import Toolbox
@@ -84,7 +84,7 @@ def solve(
             patch_error = start.check(patch) if patch and inside else None
         head = start.head
     output.mkdir(parents=True, exist_ok=True)
-    (output / "patch.diff").write_bytes(patch)
+    write_atomically(output / "patch.diff", patch)
     if report is not None:  # a single rollout's checkpoint has written its own
         write_json(output / "trajectory.json", trajectory, newline=False)
     if report is None:

@@ -484,3 +484,28 @@ def test_resume_refuses_another_dataset_or_a_changed_row(
         "the dataset it was started with, or start a new --output\n"
     )
     assert (output / "predictions.jsonl").read_text() == before
+
+
+def test_eval_exits_1_when_an_instance_could_not_be_graded(
+    dataset: Path, calc: dict[str, object], tmp_path: Path
+) -> None:
+    """Issue 23.4: as `run` does, so scripts can tell (calc-4's image is missing)."""
+    predicted = tmp_path / "predictions.jsonl"
+    gold: dict[str, str] = calc["gold"]  # type: ignore[assignment]
+    predicted.write_text(
+        "".join(
+            json.dumps({"instance_id": i, "model_name_or_path": "m", "model_patch": gold[k]}) + "\n"
+            for i, k in (("calc__calc-1", "calc__calc-1"), ("calc__calc-4", "calc__calc-1"))
+        )
+    )
+    graded = run_cli(
+        "swebench", "eval", "--predictions", str(predicted), "--dataset", str(dataset), "--quiet"
+    )
+    assert graded.returncode == 1, graded.stderr + graded.stdout
+    assert "resolved 1/2 (50.0%)" in graded.stdout
+    assert graded.stderr == "error: 1 instance(s) could not be graded\n"
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert (
+        report["counts"]["error"] == 1
+        and "not found" in report["instances"]["calc__calc-4"]["reason"]
+    )

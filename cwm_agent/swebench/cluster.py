@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel, Field
 
+from cwm_agent.atomic_write import write_atomically
 from cwm_agent.errors import first_line
 from cwm_agent.sandbox import teardown
 from cwm_agent.swebench.errors import SwebenchError
@@ -168,7 +169,7 @@ def run_on_cluster(
                 for name, data in shipped.files.items():
                     path = output / name
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    path.write_bytes(data)
+                    write_atomically(path, data)
                 on_result(item, shipped)
     except BaseException:
         for ref in pending:

@@ -229,6 +229,10 @@ def eval_(
         f"resolved {report.resolved}/{report.total} ({report.resolved_rate:.1%}); "
         f"report: {(output or predictions.parent) / 'report.json'}"
     )
+    errors = report.counts["error"]
+    if errors:  # as `run`: scripts can tell that some predictions went ungraded
+        typer.echo(f"error: {errors} instance(s) could not be graded", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()

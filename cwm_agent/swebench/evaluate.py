@@ -24,12 +24,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import docker
-from docker.errors import DockerException
 from pydantic import BaseModel, Field
 
-from cwm_agent.atomic_write import write_json
+from cwm_agent.atomic_write import write_atomically, write_json
 from cwm_agent.errors import first_line
-from cwm_agent.sandbox import WORKDIR, Sandbox, SandboxError, docker_client, remove_leftovers
+from cwm_agent.sandbox import (
+    WORKDIR,
+    Sandbox,
+    SandboxError,
+    daemon,
+    docker_client,
+    remove_leftovers,
+)
 from cwm_agent.swebench.cluster import run_on_cluster
 from cwm_agent.swebench.dataset import Instance
 from cwm_agent.swebench.errors import SwebenchError
@@ -118,6 +124,8 @@ def evaluate(
         _announce(found.values(), on_done)
     report = _summary(backend, run_id, dataset, predictions_path, reports, harness_report)
     write_json(output / "report.json", report)
+    if report.counts["error"] and backend == "local":  # the daemon lost, or just some failed?
+        daemon.check("grade again with `cwm-agent swebench eval`")
     return report
 
 
@@ -279,18 +287,18 @@ def evaluate_instance(
         status="error",
     )
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "patch.diff").write_text(patch)
+    write_atomically(folder / "patch.diff", patch)
     workspace = workspace_for(image_for(instance, image_template), run_id, hygiene=False)
     try:
         with workspace.open(client) as opened:
             plan = eval_plan(instance, opened.head, WORKDIR)
-            (folder / "eval.sh").write_text(plan.script)
+            write_atomically(folder / "eval.sh", plan.script)
             log = _run_tests(opened.box, patch, plan, timeout)
-    except (SwebenchError, SandboxError, DockerException) as exc:
-        report.reason = first_line(exc, 300)
+    except (SwebenchError, SandboxError, *daemon.LOST_ERRORS) as exc:
+        report.reason = daemon.reason_for(exc) or first_line(exc, 300)
         report.duration_s = round(time.monotonic() - started, 3)
         return report
-    (folder / "test_output.txt").write_text(log)
+    write_atomically(folder / "test_output.txt", log)
     if log.startswith(">>>>> Patch Apply Failed"):
         report.patch_applied, report.reason = False, "the patch does not apply"
     elif log.endswith("seconds exceeded."):
@@ -343,7 +351,7 @@ def _official(
             "its own test command or script): use --backend local"
         )
     dataset_file = (output / "dataset.jsonl").resolve()
-    dataset_file.write_text("".join(json.dumps(i.row()) + "\n" for i in instances))
+    write_atomically(dataset_file, "".join(json.dumps(i.row()) + "\n" for i in instances))
     predictions_file = predictions_path.resolve()
     here = Path.cwd()
     os.chdir(output)

@@ -72,5 +72,5 @@ def workspace_for(
         prepare=HYGIENE if hygiene else None,
         startup=(ACTIVATE_TESTBED,),
         session_timeout=session_timeout,
-        labels={f"{LABEL}.job": "swebench", BATCH_LABEL: run_id},
+        labels={f"{LABEL}.job": "swebench", BATCH_LABEL: run_id, f"{LABEL}.run": run_id},
     )

@@ -41,9 +41,9 @@ from pydantic import (
 from cwm_agent import toml_config
 from cwm_agent.agent import RolloutConfig, Usage
 from cwm_agent.atomic_write import write_json
-from cwm_agent.errors import first_line
+from cwm_agent.errors import DiskFullError, first_line
 from cwm_agent.model import ModelSpec, PolicyError, PolicyPool
-from cwm_agent.sandbox import ImageNotFoundError, docker_client, remove_leftovers, teardown
+from cwm_agent.sandbox import ImageNotFoundError, daemon, docker_client, remove_leftovers, teardown
 from cwm_agent.solve import Solution, solve
 from cwm_agent.swebench import cluster
 from cwm_agent.swebench.cluster import ClusterOptions
@@ -204,6 +204,7 @@ class _Batch:
         # behind once the daemon finishes: such orphans are cleared at both ends.
         self.orphans = f"{BATCH_LABEL}={self.run_id}"
         self.results: list[InstanceResult] = []
+        self.lost: str | None = None  # why the daemon stopped answering, once it has
 
     def run(self, on_start: Callable[[int, int], None] | None) -> list[InstanceResult]:
         """The session, recorded in run.json from its first write to its end."""
@@ -227,10 +228,17 @@ class _Batch:
             self.session.interrupted = True
             raise
         finally:
-            remove_leftovers(self.client, label=self.orphans)
+            if self.lost is None:
+                remove_leftovers(self.client, label=self.orphans)
             self.session.finished_at = _now()
             self.session.duration_s = round(time.monotonic() - started, 3)
             _write_record(self.output, self.record)
+        if self.lost is not None:
+            raise daemon.DockerLostError(
+                self.lost,
+                f"add --resume to finish the run (`cwm-agent cleanup --run {self.run_id}` "
+                "removes any of its containers left)",
+            )
         return self.results
 
     def run_instances(self) -> None:
@@ -268,14 +276,18 @@ class _Batch:
             cluster.run_on_cluster(self.todo, work, self.options.output, slots, landed, lost)
 
     def work(self, instance: Instance, stopping: threading.Event) -> InstanceResult | None:
-        """One instance in a worker thread; None once the batch is stopping."""
-        if stopping.is_set():
+        """One instance in a worker thread; None once the batch is stopping, or once the
+        daemon is lost (an instance not begun is left for --resume, not failed)."""
+        if stopping.is_set() or self.lost is not None:
             return None
         result, patch = _run_instance(
             instance, self.options, self.policy_for, self.client, self.run_id, stopping
         )
         if stopping.is_set():  # its container was torn down under it: not a real outcome
             return None
+        if result.status == "error" and (why := daemon.lost()) is not None:
+            self.lost = why
+            result.error, result.reason = "sandbox", daemon.lost_reason(why)
         return self.write_outcome(instance, result, patch)
 
     def write_outcome(
@@ -342,6 +354,8 @@ def _run_instance(
             cancelled=stopping,
             detect=_regression_ways(instance) if options.scaling.enabled else None,
         )
+    except DiskFullError:  # no instance can be recorded: the batch ends, in one line
+        raise
     except PolicyError as exc:
         return _failed(result, "model", str(exc), started), b""
     except ImageNotFoundError as exc:

@@ -29,7 +29,7 @@ from typing import Any
 import docker
 
 from cwm_agent.agent import RolloutConfig, Trajectory, run_rollout
-from cwm_agent.atomic_write import write_json
+from cwm_agent.atomic_write import write_atomically, write_json
 from cwm_agent.errors import first_line
 from cwm_agent.model import PolicyPool
 from cwm_agent.sandbox import LABEL, Sandbox, SandboxInterrupted, teardown
@@ -222,8 +222,8 @@ class TTSRun:
         folder.mkdir(parents=True, exist_ok=True)
         write_json(folder / "trajectory.json", trajectory, newline=False)
         submitted = trajectory.submission_bytes or b""
-        (folder / ("patch.diff" if role == "candidate" else generated.TEST_FILE)).write_bytes(
-            submitted
+        write_atomically(
+            folder / ("patch.diff" if role == "candidate" else generated.TEST_FILE), submitted
         )
         self.progress(f"{name}: {trajectory.status} after {trajectory.turns} turns")
         return _Rollout(name, trajectory, None)
