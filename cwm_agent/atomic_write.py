@@ -2,9 +2,10 @@
 
 Run folders are read while they are written (`--resume`, the viewer, a CI
 artifact upload), so no reader may meet half a file. The text goes to
-`NAME.tmp` beside the file, then replaces it in one rename; a write that
-fails removes `NAME.tmp`. Text is UTF-8 whatever the locale, as every reader
-of these files expects.
+`NAME.tmp` beside the file, then replaces it in one rename; a `NAME.tmp` already
+there (a crash's, or a link planted in a folder from elsewhere) is removed first,
+never written through, and a write that fails removes `NAME.tmp`. Text is UTF-8
+whatever the locale, as every reader of these files expects.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ def write_atomically(path: Path, data: str | bytes, *, durable: bool = False) ->
     `path` as it was; a full disk is raised as `DiskFullError`, naming `path`."""
     partial = path.with_name(path.name + ".tmp")
     try:
-        with partial.open("wb") as handle:
+        partial.unlink(missing_ok=True)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+        with open(os.open(partial, flags, 0o666), "wb") as handle:
             handle.write(data.encode("utf-8") if isinstance(data, str) else data)
             if durable:
                 handle.flush()

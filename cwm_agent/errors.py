@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from docker.errors import APIError
+from pydantic import ValidationError
 
 
 class UserError(Exception):
@@ -38,3 +40,24 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
         return line
     keep = limit - 3
     return f"{line[: keep // 3]} … {line[-(keep - keep // 3) :]}"
+
+
+def unreadable(path: Path, exc: Exception) -> str:
+    """Why the JSON record at `path` does not read, as one line that names the file.
+
+    `exc` comes from a pydantic model's `model_validate_json`, `pydantic_core.from_json`
+    (a ValueError) or the read itself (an OSError). A file that stops part-way is told
+    apart: it is what a run killed while writing leaves behind."""
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        if first["type"] != "json_invalid":
+            where = ".".join(str(part) for part in first["loc"]) or "the record"
+            return f"{path} is not a valid {exc.title} record: {where}: {first['msg']}"
+        syntax = first["msg"].removeprefix("Invalid JSON: ")
+    elif isinstance(exc, ValueError) and not isinstance(exc, UnicodeDecodeError):
+        syntax = str(exc)
+    else:
+        return f"{path} is unreadable: {first_line(exc)}"
+    if syntax.startswith("EOF while parsing"):
+        return f"{path} is incomplete: its JSON stops part-way ({syntax}); was its run cut off?"
+    return f"{path} is not valid JSON: {syntax}"

@@ -3,7 +3,8 @@ repository or a dataset made safe to print, and the hint that ends a run.
 
 A model can write escape sequences (`ESC]0;…` retitles the terminal, `ESC[2J`
 clears it) into its tool calls and their output; the live view shows parts of
-those, so control characters are dropped and rich markup is escaped.
+those, so escape sequences and other control characters are dropped and rich markup
+is escaped. The HTML view drops the same (a test's coloured output reads as its text).
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # keeps tab and newline
+# Whole escape sequences first (CSI `ESC[31m`, OSC `ESC]0;title BEL`, two-byte `ESC c`),
+# then any control character left; tab and newline stay.
+_SEQUENCE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-~])")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def plain(text: str) -> str:
+    """`text` without escape sequences or control characters."""
+    return _CONTROL.sub("", _SEQUENCE.sub("", text))
 
 
 OFF_TERMINAL_WIDTH = 1000  # columns, where no terminal sets them: wide enough never to wrap
@@ -33,8 +42,8 @@ def make_console(**options: Any) -> Console:
 
 
 def shown(text: str) -> str:
-    """`text` for a rich console: no control characters, no markup."""
-    return escape(_CONTROL.sub("", text))
+    """`text` for a rich console: plain, no markup."""
+    return escape(plain(text))
 
 
 def how_to_open(folder: Path | str) -> str:

@@ -49,9 +49,9 @@ def _run(*args: str) -> str:
     return done.stdout
 
 
-def dump_dom(url: str) -> Dom:
-    """The page's DOM after its script ran, parsed."""
-    return Dom.parse(_run("--dump-dom", url))
+def dump_dom(url: str, *flags: str) -> Dom:
+    """The page's DOM after its script ran, parsed; `flags` are Chromium's own."""
+    return Dom.parse(_run(*flags, "--dump-dom", url))
 
 
 def screenshot(url: str, path: Path, width: int = 1280, height: int = 1400) -> Path:

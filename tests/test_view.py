@@ -155,7 +155,7 @@ def test_bad_folders_get_one_line(tmp_path: Path) -> None:
     (tmp_path / "trajectory.json").write_text("{")
     broken = run_cli("view", str(tmp_path))
     assert broken.returncode == 1 and "Traceback" not in broken.stderr
-    assert broken.stderr.startswith(f"error: {tmp_path / 'trajectory.json'} is unreadable: ")
+    assert broken.stderr.startswith(f"error: {tmp_path / 'trajectory.json'} is incomplete: ")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["trajectory.json"]  # nothing written
 
 
@@ -369,7 +369,7 @@ def served_batch(output: Path, outcome: dict[str, str]) -> None:
                 urllib.request.urlopen(url + path, timeout=30)
             assert failed.value.code == code, path
             if code == 500:
-                assert b"trajectory.json is unreadable: " in failed.value.fp.read()
+                assert b"trajectory.json is incomplete: " in failed.value.fp.read()
     finally:
         server.send_signal(signal.SIGINT)
         assert server.wait(timeout=30) == 0, server.stderr.read()  # type: ignore[union-attr]

@@ -25,6 +25,7 @@ ALIASES = {
     "full": "SWE-bench/SWE-bench",
 }
 LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet")
+INSTANCE_ID = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"  # a folder name too: no separator, no ".."
 
 
 class Instance(BaseModel):
@@ -32,7 +33,7 @@ class Instance(BaseModel):
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
-    instance_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")  # a folder name too
+    instance_id: str = Field(pattern=INSTANCE_ID)
     problem_statement: str = Field(min_length=1)
     repo: str = ""
     base_commit: str | None = None

@@ -10,12 +10,12 @@ import statistics
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 from rich.console import Console
 from rich.table import Table
 
 from cwm_agent.agent import Usage
-from cwm_agent.errors import first_line
+from cwm_agent.errors import unreadable
 from cwm_agent.swebench.errors import SwebenchError
 from cwm_agent.swebench.evaluate import EvalReport
 from cwm_agent.swebench.runner import InstanceResult
@@ -173,8 +173,8 @@ def read_results(folder: Path) -> list[InstanceResult]:
     for path in sorted(folder.glob("trajectories/*/result.json")):
         try:
             results.append(InstanceResult.model_validate_json(path.read_text(encoding="utf-8")))
-        except (OSError, ValidationError) as exc:
-            raise SwebenchError(f"{path} is unreadable: {first_line(exc)}") from None
+        except (OSError, ValueError) as exc:  # a ValidationError too
+            raise SwebenchError(unreadable(path, exc)) from None
     if not results:
         raise SwebenchError(f"{folder} holds no finished instances (trajectories/*/result.json)")
     return results
@@ -186,8 +186,8 @@ def read_graded(folder: Path) -> EvalReport | None:
         return None
     try:
         return EvalReport.model_validate_json(path.read_text(encoding="utf-8"))
-    except (OSError, ValidationError) as exc:
-        raise SwebenchError(f"{path} is unreadable: {first_line(exc)}") from None
+    except (OSError, ValueError) as exc:  # a ValidationError too
+        raise SwebenchError(unreadable(path, exc)) from None
 
 
 def _resolved(report: EvalReport, instance_id: str) -> bool:

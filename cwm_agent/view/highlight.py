@@ -8,13 +8,16 @@ from pygments.formatters import HtmlFormatter
 from pygments.lexer import Lexer
 from pygments.lexers import BashLexer, DiffLexer, PythonLexer, TextLexer
 
+from cwm_agent.terminal import plain
+
 _FORMATTER = HtmlFormatter(nowrap=True)
 _TOOLS: dict[str, type[Lexer]] = {"bash": BashLexer, "create": PythonLexer}
 
 
 def code(text: str, lexer: Lexer) -> Markup:
-    """`text` as highlighted HTML spans (without the wrapping <pre>, which templates own)."""
-    return Markup(highlight(text, lexer, _FORMATTER))
+    """`text` as highlighted HTML spans (without the wrapping <pre>, which templates own),
+    its escape sequences dropped as everywhere in the view."""
+    return Markup(highlight(plain(text), lexer, _FORMATTER))
 
 
 def diff(text: str) -> Markup:

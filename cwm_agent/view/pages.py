@@ -177,8 +177,9 @@ def rows(batch: BatchRun) -> list[Row]:
             outcome = report.status if report is not None else "submitted"
         if outcome == "empty_patch":
             outcome = "empty"
-        folder = batch.folder / "trajectories" / result.instance_id
-        found.append(Row(result, outcome, (folder / "trajectory.json").is_file()))
+        folder = batch.instance_folder(result.instance_id)
+        has_page = folder is not None and (folder / "trajectory.json").is_file()
+        found.append(Row(result, outcome, has_page))
     return found
 
 

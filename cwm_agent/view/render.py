@@ -16,15 +16,18 @@ from markupsafe import Markup
 
 from cwm_agent.atomic_write import write_atomically
 from cwm_agent.swebench.runner import InstanceResult
+from cwm_agent.terminal import plain
 from cwm_agent.view import highlight, pages
 from cwm_agent.view.runs import (
     BatchRun,
     RolloutRun,
     TTSRun,
+    ViewError,
     kind_of,
     load_instance,
     load_rollout,
     load_tts,
+    within,
 )
 
 InstanceLink = Callable[[str], str]  # instance id -> the href of its page
@@ -51,10 +54,18 @@ def _short(named: object) -> str:
     return Path(spec).name if spec.startswith("/") else spec
 
 
+def _plain(value: object) -> object:
+    """Text as the terminal view shows it, without escape sequences: a test's coloured
+    output reads as its words, and no control byte lands in the page. Markup (the
+    highlighted code, the inline assets) was made from plain text already."""
+    return plain(value) if isinstance(value, str) and not isinstance(value, Markup) else value
+
+
 _env = Environment(
     loader=PackageLoader("cwm_agent.view", "templates"),
     autoescape=select_autoescape(default=True, default_for_string=True),
     undefined=StrictUndefined,
+    finalize=_plain,
     trim_blocks=True,
     lstrip_blocks=True,
 )
@@ -76,15 +87,25 @@ def rollout_page(run: RolloutRun, instance: InstanceResult | None = None) -> str
 
 def tts_page(run: TTSRun, instance: InstanceResult | None = None) -> str:
     report = run.report
-    rollouts = {f"candidate-{c.index}": run.rollout(c.trajectory) for c in report.candidates} | {
-        f"testgen-{t.index}": run.rollout(t.trajectory) for t in report.generated_tests
+    paths = {f"candidate-{c.index}": c.trajectory for c in report.candidates} | {
+        f"testgen-{t.index}": t.trajectory for t in report.generated_tests
     }
+    rollouts, skipped = {}, []
+    for name, path in paths.items():
+        try:
+            found = run.rollout(path)
+        except ViewError as exc:  # one bad rollout costs its own page, not the run's
+            skipped.append(f"{name}: {exc}")
+            continue
+        if found is not None:
+            rollouts[name] = found
     return _env.get_template("tts.html.j2").render(
         run=run,
         report=report,
         matrix=pages.matrix(report),
-        rollouts={name: r for name, r in rollouts.items() if r is not None},
+        rollouts=rollouts,
         notes=pages.notes(report),
+        skipped=skipped,
         instance=instance,
     )
 
@@ -97,6 +118,7 @@ def batch_page(run: BatchRun, link: InstanceLink) -> str:
         summary=summary,
         charts=pages.batch_charts(run, summary),
         link=link,
+        skipped=run.skipped,
     )
 
 
@@ -131,7 +153,7 @@ def write(folder: Path, out: Path) -> list[Path]:
     for instance_id in run.results:
         page = instance_page(run, instance_id)
         if page is not None:
-            written.append(_write(folder / static_link(instance_id), page))
+            written.append(_write(within(folder, static_link(instance_id)), page))
     return written
 
 

@@ -8,18 +8,20 @@ run, one candidate, one SWE-bench instance), a test-time scaling run
 
 from __future__ import annotations
 
-import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
+from pydantic_core import from_json
 
 from cwm_agent.agent import Trajectory
-from cwm_agent.errors import UserError, first_line
+from cwm_agent.errors import UserError, unreadable
 from cwm_agent.fix import FixResult
+from cwm_agent.swebench.dataset import INSTANCE_ID
 from cwm_agent.swebench.errors import SwebenchError
 from cwm_agent.swebench.evaluate import EvalReport
 from cwm_agent.swebench.report import read_graded, read_results
@@ -58,18 +60,29 @@ def kind_of(folder: Path) -> Kind:
     )
 
 
-def read(path: Path, model: type[M]) -> M:
+def within(folder: Path, relative: str | Path) -> Path:
+    """`folder / relative`, refused when it leads out of `folder` (`..`, an absolute path,
+    a link): run folders travel, and the view reads or writes nothing outside the one given."""
+    path = folder / relative
+    if not path.resolve().is_relative_to(folder.resolve()):
+        raise ViewError(f"{path} leads out of {folder}: refused (the view stays inside a run)")
+    return path
+
+
+def read(folder: Path, name: str, model: type[M]) -> M:
+    path = within(folder, name)
     try:
-        return model.model_validate_json(path.read_text(encoding="utf-8"))
-    except (OSError, ValidationError, UnicodeDecodeError) as exc:
-        raise ViewError(f"{path} is unreadable: {first_line(exc)}") from None
+        return model.model_validate_json(path.read_bytes())
+    except (OSError, ValueError) as exc:  # a ValidationError too
+        raise ViewError(unreadable(path, exc)) from None
 
 
-def _optional(path: Path, model: type[M]) -> M | None:
-    return read(path, model) if path.is_file() else None
+def _optional(folder: Path, name: str, model: type[M]) -> M | None:
+    return read(folder, name, model) if (folder / name).is_file() else None
 
 
-def _text(path: Path) -> str:
+def _text(folder: Path, name: str) -> str:
+    path = within(folder, name)
     return path.read_bytes().decode("utf-8", "replace") if path.is_file() else ""
 
 
@@ -84,23 +97,23 @@ class RolloutRun:
 
 def load_rollout(folder: Path) -> RolloutRun:
     result, ci = None, None
-    path = folder / "result.json"
+    path = within(folder, "result.json")
     if path.is_file():
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ViewError(f"{path} is unreadable: {first_line(exc)}") from None
-        if isinstance(data, dict) and isinstance(data.get("fix"), dict):  # a CI run's
-            ci = CIOutcome.model_validate(data)
-            data = data["fix"]
-        if isinstance(data, dict) and "start_commit" in data:  # not an instance's result
-            result = FixResult.model_validate(data)
+            data = from_json(path.read_bytes())
+            if isinstance(data, dict) and isinstance(data.get("fix"), dict):  # a CI run's
+                ci = CIOutcome.model_validate(data)
+                data = data["fix"]
+            if isinstance(data, dict) and "start_commit" in data:  # not an instance's result
+                result = FixResult.model_validate(data)
+        except (OSError, ValueError) as exc:  # a ValidationError too
+            raise ViewError(unreadable(path, exc)) from None
     return RolloutRun(
         folder=folder,
-        trajectory=read(folder / "trajectory.json", Trajectory),
+        trajectory=read(folder, "trajectory.json", Trajectory),
         result=result,
         ci=ci,
-        patch=_text(folder / "patch.diff"),
+        patch=_text(folder, "patch.diff"),
     )
 
 
@@ -112,8 +125,9 @@ class TTSRun:
     patch: str
 
     def rollout(self, relative: str) -> RolloutRun | None:
-        """A candidate's or a test generator's rollout, by the path tts.json gives."""
-        folder = (self.folder / relative).parent
+        """A candidate's or a test generator's rollout, by the path tts.json gives (which
+        must stay inside this run)."""
+        folder = within(self.folder, relative).parent
         return load_rollout(folder) if (folder / "trajectory.json").is_file() else None
 
 
@@ -121,9 +135,9 @@ def load_tts(folder: Path) -> TTSRun:
     rollout = load_rollout(folder) if (folder / "trajectory.json").is_file() else None
     return TTSRun(
         folder=folder,
-        report=read(folder / "tts.json", TTSReport),
+        report=read(folder, "tts.json", TTSReport),
         result=None if rollout is None else rollout.result,
-        patch=_text(folder / "patch.diff"),
+        patch=_text(folder, "patch.diff"),
     )
 
 
@@ -135,20 +149,38 @@ class BatchRun:
 
     @cached_property
     def record(self) -> RunRecord | None:
-        return _optional(self.folder / "run.json", RunRecord)
+        return _optional(self.folder, "run.json", RunRecord)
 
     @cached_property
     def graded(self) -> EvalReport | None:
+        within(self.folder, "report.json")
         return _reading(read_graded, self.folder)
 
     @cached_property
+    def _checked(self) -> tuple[dict[str, InstanceResult], list[str]]:
+        """The results whose id `swebench run` could have made, and a note for each other."""
+        for path in self.folder.glob("trajectories/*/result.json"):
+            within(self.folder, path.relative_to(self.folder))
+        results, skipped = {}, []
+        for result in _reading(read_results, self.folder):
+            if re.fullmatch(INSTANCE_ID, result.instance_id):
+                results[result.instance_id] = result
+            else:
+                skipped.append(f"instance id {result.instance_id!r} is not one (skipped)")
+        return results, skipped
+
+    @property
     def results(self) -> dict[str, InstanceResult]:
-        return {r.instance_id: r for r in _reading(read_results, self.folder)}
+        return self._checked[0]
+
+    @property
+    def skipped(self) -> list[str]:
+        return self._checked[1]
 
     def instance_folder(self, instance_id: str) -> Path | None:
         """The instance's folder, only for an id this run has (never a path from outside)."""
         known = instance_id in self.results
-        return self.folder / "trajectories" / instance_id if known else None
+        return within(self.folder, Path("trajectories", instance_id)) if known else None
 
 
 def _reading(reader: Callable[[Path], T], folder: Path) -> T:

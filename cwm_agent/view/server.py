@@ -15,6 +15,7 @@ from cwm_agent.view.render import batch_page, instance_page, rollout_page, tts_p
 from cwm_agent.view.runs import BatchRun, ViewError, kind_of, load_rollout, load_tts
 
 HOST = "127.0.0.1"  # never another interface: the folder may hold private code
+HOST_NAMES = {HOST, "localhost", "[::1]"}  # what a browser on this machine may call it
 INSTANCE = "/instance/"
 
 
@@ -35,6 +36,13 @@ class ViewServer(ThreadingHTTPServer):
     def url(self) -> str:
         return f"http://{HOST}:{self.server_address[1]}/"
 
+    def serves(self, host: str | None) -> bool:
+        """Whether a request's Host header names this server. A page elsewhere can make
+        its own name resolve to 127.0.0.1 (DNS rebinding); its requests still carry
+        that name, and are refused."""
+        port = f":{self.server_address[1]}"
+        return (host or "").lower().removesuffix(port) in HOST_NAMES
+
     def page(self, path: str) -> str | None:
         """The HTML for a path, or None when there is no such page."""
         if path == "/":
@@ -53,6 +61,10 @@ class _Handler(BaseHTTPRequestHandler):
     server: ViewServer
 
     def do_GET(self) -> None:
+        if not self.server.serves(self.headers["Host"]):
+            why = f"Host {self.headers['Host']!r} is not this server: open {self.server.url}"
+            self._send(HTTPStatus.MISDIRECTED_REQUEST, why)
+            return
         try:
             html = self.server.page(urlsplit(self.path).path)
         except ViewError as exc:
