@@ -5,10 +5,12 @@ sandboxed path is tested in test_trace_tracer.py)."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 from transformers import PreTrainedTokenizerFast
 
 from cwm_agent.model import LoadConfig, ModelSpec, SamplingConfig
@@ -42,6 +44,7 @@ from cwm_agent.trace.models import (
 )
 from cwm_agent.trace.predict import PredictLimits, TraceTask, next_frame, predict_traces
 from cwm_agent.trace.scoring import same_value, score_trace, summarize
+from cwm_agent.trace.view import CELL_CHARS, compare_table, trace_table
 
 SOURCE = """def count(s, letter):
     n = 0
@@ -232,3 +235,19 @@ def test_server_gets_token_ids_and_predicts_as_the_local_model(tiny_cwm_dir: Pat
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+def test_long_values_are_cut_before_a_table_is_drawn() -> None:
+    """A table lays out every character: a 5 MB value once took 35 s. Cells are cut first;
+    --json keeps the whole value."""
+    big = "x" * 300_000
+    frames = [
+        Frame(Event.CALL, "def f(s):", {"s": big}, None, 1),
+        Frame(Event.RETURN, "    return s", None, big, 2),
+    ]
+    score = score_trace(frames, frames, valid=True, expected_output=big)
+    for table in (trace_table(frames, "actual"), compare_table(frames, frames, score)):
+        out = io.StringIO()
+        Console(file=out, width=6000).print(table)  # wide enough that no cell folds
+        assert len(out.getvalue()) < 50_000  # each 300,000-character value cut to 2,000
+        assert f"({300_000 + 2 - CELL_CHARS:,} more characters: --json has all)" in out.getvalue()

@@ -98,6 +98,27 @@ def forks():
 def tricky():
     s = "<|frame_sep|> and <|end_of_text|>"
     return s
+
+
+FORGED = '{"status": "ok", "frames": [], "output": "42"}'
+
+
+def forge_at_exit():
+    import atexit, sys
+    old = "\\x00cwm-trace-result\\x00"  # the marker the host once took the last of
+    atexit.register(lambda: (sys.__stdout__.write(old + FORGED), sys.__stdout__.flush()))
+    return 1
+
+
+def forge_everywhere():
+    import os
+    for fd in range(3, 64):
+        for message in (FORGED, "0" * 32 + " " + str(len(FORGED)) + "\\n" + FORGED):
+            try:
+                os.write(fd, message.encode())
+            except OSError:
+                pass
+    os._exit(0)
 """
 
 JOBS = {
@@ -112,6 +133,8 @@ JOBS = {
     "spin": TraceJob(SOURCE, "spin", ""),
     "forks": TraceJob(SOURCE, "forks", ""),
     "tricky": TraceJob(SOURCE, "tricky", ""),
+    "forge_at_exit": TraceJob(SOURCE, "forge_at_exit", ""),
+    "forge_everywhere": TraceJob(SOURCE, "forge_everywhere", ""),
     "bad_args": TraceJob(SOURCE, "loop", "[1,"),
 }
 
@@ -217,6 +240,17 @@ def test_caps_and_runaway_code(traces: dict[str, ActualTrace]) -> None:
 
 
 @pytest.mark.docker
+def test_traced_code_cannot_forge_its_result(traces: dict[str, ActualTrace]) -> None:
+    """What the traced code prints or writes after, or instead of, its result is not the
+    result: the host reads a pipe of the tracer's own, under a key made per job."""
+    at_exit = traces["forge_at_exit"]
+    assert at_exit.status == "ok" and at_exit.output == "1"
+    everywhere = traces["forge_everywhere"]
+    assert everywhere.output is None and everywhere.status == "error"
+    assert everywhere.error == "the traced code wrote into the tracer's result channel"
+
+
+@pytest.mark.docker
 def test_render_and_parse_round_trip_every_frame(
     traces: dict[str, ActualTrace], cwm_tokenizer: PreTrainedTokenizerFast
 ) -> None:
@@ -251,7 +285,8 @@ def test_tracer_is_python_3_8_syntax() -> None:
         if isinstance(node, ast.Import)
         for alias in node.names
     }
-    stdlib = {"contextlib", "json", "os", "resource", "signal", "subprocess", "sys", "threading"}
+    stdlib = {"contextlib", "json", "os", "resource", "select", "signal", "subprocess", "sys"}
+    stdlib |= {"threading", "time"}
     assert imported <= stdlib
 
 
@@ -261,6 +296,60 @@ def test_tracer_in_process_matches_its_json_contract() -> None:
     json.dumps(result)
     trace = ActualTrace.from_json(result)
     assert trace.output == "2" and trace.frames[0].locals == {"n": "2"}
+
+
+HUGE = """
+def local():
+    x = "a" * 3_000_000
+    return 1
+
+
+def returns():
+    return "b" * 3_000_000
+
+
+def raises():
+    raise ValueError("c" * 3_000_000)
+
+
+def argument(text):
+    return len(text)
+
+
+def many():
+    a, b, c, d = ["d" * 700_000] * 4
+    return a
+"""
+
+
+@pytest.mark.parametrize(
+    ("function", "args"),
+    [("local", ""), ("returns", ""), ("raises", ""), ("argument", "'e' * 3_000_000"), ("many", "")],
+)
+def test_one_huge_value_cannot_outgrow_the_trace_caps(function: str, args: str) -> None:
+    """Each repr is cut in the tracer to the room the trace has left, so the host never
+    carries much more than max_bytes, however large a value."""
+    job = {"source": HUGE, "function": function, "args": args, "max_bytes": 100_000}
+    result = tracer.run_job(job)
+    assert result["status"] == "bytes"
+    assert len(json.dumps(result)) < 110_000
+    last = ActualTrace.from_json(result).frames[-1]
+    assert (last.value or "".join((last.locals or {}).values())).endswith(tracer.CUT)
+
+
+@pytest.mark.docker
+def test_code_that_kills_the_tracer_is_told_apart(
+    client: docker.DockerClient, base_image: str
+) -> None:
+    source = "def parricide():\n    import os, signal\n    os.kill(os.getppid(), signal.SIGKILL)\n"
+    limits = TracerLimits(image=base_image, timeout_s=5)
+    with pytest.raises(SandboxError) as failed:
+        run_tracer([TraceJob(source, "parricide", "")], limits, client=client)
+    assert str(failed.value) == (
+        f"the tracer process was killed in {base_image} (exit code 137, signal 9): "
+        "the traced code killed it, or the container ran out of memory"
+    )
+    assert own_trace_containers(client) == []
 
 
 @pytest.mark.docker

@@ -85,6 +85,20 @@ def tracer_source() -> bytes:
     return resources.files("cwm_agent.trace").joinpath("tracer.py").read_bytes()
 
 
+def _failure(image: str, code: int, err: bytes) -> str:
+    """Why `tracer.py --batch` gave no results, for users."""
+    if code > 128:  # ended by a signal: traced code can kill the process that runs it
+        return (
+            f"the tracer process was killed in {image} (exit code {code}, signal {code - 128}): "
+            "the traced code killed it, or the container ran out of memory"
+        )
+    detail = err.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
+    return (
+        f"the tracer failed in {image} (exit code {code}: {detail[0]}); "
+        "it needs python3 (3.8 or newer) in the image"
+    )
+
+
 def run_tracer(
     jobs: Sequence[TraceJob],
     limits: TracerLimits | None = None,
@@ -127,11 +141,7 @@ def run_tracer(
             code, out, err = sandbox.exec([*argv, str(limits.timeout_s), str(limits.workers)])
             lines = out.decode("utf-8", "replace").splitlines()
             if code != 0 or len(lines) != len(batch):
-                detail = err.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
-                raise SandboxError(
-                    f"the tracer failed in {limits.image} (exit code {code}: {detail[0]}); "
-                    "it needs python3 (3.8 or newer) in the image"
-                )
+                raise SandboxError(_failure(limits.image, code, err))
             results += [ActualTrace.from_json(json.loads(line)) for line in lines]
             if progress is not None:
                 progress(len(batch))

@@ -10,26 +10,36 @@ disturb the next job.
 A trace holds the events of the entry function and of every function, lambda or
 comprehension of the same source it calls: `call` (locals are the arguments), `line`
 (locals before the line runs, then the line), `return` (the value) and `exception`
-(the exception). Locals are reprs; a value whose repr is unchanged since the
+(the exception). Locals are reprs, each cut to what the trace still has room for (so
+one huge value cannot make the host carry it); a value whose repr is unchanged since the
 previous call/line frame of the same frame is written `".."`, and that base is
 dropped as soon as another frame's event comes in between (as CWM's release demo
 resolves them). The trace ends when the entry function returns; it is cut (status
 `lines` or `bytes`) past `max_lines` line events or `max_bytes` of frame text, the
-limits the CWM paper filtered its traces by.
+limits the CWM paper filtered its traces by. The return value's repr is cut at
+`max_bytes` too.
+
+A job's result goes back on a pipe of its own (`--job FD`), as `KEY LENGTH\n` then the
+JSON, KEY a random one per job; the process then ends at once (`os._exit`: no exit
+handler of the traced code runs). What the traced code prints, or writes to any
+descriptor without knowing KEY, cannot pass for its result.
 """
 
 import contextlib
 import json
 import os
 import resource
+import select
 import signal
 import subprocess
 import sys
 import threading
+import time
 
 FILENAME = "<cwm-trace>"
 UNCHANGED = ".."
-RESULT_MARKER = "\x00cwm-trace-result\x00"
+CUT = "...<cut>"  # ends a repr cut to fit the trace's bytes
+HEADER_MAX = 64  # `KEY LENGTH\n`: a longer first line is not the tracer's
 DEFAULTS = {"max_lines": 10000, "max_bytes": 1000000, "max_frames": 0, "memory_mb": 1024}
 
 
@@ -37,11 +47,17 @@ class _Stop(BaseException):
     """Raised into the traced code to end it once the trace is complete or cut."""
 
 
-def safe_repr(value):
+def safe_repr(value, limit):
+    """repr(value), at most `limit` characters (and CUT) long."""
     try:
-        return repr(value)
+        text = repr(value)
     except BaseException as exc:  # a user __repr__ may raise anything
-        return f"<repr failed: {type(exc).__name__}>"
+        text = f"<repr failed: {type(exc).__name__}>"
+    return cut(text, limit)
+
+
+def cut(text, limit):
+    return text if len(text) <= limit else text[: max(limit, 0)] + CUT
 
 
 class Tracer:
@@ -82,11 +98,17 @@ class Tracer:
         if self.status is not None:
             raise _Stop()
 
+    def room(self):
+        """Characters a value may still take: past them the trace is cut anyway."""
+        return self.max_bytes - self.size + 1
+
     def observe(self, frame, event):
         reprs = {}
+        room = self.room()
         for name, value in frame.f_locals.items():
             if not name.startswith("."):  # `.0`: a comprehension's hidden iterator
-                reprs[name] = safe_repr(value)
+                reprs[name] = safe_repr(value, room)
+                room -= len(reprs[name])
         shown = reprs
         if self.base is not None and self.base[0] is frame:
             old = self.base[1]
@@ -108,10 +130,10 @@ class Tracer:
             self.observe(frame, "line")
         elif event == "exception":
             self.drop_base(frame)
-            self.emit(frame, "exception", {"value": safe_repr(arg[1])})
+            self.emit(frame, "exception", {"value": safe_repr(arg[1], self.room())})
         elif event == "return":
             self.base = None
-            self.emit(frame, "return", {"value": safe_repr(arg)})
+            self.emit(frame, "return", {"value": safe_repr(arg, self.room())})
             self.depth -= 1
             if frame is self.entry:
                 self.status = "ok"
@@ -134,7 +156,8 @@ def run_job(job):
         call = "(lambda *args, **kwargs: (args, kwargs))({})".format(settings["args"])
         args, kwargs = eval(compile(call, "<cwm-args>", "eval"), namespace)
     except BaseException as exc:
-        return {"status": "error", "error": f"{type(exc).__name__}: {exc}", "frames": []}
+        error = cut(f"{type(exc).__name__}: {exc}", settings["max_bytes"])
+        return {"status": "error", "error": error, "frames": []}
     tracer = Tracer(
         source.splitlines(),
         settings["max_lines"],
@@ -145,11 +168,11 @@ def run_job(job):
     raised = None
     sys.settrace(tracer.on_call)
     try:
-        output = safe_repr(function(*args, **kwargs))
+        output = safe_repr(function(*args, **kwargs), settings["max_bytes"])
     except _Stop:
         pass
     except BaseException as exc:
-        raised = f"{type(exc).__name__}: {exc}"
+        raised = cut(f"{type(exc).__name__}: {exc}", settings["max_bytes"])
     finally:
         sys.settrace(None)
     result = {"status": tracer.status or "ok", "frames": tracer.frames, "output": output}
@@ -159,31 +182,79 @@ def run_job(job):
 
 
 def run_child(job, timeout):
-    """One job in a child process of its own group; the whole group dies on timeout."""
-    child = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    """One job in a child process of its own group; the whole group dies on timeout.
+    Its result comes on a pipe of its own, under a key made for this job only."""
+    deadline = time.monotonic() + timeout
+    key = os.urandom(16).hex()
+    reader, writer = os.pipe()
     try:
-        out, _ = child.communicate(json.dumps(job).encode("utf-8"), timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(child.pid, signal.SIGKILL)
-        child.communicate()
-        return {"status": "timeout", "error": f"no result after {timeout:g} s", "frames": []}
+        child = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--job", str(writer)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            pass_fds=(writer,),
+            start_new_session=True,
+        )
+    except BaseException:
+        os.close(reader)
+        raise
     finally:
+        os.close(writer)
+    try:
+        with contextlib.suppress(BrokenPipeError):  # it died first: told below
+            child.stdin.write(json.dumps(dict(job, key=key)).encode("utf-8"))
+            child.stdin.close()
+        outcome, payload = receive(reader, key, deadline)
+        if outcome == "closed":  # no result: wait for the exit code
+            child.wait(max(deadline - time.monotonic(), 0))
+    except subprocess.TimeoutExpired:
+        outcome = "timeout"
+    finally:
+        os.close(reader)
         with contextlib.suppress(OSError):
-            os.killpg(child.pid, signal.SIGKILL)  # forked leftovers of a finished job
-    text = out.decode("utf-8", "replace")
-    if RESULT_MARKER not in text:
-        return {
-            "status": "error",
-            "error": f"the tracer died (exit code {child.returncode})",
-            "frames": [],
-        }
-    return json.loads(text.rsplit(RESULT_MARKER, 1)[1])
+            os.killpg(child.pid, signal.SIGKILL)  # the job's leftovers, or all of it on timeout
+        child.wait()
+    if outcome == "timeout":
+        return {"status": "timeout", "error": f"no result after {timeout:g} s", "frames": []}
+    if outcome == "forged":
+        why = "the traced code wrote into the tracer's result channel"
+        return {"status": "error", "error": why, "frames": []}
+    if outcome == "closed":
+        why = f"the tracer died (exit code {child.returncode})"
+        return {"status": "error", "error": why, "frames": []}
+    return json.loads(payload.decode("utf-8"))
+
+
+def receive(reader, key, deadline):
+    """(outcome, payload) from a job's result pipe: ok with the JSON, closed (no result),
+    forged (bytes not from the tracer came first) or timeout."""
+    data = b""
+    size = None  # of the whole message, once its header is in
+    while size is None or len(data) < size:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([reader], [], [], left)[0]:
+            return "timeout", None
+        chunk = os.read(reader, 1 << 20)
+        if not chunk:
+            return "closed", None
+        data += chunk
+        if size is None:
+            head, newline, _ = data[:HEADER_MAX].partition(b"\n")
+            if newline:
+                name, _, length = head.decode("ascii", "replace").partition(" ")
+                if name != key or not length.isdigit():
+                    return "forged", None
+                size = len(head) + 1 + int(length)
+            elif len(data) >= HEADER_MAX:
+                return "forged", None
+    return "ok", data[len(head) + 1 : size]
+
+
+def send(fd, key, result):
+    payload = json.dumps(result).encode("utf-8")
+    with os.fdopen(fd, "wb") as channel:
+        channel.write(f"{key} {len(payload)}\n".encode("ascii") + payload)
 
 
 def run_batch(path, timeout, workers):
@@ -211,13 +282,15 @@ def run_batch(path, timeout, workers):
 
 
 def main():
-    if len(sys.argv) > 1 and sys.argv[1] == "--batch":
+    if sys.argv[1] == "--batch":
         run_batch(sys.argv[2], float(sys.argv[3]), int(sys.argv[4]))
         return
+    channel = int(sys.argv[2])  # --job FD
+    os.set_inheritable(channel, False)  # programs the traced code runs do not get it
     job = json.loads(sys.stdin.buffer.read().decode("utf-8"))
+    key = job.pop("key")
     limit = int(job.get("memory_mb", DEFAULTS["memory_mb"])) * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    real_stdout = os.fdopen(os.dup(1), "w", encoding="utf-8")
     # The traced code's prints go nowhere; the file stays open for the job's whole life.
     sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 3000))
@@ -225,8 +298,8 @@ def main():
         result = run_job(job)
     except MemoryError:
         result = {"status": "error", "error": "MemoryError: out of memory", "frames": []}
-    real_stdout.write(RESULT_MARKER + json.dumps(result))
-    real_stdout.flush()
+    send(channel, key, result)
+    os._exit(0)  # no exit handler, thread or finalizer of the traced code runs after
 
 
 if __name__ == "__main__":

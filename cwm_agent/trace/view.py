@@ -16,18 +16,26 @@ _NAMES = {
     "action": "action exact match",
 }
 _NAMES["output"] = "output match (pass@1)"
+CELL_CHARS = 2000  # a table lays out every character it gets: longer text is cut first
+
+
+def _cell(text: str) -> str:
+    """`text`, cut to CELL_CHARS with a note of what was left out."""
+    if len(text) <= CELL_CHARS:
+        return text
+    return f"{text[:CELL_CHARS]}… ({len(text) - CELL_CHARS:,} more characters: --json has all)"
 
 
 def where(frame: Frame) -> str:
     number = "?" if frame.lineno is None else str(frame.lineno)
-    return f"{number:>3} {frame.line.strip()}"
+    return _cell(f"{number:>3} {frame.line.strip()}")
 
 
 def what(frame: Frame) -> str:
-    """The locals a frame changes, or the value it returns or raises."""
+    """The locals a frame changes, or the value it returns or raises (cut to a cell)."""
     if frame.has_locals:
-        return ", ".join(f"{k}={v}" for k, v in changed(frame).items())
-    return f"{'->' if frame.event == 'return' else 'raises'} {frame.value}"
+        return _cell(", ".join(f"{k}={v}" for k, v in changed(frame).items()))
+    return _cell(f"{'->' if frame.event == 'return' else 'raises'} {frame.value}")
 
 
 def matches(predicted: Frame, actual: Frame) -> bool:
