@@ -119,6 +119,14 @@ def forge_everywhere():
             except OSError:
                 pass
     os._exit(0)
+
+
+def fork_returns():
+    import os, time
+    if os.fork() == 0:
+        return "child"  # first, and traced too: a fork of the job's process
+    time.sleep(1)
+    return "parent"
 """
 
 JOBS = {
@@ -135,6 +143,7 @@ JOBS = {
     "tricky": TraceJob(SOURCE, "tricky", ""),
     "forge_at_exit": TraceJob(SOURCE, "forge_at_exit", ""),
     "forge_everywhere": TraceJob(SOURCE, "forge_everywhere", ""),
+    "fork_returns": TraceJob(SOURCE, "fork_returns", ""),
     "bad_args": TraceJob(SOURCE, "loop", "[1,"),
 }
 
@@ -248,6 +257,8 @@ def test_traced_code_cannot_forge_its_result(traces: dict[str, ActualTrace]) -> 
     everywhere = traces["forge_everywhere"]
     assert everywhere.output is None and everywhere.status == "error"
     assert everywhere.error == "the traced code wrote into the tracer's result channel"
+    # A fork of the job's process holds the channel and the key, but it is not the job.
+    assert traces["fork_returns"].output == "'parent'"
 
 
 @pytest.mark.docker

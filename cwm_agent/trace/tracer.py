@@ -188,17 +188,10 @@ def run_child(job, timeout):
     key = os.urandom(16).hex()
     reader, writer = os.pipe()
     try:
-        child = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--job", str(writer)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            pass_fds=(writer,),
-            start_new_session=True,
-        )
-    except BaseException:
+        child = start(writer, deadline)
+    except OSError as exc:
         os.close(reader)
-        raise
+        return {"status": "error", "error": f"cannot start the job: {exc}", "frames": []}
     finally:
         os.close(writer)
     try:
@@ -224,6 +217,25 @@ def run_child(job, timeout):
         why = f"the tracer died (exit code {child.returncode})"
         return {"status": "error", "error": why, "frames": []}
     return json.loads(payload.decode("utf-8"))
+
+
+def start(channel, deadline):
+    """The job's process. While another job's leftovers fill the container's process
+    limit (fork fails with EAGAIN), it waits for room until its own deadline."""
+    while True:
+        try:
+            return subprocess.Popen(
+                [sys.executable, os.path.abspath(__file__), "--job", str(channel)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                pass_fds=(channel,),
+                start_new_session=True,
+            )
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
 
 
 def receive(reader, key, deadline):
@@ -294,11 +306,13 @@ def main():
     # The traced code's prints go nowhere; the file stays open for the job's whole life.
     sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 3000))
+    job_pid = os.getpid()
     try:
         result = run_job(job)
     except MemoryError:
         result = {"status": "error", "error": "MemoryError: out of memory", "frames": []}
-    send(channel, key, result)
+    if os.getpid() == job_pid:  # not a fork of the traced code that returned too
+        send(channel, key, result)
     os._exit(0)  # no exit handler, thread or finalizer of the traced code runs after
 
 
