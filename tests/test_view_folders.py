@@ -102,7 +102,7 @@ def test_an_instance_id_that_leads_out_is_skipped_with_a_note(batch: Path, other
     ids = [r.attrs["data-id"] for r in dom.one("table", "instances").one("tbody").all("tr")]
     assert ids == ["acme__calc-1"]
     note = dom.one("section", "skipped").text
-    assert "instance id '../../other/run' is not one (skipped)" in note
+    assert "instance id '../../other/run': not an id swebench run makes" in note
 
 
 @pytest.fixture

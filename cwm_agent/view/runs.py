@@ -153,20 +153,21 @@ class BatchRun:
 
     @cached_property
     def graded(self) -> EvalReport | None:
-        within(self.folder, "report.json")
+        within(self.folder, "report.json")  # before swebench's reader follows a link out
         return _reading(read_graded, self.folder)
 
     @cached_property
     def _checked(self) -> tuple[dict[str, InstanceResult], list[str]]:
         """The results whose id `swebench run` could have made, and a note for each other."""
-        for path in self.folder.glob("trajectories/*/result.json"):
+        for path in self.folder.glob("trajectories/*/result.json"):  # as for report.json
             within(self.folder, path.relative_to(self.folder))
         results, skipped = {}, []
         for result in _reading(read_results, self.folder):
             if re.fullmatch(INSTANCE_ID, result.instance_id):
                 results[result.instance_id] = result
             else:
-                skipped.append(f"instance id {result.instance_id!r} is not one (skipped)")
+                why = "not an id swebench run makes (a folder name, no / or ..)"
+                skipped.append(f"instance id {result.instance_id!r}: {why}: skipped")
         return results, skipped
 
     @property
