@@ -549,5 +549,6 @@ def test_escape_sequences_from_the_model_do_not_reach_the_terminal(
     model = replay(tmp_path, [call("bash", hostile), "\x1b[2Jno tool call"])
     done = cli(*fix_args(calc_repo, base_image, tmp_path / "out", model))
     assert done.returncode == 1
-    assert "turn   1 bash printf ']0;owned[2J'" in done.stdout, done.stdout
+    # Whole sequences go, not just their ESC byte (as in the HTML view, issue 24.9).
+    assert "turn   1 bash printf ''; ls /nowhere-\n" in done.stdout, done.stdout
     assert "\x1b" not in done.stdout + done.stderr and "\x07" not in done.stdout
