@@ -77,6 +77,11 @@ HOSTILE = {
         'print(os.environ["MARK"])\n'
     ),
     "exits non-zero": f"import sys\n{RESOLVED}\nsys.exit(3)\n",
+    "exits with a message": f'import sys\n{RESOLVED}\nsys.exit("Other issues")\n',
+    "atexit handler fails": (
+        f"import atexit\n{RESOLVED}\natexit.register(lambda: 1 / 0)\n"
+        'atexit.register(lambda: print("Other issues"))\n'
+    ),
     "raises": f"{RESOLVED}\nraise RuntimeError('late')\n",
     "reads stdin": f"input()\n{RESOLVED}\n",
     "thread prints last": (

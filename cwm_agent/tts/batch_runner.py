@@ -15,6 +15,7 @@ overwrite them, and a runner killed half-way leaves none, so the host falls
 back to running every test alone.
 """
 
+import atexit
 import base64
 import builtins
 import contextlib
@@ -24,6 +25,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 import types
@@ -66,16 +68,40 @@ def child(path, log, workdir):
     main.__builtins__ = builtins
     main.__spec__ = main.__package__ = main.__loader__ = None
     sys.modules["__main__"] = main
+    status = 0
     try:
         with open(path, "rb") as script:
             code = compile(script.read(), main.__file__, "exec")
         exec(code, main.__dict__)
-    except SystemExit:
-        raise
+    except SystemExit as exc:
+        status = exit_status(exc.code)
     except BaseException:  # as the interpreter would: print it, exit 1
         traceback.print_exc()
-        sys.exit(1)
-    sys.exit(0)  # unwinds to the top: threads joined, atexit run, output flushed
+        status = 1
+    finish(status)
+
+
+def exit_status(code):
+    """What the interpreter makes of `sys.exit(code)`."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    sys.stderr.write(f"{code}\n")
+    return 1
+
+
+def finish(status):
+    """The interpreter's exit as a script sees it — non-daemon threads joined,
+    atexit handlers run, output flushed — without tearing down every module and
+    the whole heap, which costs a child about 0.15 s of CPU once sympy is loaded."""
+    with contextlib.suppress(BaseException):  # a thread prints its own error
+        threading._shutdown()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(BaseException):
+            stream.flush()
+    os._exit(status)
 
 
 def wait(pid, timeout):
