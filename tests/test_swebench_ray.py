@@ -22,7 +22,7 @@ import docker
 import pytest
 
 from tests import helpers
-from tests.conftest import run_cli
+from tests.conftest import default_signals, run_cli
 from tests.helpers import batch_containers, predictions, run_args
 
 # The SWE-style fixture's repository, image, dataset and replay policies.
@@ -154,6 +154,7 @@ def start_run(args: list[str]) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_signals,
     )
 
 
