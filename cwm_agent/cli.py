@@ -96,15 +96,24 @@ def user_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+_SETTLE_S = 2.0  # for a create Docker finished as the interrupt landed; not for a slow one
+
+
 def _leftovers() -> str:
     """What became of this process's containers, checked with the daemon."""
     teardown.close_all()
+    creating = teardown.settle(timeout=_SETTLE_S)
     try:
         left = owned_containers(docker_client())
     except (SandboxError, DockerException):
         return "could not ask Docker whether containers are left: run `cwm-agent cleanup`"
     if left:
         return f"{len(left)} container(s) not removed ({' '.join(left)}): run `cwm-agent cleanup`"
+    if creating:
+        return (
+            f"containers removed; {creating} more that Docker is still creating "
+            "are removed as they appear"
+        )
     return "containers removed"
 
 

@@ -5,9 +5,11 @@ started again), and Docker creating containers slowly while an interrupt lands."
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,9 +18,11 @@ import pytest
 
 from tests import helpers
 from tests.conftest import run_cli, start_cli
-from tests.helpers import batch_containers, predictions
+from tests.docker_proxy import DockerProxy
+from tests.helpers import batch_containers, predictions, run_args
 
-calc, calc_image, dataset = helpers.calc, helpers.calc_image, helpers.dataset
+calc, calc_image = helpers.calc, helpers.calc_image
+dataset, replays = helpers.dataset, helpers.replays
 
 pytestmark = pytest.mark.docker
 
@@ -129,3 +133,47 @@ def test_a_server_gone_errors_its_instances_not_the_batch_and_resume_completes(
     after = predictions(output)
     assert after[: len(before)] == before
     assert sorted(p["instance_id"] for p in after) == IDS  # each exactly once
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupt_while_docker_creates_slowly_is_not_held_up_by_it(
+    dataset: Path, replays: Path, tmp_path: Path, client: docker.DockerClient, sig: int
+) -> None:
+    """Three creates held by the daemon (a proxy before it holds them) when the signal
+    lands: the run ends without waiting for them, and the containers the daemon makes
+    afterwards are removed as they appear."""
+    proxy = DockerProxy(tmp_path, hold_creates=True)
+    output = tmp_path / f"slow-{uuid.uuid4().hex[:8]}"  # its name labels the batch
+    args = run_args(dataset, replays, output, "--instances", ",".join(IDS))
+    process = start_cli(*args, "--workers", "3", env={"DOCKER_HOST": proxy.url})
+    try:
+        deadline = time.monotonic() + 120
+        while proxy.creates_held < len(IDS):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.05)
+        process.send_signal(sig)
+        try:
+            _, err = process.communicate(timeout=30)  # the creates are held far longer
+        except subprocess.TimeoutExpired:
+            process.kill()
+            pytest.fail("the interrupt waited for Docker's creates")
+        assert process.returncode == 130, err
+        assert err.splitlines() == [
+            "interrupted: containers removed; 3 more that Docker is still creating "
+            "are removed as they appear"
+        ]
+        proxy.release()  # the daemon makes the containers only now
+        deadline = time.monotonic() + 60
+        while proxy.creates_made < len(IDS):
+            assert time.monotonic() < deadline, "the held creates were not made"
+            time.sleep(0.05)
+        while batch_containers(client, output) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert batch_containers(client, output) == [], "what Docker made late was left"
+    finally:
+        proxy.close()
+        deadline = time.monotonic() + 60
+        while proxy.creates_made < proxy.creates_held and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for container in batch_containers(client, output):
+            client.api.remove_container(container, force=True)
