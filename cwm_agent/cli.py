@@ -12,6 +12,8 @@ import importlib.metadata
 import json
 import os
 import platform
+import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -75,6 +77,7 @@ def user_errors(command: F) -> F:
 
     @functools.wraps(command)
     def wrapper(*args: object, **kwargs: object) -> object:
+        _ctrl_c_once()
         try:
             return command(*args, **kwargs)
         except UserError as exc:
@@ -97,6 +100,21 @@ def user_errors(command: F) -> F:
 
 
 _SETTLE_S = 2.0  # for a create Docker finished as the interrupt landed; not for a slow one
+
+
+def _ctrl_c_once() -> None:
+    """The first Ctrl-C unwinds (removing containers, stopping a local Ray cluster);
+    a second one, a moment later, must not cut that short into a traceback and
+    leftovers, so from the first on Ctrl-C is ignored. (Left as it is where Ctrl-C
+    is ignored already, e.g. in a background job.)"""
+    main = threading.current_thread() is threading.main_thread()
+    if main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupt)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def _leftovers() -> str:

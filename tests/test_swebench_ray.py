@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +24,7 @@ import docker
 import pytest
 
 from tests import helpers
-from tests.conftest import default_signals, run_cli
+from tests.conftest import default_signals, run_cli, start_cli
 from tests.helpers import batch_containers, predictions, run_args
 
 # The SWE-style fixture's repository, image, dataset and replay policies.
@@ -405,3 +407,59 @@ def test_ray_grades_with_the_local_backend_only(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert done.stderr == "error: --ray grades with --backend local only\n"
     assert not (tmp_path / "report.json").exists()
+
+
+def session_processes(root: Path) -> list[str]:
+    """Ray's processes of the local cluster whose temp root is `root` (they inherit
+    RAY_TMPDIR; their command lines are retitled `ray::...`)."""
+    mark = f"RAY_TMPDIR={root}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            environ = (proc / "environ").read_bytes()
+            title = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if mark in environ.split(b"\0") and "ray" in title and "cwm_agent" not in title:
+            found.append(f"{proc.name} {title[:80]}")
+    return found
+
+
+@pytest.mark.parametrize("moment", ["ray.init", "mid-run", "twice"])
+def test_an_interrupt_of_ray_local_is_one_line_and_leaves_no_ray_process(
+    dataset: Path, tmp_path: Path, client: docker.DockerClient, moment: str
+) -> None:
+    folder = tmp_path / "replays"
+    folder.mkdir()
+    for n in (1, 2, 3):
+        (folder / f"calc__calc-{n}.json").write_text(json.dumps([helpers.call("bash", "sleep 60")]))
+    root = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's socket paths
+    output = tmp_path / f"local-{moment}"
+    args = run_args(dataset, folder, output, "--ray", "local", "--instances", ",".join(IDS))
+    process = start_cli(*args, env={"RAY_TMPDIR": str(root)})
+    try:
+        deadline = time.monotonic() + 180
+        label = f"cwm-agent.swebench={output.name}"
+        if moment == "ray.init":
+            started = lambda: any(root.glob("ray/session_*"))  # noqa: E731
+        else:
+            started = lambda: client.api.containers(filters={"label": label})  # noqa: E731
+        while not started():
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.01)
+        process.send_signal(signal.SIGINT)
+        if moment == "twice":
+            time.sleep(0.3)  # the second Ctrl-C of an impatient user
+            process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, err + out
+    assert len(err.splitlines()) == 1 and err.startswith("interrupted: "), err
+    deadline = time.monotonic() + 10
+    while session_processes(root) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert session_processes(root) == []
+    assert no_containers_soon(client, output)
+    shutil.rmtree(root, ignore_errors=True)
