@@ -425,30 +425,36 @@ def session_processes(root: Path) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("moment", ["ray.init", "mid-run", "twice"])
+@pytest.mark.parametrize(
+    ("moment", "signals"),
+    [("ray.init", 1), ("ray.init", 2), ("agents", 1), ("mid-run", 1), ("mid-run", 2)],
+)
 def test_an_interrupt_of_ray_local_is_one_line_and_leaves_no_ray_process(
-    dataset: Path, tmp_path: Path, client: docker.DockerClient, moment: str
+    dataset: Path, tmp_path: Path, client: docker.DockerClient, moment: str, signals: int
 ) -> None:
+    """Ctrl-C as the local cluster starts, once its raylet's agents run, or with
+    instances under way; once, or twice 0.3 s apart like an impatient user."""
     folder = tmp_path / "replays"
     folder.mkdir()
     for n in (1, 2, 3):
         (folder / f"calc__calc-{n}.json").write_text(json.dumps([helpers.call("bash", "sleep 60")]))
     root = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's socket paths
-    output = tmp_path / f"local-{moment}"
+    output = tmp_path / f"local-{moment}-{signals}"
     args = run_args(dataset, folder, output, "--ray", "local", "--instances", ",".join(IDS))
     process = start_cli(*args, env={"RAY_TMPDIR": str(root)})
     try:
         deadline = time.monotonic() + 180
         label = f"cwm-agent.swebench={output.name}"
-        if moment == "ray.init":
-            started = lambda: any(root.glob("ray/session_*"))  # noqa: E731
-        else:
-            started = lambda: client.api.containers(filters={"label": label})  # noqa: E731
+        started = {
+            "ray.init": lambda: any(root.glob("ray/session_*")),
+            "agents": lambda: any("Agent" in p for p in session_processes(root)),
+            "mid-run": lambda: client.api.containers(filters={"label": label}),
+        }[moment]
         while not started():
             assert process.poll() is None and time.monotonic() < deadline, process.communicate()
             time.sleep(0.01)
         process.send_signal(signal.SIGINT)
-        if moment == "twice":
+        if signals == 2:
             time.sleep(0.3)  # the second Ctrl-C of an impatient user
             process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=60)

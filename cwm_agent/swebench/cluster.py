@@ -83,8 +83,9 @@ def connect(address: str, local_slots: int) -> None:
         atexit.register(_stop_local_cluster)  # also one whose start was interrupted
     else:
         settings = quiet
+    deferred = _sigint_deferred() if address == "local" else contextlib.nullcontext()
     try:
-        with _stderr_silenced():  # a refused driver's C++ client logs every retry there
+        with deferred, _stderr_silenced():  # a refused driver's C++ client logs retries there
             ray.init(address=address, namespace=NAMESPACE, **settings)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         if _refused_token(exc):
@@ -96,6 +97,21 @@ def connect(address: str, local_slots: int) -> None:
             f"--ray {address}: no Ray cluster to join ({first_line(exc)}): start one with "
             "`ray start --head`, give its HOST:PORT, or use --ray local"
         ) from None
+
+
+@contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Ctrl-C held back while a local cluster starts: one that lands early in `ray.init`
+    is otherwise lost, and the run goes on. Held (blocked), it takes effect as the
+    start ends, and the cluster is stopped at exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _stop_local_cluster() -> None:
