@@ -122,7 +122,8 @@ class GitHub:
     def _call(self, method: str, path: str, *, repeatable: bool = True, **kwargs: Any) -> Any:
         """One API call, retried through GitHub's bad moments; `repeatable=False` for a
         POST whose repeat would do it twice (retried only when it surely was not done)."""
-        for attempt in range(RETRIES + 1):
+        attempt = 0
+        while True:
             try:
                 return self._attempt(method, path, **kwargs)
             except _Again as again:
@@ -138,7 +139,7 @@ class GitHub:
                         "a re-run finds the branch and pull request this one made"
                     ) from None
                 time.sleep(wait)
-        raise AssertionError("unreachable")
+                attempt += 1
 
     def _attempt(self, method: str, path: str, **kwargs: Any) -> Any:
         url = f"{self.base}/repos/{self.slug}{path}"
