@@ -174,8 +174,8 @@ def main() -> None:
         f"{r.instance_id}: {r.reason}" for r in threads + cold + on_ray if r.status != "empty"
     ]
     assert not failed, failed
-    start_s = sum(r.duration_s - r.tools_s for r in threads) / len(threads)
-    turn_s = sum(r.tools_s for r in threads) / sum(r.turns for r in threads)
+    start_s = sum(r.duration_s - r.usage.sandbox_s for r in threads) / len(threads)
+    turn_s = sum(r.usage.sandbox_s for r in threads) / sum(r.turns for r in threads)
     info = client.info()
     print(
         f"Machine: {platform.machine()} {platform.processor() or ''}, "

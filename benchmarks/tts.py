@@ -16,7 +16,12 @@
    pipeline beside the other containers; then, alone in one container, the
    whole command (what each candidate ran before) against the candidates' one.
 
+4. `--scale`: CWM's scale, K up to 40 and M up to 40 on sympy, the test phase of
+   the old path against the new (benchmarks/tts_scale.py, which takes the rest
+   of the arguments).
+
 Run: .venv/bin/python benchmarks/tts.py [--samples 8 --test-samples 8] [--only real]
+     .venv/bin/python benchmarks/tts.py --scale [--k 8 16 40] [--m 8 40] [--mix dup distinct]
 """
 
 from __future__ import annotations
@@ -128,6 +133,12 @@ def timed(
 
 
 def main() -> None:
+    if "--scale" in sys.argv:
+        sys.argv.remove("--scale")
+        from tts_scale import main as scale  # type: ignore[import-not-found]
+
+        scale()
+        return
     parser = argparse.ArgumentParser()
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--test-samples", type=int, default=8)

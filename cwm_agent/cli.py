@@ -7,6 +7,7 @@ a traceback.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import importlib.metadata
 import json
@@ -32,7 +33,7 @@ from cwm_agent.ci import CISettings, Stop, run_ci
 from cwm_agent.ci.event import TriggerRules
 from cwm_agent.ci.github import run_url
 from cwm_agent.ci.guards import Limits
-from cwm_agent.errors import UserError, first_line
+from cwm_agent.errors import DiskFullError, UserError, first_line
 from cwm_agent.fix import FixError, FixOptions, FixResult, run_fix
 from cwm_agent.model import (
     DEFAULT_MODEL,
@@ -41,12 +42,15 @@ from cwm_agent.model import (
     PolicyError,
     SamplingConfig,
     load_policy,
+    loading_line,
 )
+from cwm_agent.model.openai_api import API_KEY_ENV
 from cwm_agent.sandbox import (
     LABEL,
     WORKDIR,
     SandboxError,
     SandboxInterrupted,
+    daemon,
     docker_client,
     remove_leftovers,
     teardown,
@@ -54,11 +58,11 @@ from cwm_agent.sandbox import (
 from cwm_agent.sandbox.container import owned_containers
 from cwm_agent.sandbox.image import DEFAULT_IMAGE
 from cwm_agent.swebench.commands import app as swebench_app
-from cwm_agent.terminal import shown
+from cwm_agent.terminal import how_to_open, make_console, shown
 from cwm_agent.trace.commands import register as register_trace_commands
 from cwm_agent.tts import TTSOptions
 from cwm_agent.tts import table as candidates_table
-from cwm_agent.view import PAGE, how_to_open
+from cwm_agent.view import PAGE
 from cwm_agent.view import write as write_view
 
 app = typer.Typer(
@@ -67,7 +71,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
+console = make_console()
 
 F = TypeVar("F", bound=Callable[..., object])
 
@@ -90,7 +94,7 @@ def user_errors(command: F) -> F:
             raise typer.Exit(1) from None
         except (DockerException, GitCommandError, OSError) as exc:
             # Not foreseen, but still the user's environment: one line, no traceback.
-            typer.echo(f"error: {type(exc).__name__}: {first_line(exc)}", err=True)
+            typer.echo(f"error: {_unforeseen(exc)}", err=True)
             raise typer.Exit(1) from None
         except (KeyboardInterrupt, SandboxInterrupted):
             typer.echo(f"interrupted: {_leftovers()}", err=True)
@@ -115,6 +119,17 @@ def _ctrl_c_once() -> None:
 def _interrupt(signum: int, frame: object) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise KeyboardInterrupt
+
+
+def _unforeseen(exc: Exception) -> str:
+    """The line for an error no command turned into one: a lost daemon or a full disk
+    said as such, anything else as its type and first line."""
+    why = daemon.lost() if isinstance(exc, daemon.LOST_ERRORS) else None
+    if why is not None:
+        return str(daemon.DockerLostError(why, "run the command again"))
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return str(DiskFullError(exc.filename))
+    return f"{type(exc).__name__}: {first_line(exc)}"
 
 
 def _leftovers() -> str:
@@ -153,7 +168,7 @@ SCALING = flags.Group(
 
 
 @app.command()
-@flags.expand
+@flags.configurable
 def fix(
     repo: Annotated[Path | None, typer.Option(help="git repository to fix (read-only)")] = None,
     issue: Annotated[str | None, typer.Option(help="the issue text")] = None,
@@ -197,7 +212,10 @@ def fix(
         rollout=rollout,
         scaling=scaling,
     )
-    result = _run_fix_shown(options, live=not (quiet or json_output))
+    live = not (quiet or json_output)
+    if live and (loading := loading_line(options.model)):
+        console.print(loading, highlight=False)
+    result = _run_fix_shown(options, live=live)
     if json_output:
         typer.echo(json.dumps(result.model_dump(), indent=2))
     else:
@@ -310,7 +328,7 @@ LIMITS = flags.Group(
 
 
 @app.command()
-@flags.expand
+@flags.configurable
 def ci(
     repo: Annotated[Path, typer.Option(help="the checked-out repository")] = CI.repo,
     event: Annotated[
@@ -416,16 +434,30 @@ def serve(
         "127.0.0.1"
     ),
     port: Annotated[int, typer.Option(help="port")] = 8000,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar=API_KEY_ENV,
+            show_envvar=True,
+            help="require this key from clients (Authorization: Bearer KEY)",
+        ),
+    ] = None,
     load: LoadConfig = flags.group(flags.LOAD),
 ) -> None:
-    """Serve a local CWM over an OpenAI-compatible /v1/completions (for --model openai:URL)."""
+    """Serve a local CWM over OpenAI's /v1/completions and /v1/chat/completions
+    (for --model openai:URL and OpenAI clients)."""
     from cwm_agent.model.hf import TransformersPolicy
-    from cwm_agent.model.server import CompletionServer
+    from cwm_agent.model.server import exposure_warning, listen
 
-    policy = load_policy(ModelSpec.parse(model, load))
+    spec = ModelSpec.parse(model, load)
+    if loading := loading_line(spec):
+        console.print(loading, highlight=False)
+    policy = load_policy(spec)
     if not isinstance(policy, TransformersPolicy):
         raise PolicyError(f"serve needs a local model (a Hub id or a directory), not {model}")
-    server = CompletionServer((host, port), policy)
+    server = listen(policy, host, port, api_key)
+    if warning := exposure_warning(host, api_key):
+        typer.echo(warning, err=True)
     console.print(f"serving {model} at {server.url}/v1 (Ctrl-C stops)")
     try:
         server.serve_forever()

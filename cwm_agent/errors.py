@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import os
+
 from docker.errors import APIError
 
 
 class UserError(Exception):
     """Something the user can fix (input, environment, a model that does not load): the CLI
     prints `error: MESSAGE` and exits 1, never a traceback; the message is meant for users."""
+
+
+class DiskFullError(UserError):
+    """A file could not be written because its disk is full (ENOSPC)."""
+
+    def __init__(self, path: str | os.PathLike[str] | None) -> None:
+        where = f"cannot write {path}" if path else "a file could not be written"
+        super().__init__(
+            f"the disk is full: {where}: free some space, or write to another disk "
+            "(e.g. another --output)"
+        )
 
 
 def first_line(exc: BaseException, limit: int = 300) -> str:

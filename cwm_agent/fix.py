@@ -20,7 +20,7 @@ import git
 from pydantic import BaseModel, Field
 
 from cwm_agent import gitrepo
-from cwm_agent.agent import MessageObserver, RolloutConfig, Trajectory
+from cwm_agent.agent import MessageObserver, RolloutConfig, Trajectory, Usage
 from cwm_agent.atomic_write import write_json
 from cwm_agent.errors import UserError
 from cwm_agent.model import ModelSpec, PolicyPool
@@ -28,6 +28,7 @@ from cwm_agent.sandbox import (
     LABEL,
     WORKDIR,
     SandboxInterrupted,
+    daemon,
     docker_client,
     remove_leftovers,
     teardown,
@@ -36,6 +37,8 @@ from cwm_agent.sandbox.image import DEFAULT_IMAGE, ensure_image
 from cwm_agent.solve import Solution, solve
 from cwm_agent.tts import TTSOptions, TTSReport
 from cwm_agent.workspace import Workspace
+
+AGAIN = "run fix again"  # what to do once a lost Docker daemon is back
 
 
 class FixError(UserError):
@@ -75,8 +78,10 @@ class FixResult(BaseModel):
     turns: int
     tokens_used: int
     duration_s: float
-    generation_s: float
-    tools_s: float
+    usage: Usage = Field(description="tokens and model/sandbox seconds, every rollout's")
+    usage_by_part: dict[str, Usage] | None = Field(
+        None, description="test-time scaling: candidates, testgen, tests"
+    )
     model: str
     image: str
     start: str
@@ -141,7 +146,11 @@ def run_fix(
     try:
         return _fix(options, issue, pool, repo, output, observer, progress, warn)
     except (KeyboardInterrupt, SandboxInterrupted) as exc:
-        _write_result(output, _interrupted(options, pool.name, output, exc))
+        reason = f"interrupted ({str(exc) or 'Ctrl-C'}): nothing was committed"
+        _write_result(output, _unfinished(options, pool.name, output, "interrupted", reason))
+        raise
+    except daemon.DockerLostError as exc:
+        _write_result(output, _unfinished(options, pool.name, output, "error", str(exc)))
         raise
 
 
@@ -166,9 +175,23 @@ def _fix(
         session_timeout=options.rollout.session_timeout,
         labels={f"{LABEL}.job": "fix"},
     )
-    solution = solve(
-        workspace, issue, pool, options.scaling, options.rollout, output, client, observer, progress
-    )
+    try:
+        solution = solve(
+            workspace,
+            issue,
+            pool,
+            options.scaling,
+            options.rollout,
+            output,
+            client,
+            observer,
+            progress,
+        )
+    except daemon.LOST_ERRORS:
+        daemon.check(AGAIN)
+        raise
+    if solution.trajectory.status == "error":  # perhaps the daemon went under the rollout
+        daemon.check(AGAIN)
     patch_error = solution.patch_error
     if solution.patch and snapshot is not None:
         assert repo is not None
@@ -231,8 +254,8 @@ def _result(
         turns=trajectory.turns,
         tokens_used=trajectory.tokens_used,
         duration_s=round(trajectory.duration_s if report is None else report.duration_s, 3),
-        generation_s=round(trajectory.generation_s, 3),
-        tools_s=round(trajectory.tools_s, 3),
+        usage=solution.usage,
+        usage_by_part=solution.usage_by_part,
         model=model,
         image=options.image,
         start=start,
@@ -250,8 +273,11 @@ def _result(
     )
 
 
-def _interrupted(options: FixOptions, model: str, output: Path, exc: BaseException) -> FixResult:
-    """What an interrupted run had done, from the trajectory it checkpointed."""
+def _unfinished(
+    options: FixOptions, model: str, output: Path, status: str, reason: str
+) -> FixResult:
+    """What a run cut short (interrupted, or its daemon lost) had done, from the
+    trajectory it checkpointed."""
     try:
         trajectory: Trajectory | None = Trajectory.model_validate_json(
             (output / "trajectory.json").read_bytes()
@@ -259,14 +285,13 @@ def _interrupted(options: FixOptions, model: str, output: Path, exc: BaseExcepti
     except (OSError, ValueError):
         trajectory = None
     return FixResult(
-        status="interrupted",
-        reason=f"interrupted ({str(exc) or 'Ctrl-C'}): nothing was committed",
+        status=status,
+        reason=reason,
         success=False,
         turns=trajectory.turns if trajectory else 0,
         tokens_used=trajectory.tokens_used if trajectory else 0,
         duration_s=round(trajectory.duration_s, 3) if trajectory else 0.0,
-        generation_s=round(trajectory.generation_s, 3) if trajectory else 0.0,
-        tools_s=round(trajectory.tools_s, 3) if trajectory else 0.0,
+        usage=Usage.of(trajectory) if trajectory else Usage(),
         model=model,
         image=options.image,
         start="",

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import docker
 
-from cwm_agent.agent import MessageObserver, RolloutConfig, Trajectory, run_rollout
-from cwm_agent.atomic_write import write_json
+from cwm_agent.agent import MessageObserver, RolloutConfig, Trajectory, Usage, run_rollout
+from cwm_agent.atomic_write import write_atomically, write_json
 from cwm_agent.model import PolicyPool
 from cwm_agent.sandbox.container import require_image
 from cwm_agent.tools import Toolbox
@@ -32,6 +32,8 @@ class Solution:
     patch: bytes
     patch_error: str | None  # why it does not apply (for a snapshot, its caller checks)
     report: TTSReport | None  # test-time scaling's, when it ran
+    usage: Usage  # every rollout's and test run's, test-time scaling's included
+    usage_by_part: dict[str, Usage] | None  # test-time scaling: candidates, testgen, tests
 
     @property
     def done(self) -> bool:
@@ -82,7 +84,30 @@ def solve(
             patch_error = start.check(patch) if patch and inside else None
         head = start.head
     output.mkdir(parents=True, exist_ok=True)
-    (output / "patch.diff").write_bytes(patch)
+    write_atomically(output / "patch.diff", patch)
     if report is not None:  # a single rollout's checkpoint has written its own
         write_json(output / "trajectory.json", trajectory, newline=False)
-    return Solution(head, trajectory, patch, patch_error, report)
+    if report is None:
+        return Solution(head, trajectory, patch, patch_error, None, Usage.of(trajectory), None)
+    parts = usage_by_part(report, output)
+    total = sum(parts.values(), Usage())
+    return Solution(head, trajectory, patch, patch_error, report, total, parts)
+
+
+def usage_by_part(report: TTSReport, output: Path) -> dict[str, Usage]:
+    """Test-time scaling's cost split three ways: the candidate rollouts, the
+    test-generation rollouts (each from its trajectory, as tts.json points to it),
+    and testing (the seconds its containers were open, as tts.json sums them)."""
+
+    def rollouts(paths: list[str]) -> Usage:
+        total = Usage()
+        for path in paths:
+            if (output / path).is_file():  # a rollout that failed to start wrote none
+                total += Usage.of(Trajectory.model_validate_json((output / path).read_bytes()))
+        return total
+
+    return {
+        "candidates": rollouts([c.trajectory for c in report.candidates]),
+        "testgen": rollouts([t.trajectory for t in report.generated_tests]),
+        "tests": Usage(sandbox_s=round(report.testing.container_s, 3)),
+    }

@@ -44,9 +44,27 @@ git -c safe.directory='*' add -A -f
 git -c safe.directory='*' -c user.name=cwm-agent -c user.email=cwm-agent@localhost \\
   commit -q --no-verify --allow-empty -m candidate
 """
+# What a patch makes of the files it touches, read from a scratch index: for
+# each file still there, its path, its size and its bytes (NUL-separated).
+_PATCHED_FILES = """set -e
+head=$1 patch=${!#}
+set -- "${@:2:$#-2}"
+export GIT_INDEX_FILE="$(mktemp -u)"
+trap 'rm -f "$GIT_INDEX_FILE"' EXIT
+git -c safe.directory='*' read-tree "$head"
+git -c safe.directory='*' apply --cached "$patch"
+tree=$(git -c safe.directory='*' write-tree)
+[ $# -gt 0 ] || exit 0
+git -c safe.directory='*' ls-tree -r -z "$tree" -- "$@" | while IFS= read -r -d '' entry; do
+  read -r _ type id <<<"${entry%%$'\\t'*}"
+  [ "$type" = blob ] || continue
+  printf '%s\\0%s\\0' "${entry#*$'\\t'}" "$(git -c safe.directory='*' cat-file -s "$id")"
+  git -c safe.directory='*' cat-file blob "$id"
+done
+"""
 # Images with only `python3` (plain Debian) still run `python test_issue.py`.
 _PYTHON_SHIM = 'command -v python >/dev/null || python() { python3 "$@"; }'
-_RESET = "git -c safe.directory='*' reset -q --hard && git -c safe.directory='*' clean -fdq"
+RESET_TREE = "git -c safe.directory='*' reset -q --hard && git -c safe.directory='*' clean -fdq"
 OUTPUT_LIMIT = 4 * 1024 * 1024  # bytes of a test run's log that are kept
 
 
@@ -91,6 +109,23 @@ class StartSandbox:
         code, out, err = self._with_patch(_CHECK_PATCH, patch, self.head)
         return None if code == 0 else (err or out).decode("utf-8", "replace").strip()
 
+    def patched(self, patch: bytes, paths: list[str]) -> dict[str, bytes | None] | str:
+        """The files at `paths` as `patch` leaves the start commit (None: absent),
+        or why it does not apply; one exec, and nothing in the tree changes."""
+        code, out, err = self._with_patch(_PATCHED_FILES, patch, self.head, *paths)
+        if code != 0:
+            return (err or out).decode("utf-8", "replace").strip() or f"git apply exited {code}"
+        found: dict[str, bytes | None] = dict.fromkeys(paths)
+        at = 0
+        while at < len(out):
+            name_end = out.index(b"\0", at)
+            size_end = out.index(b"\0", name_end + 1)
+            start = size_end + 1
+            end = start + int(out[name_end + 1 : size_end])
+            found[out[at:name_end].decode("utf-8", "surrogateescape")] = out[start:end]
+            at = end
+        return found
+
     def apply(self, patch: bytes) -> str | None:
         """Commit `patch` on the start state; the error when it does not apply."""
         code, out, err = self._with_patch(_COMMIT_PATCH, patch)
@@ -115,7 +150,7 @@ class StartSandbox:
         code = None if result.failure is not None else result.exit_code
         found = self.box.read(log)
         output = found[1][-OUTPUT_LIMIT:].decode("utf-8", "replace") if found else ""
-        self.box.exec(["bash", "-c", f"{_RESET}; rm -f {log}"])
+        self.box.exec(["bash", "-c", f"{RESET_TREE}; rm -f {log}"])
         return CommandRun(command, code, output, round(duration, 3))
 
     def _with_patch(self, script: str, patch: bytes, *args: str) -> tuple[int, bytes, bytes]:

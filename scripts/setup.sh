@@ -83,4 +83,17 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt
   .venv/bin/pip install -q "${lock[@]}" -e '.[dev,swebench,quant,ray]'
   echo "$want" >"$stamp"
 fi
-log "ready: .venv/bin/cwm-agent"
+# 5. `cwm-agent` on PATH, so examples and printed hints work as written: as root, a
+# link in /usr/local/bin (one to another checkout's venv is left alone, and said so).
+cli="$PWD/.venv/bin/cwm-agent"
+if [ "$(id -u)" = 0 ] && [ -d /usr/local/bin ]; then
+  link=/usr/local/bin/cwm-agent
+  if [ ! -e "$link" ] || { [ -L "$link" ] && [ "$(readlink "$link")" = "$cli" ]; }; then
+    ln -sfn "$cli" "$link"
+    log "ready: cwm-agent (linked from $link)"
+  else
+    log "ready: $cli ($link is another cwm-agent, left as it is: source .venv/bin/activate)"
+  fi
+else
+  log "ready: $cli (not root, so not linked: source .venv/bin/activate)"
+fi

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tarfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import docker
@@ -24,6 +24,7 @@ from transformers import PreTrainedTokenizerFast
 from cwm_agent.sandbox import LABEL, Sandbox, SandboxConfig, SandboxError, docker_client
 
 BASE_IMAGE = os.environ.get("CWM_AGENT_TEST_IMAGE", "cwm-base:bookworm")
+BASE_IMAGE_SCRIPT = Path(__file__).parent.parent / "scripts" / "base-image.sh"
 # Images the tests make are tagged per test session, so that sessions sharing one
 # daemon (CI beside a developer, parallel worktrees) never remove each other's.
 # (The pid, not a random id: this module is also imported as `tests.conftest`.)
@@ -52,8 +53,15 @@ def client() -> docker.DockerClient:
 
 @pytest.fixture(scope="session")
 def base_image(client: docker.DockerClient) -> str:
+    """The base image, once checked to hold what the tests run in it (by the script that
+    builds it), so a wrong image of that name fails here with one line, not in `pgrep`."""
     if not client.images.list(name=BASE_IMAGE):
         pytest.fail(f"{BASE_IMAGE} is missing: run scripts/setup.sh")
+    checked = subprocess.run(
+        [str(BASE_IMAGE_SCRIPT), "--check", BASE_IMAGE], capture_output=True, text=True
+    )
+    if checked.returncode != 0:
+        pytest.fail(checked.stderr.strip(), pytrace=False)
     return BASE_IMAGE
 
 
@@ -100,6 +108,28 @@ def no_bash_image(client: docker.DockerClient) -> Iterator[str]:
 def run_label() -> str:
     """A run id for one test, so it can check that nothing of its own is left."""
     return f"test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """`small_disk("128k")`: a new folder on a tmpfs of that size, so a test can fill
+    a real disk (mounting needs root); each is unmounted at the test's end."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        folder = tmp_path / f"disk-{len(mounted)}"
+        folder.mkdir()
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], check=True
+        )
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", str(folder)], check=True)
 
 
 STARTED: set[int] = set()  # pids of the cwm-agent processes this test session started

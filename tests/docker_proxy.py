@@ -1,95 +1,42 @@
-"""A unix socket in front of the real Docker daemon's, for tests of Docker's bad
-moments: bytes pass both ways unchanged (hijacked attach streams too), except that
-requests to create a container can be held until `release()`, as a loaded daemon
-takes half a minute and more to create one. Point a process at it with
-`DOCKER_HOST=proxy.url`."""
+"""A unix-socket proxy to the Docker daemon, run as its own process: killing it loses
+the daemon for whoever talks through it (`DOCKER_HOST=unix://LISTEN`), as a daemon
+crash would, while the real daemon and everyone else's work go on.
+
+    python tests/docker_proxy.py LISTEN [TARGET]   (TARGET: /var/run/docker.sock)
+
+It prints `ready` once it accepts connections.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
+import sys
 import threading
-from pathlib import Path
-
-_UPSTREAM = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
 
 
-class DockerProxy:
-    def __init__(self, folder: Path, hold_creates: bool = False) -> None:
-        if not _UPSTREAM.startswith("unix://"):
-            raise RuntimeError(f"DockerProxy needs a unix-socket daemon, not {_UPSTREAM}")
-        self.path = folder / "docker.sock"
-        self.upstream = _UPSTREAM.removeprefix("unix://")
-        self.released = threading.Event()
-        if not hold_creates:
-            self.released.set()
-        self.lock = threading.Lock()
-        self.creates_held = 0  # create requests received while held
-        self.creates_made = 0  # the daemon's 201 answers to them
-        self.listener = socket.socket(socket.AF_UNIX)
-        self.listener.bind(str(self.path))
-        self.listener.listen(64)
-        self.sockets: list[socket.socket] = [self.listener]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"unix://{self.path}"
-
-    def release(self) -> None:
-        """Let held creates through, and every later one at once."""
-        self.released.set()
-
-    def close(self) -> None:
-        self.release()
-        for sock in self.sockets:
-            with contextlib.suppress(OSError):
-                sock.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            daemon = socket.socket(socket.AF_UNIX)
-            daemon.connect(self.upstream)
-            self.sockets += [client, daemon]
-            creates: list[int] = []  # creates sent on this connection, not yet answered
-            for run in (self._requests, self._answers):
-                threading.Thread(target=run, args=(client, daemon, creates), daemon=True).start()
-
-    def _requests(self, client: socket.socket, daemon: socket.socket, creates: list[int]) -> None:
-        """Client to daemon; a create is held, then sent even if its client has gone
-        (the daemon had it: only the client stopped waiting)."""
-        while chunk := _read(client):
-            if chunk.startswith(b"POST ") and b"/containers/create" in chunk:
-                with self.lock:
-                    self.creates_held += 0 if self.released.is_set() else 1
-                self.released.wait()
-                creates.append(1)
-            with contextlib.suppress(OSError):
-                daemon.sendall(chunk)
-        if not creates:  # else the daemon might take the client's leaving as a cancel
-            with contextlib.suppress(OSError):
-                daemon.shutdown(socket.SHUT_WR)
-
-    def _answers(self, client: socket.socket, daemon: socket.socket, creates: list[int]) -> None:
-        """Daemon to client; HTTP/1.1 answers in order, so a 201 after a create is its."""
-        while chunk := _read(daemon):
-            if chunk.startswith(b"HTTP/1.1 201") and creates:
-                creates.pop()
-                with self.lock:
-                    self.creates_made += 1
-            with contextlib.suppress(OSError):
-                client.sendall(chunk)
-        with contextlib.suppress(OSError):
-            client.shutdown(socket.SHUT_WR)
+def pump(source: socket.socket, sink: socket.socket) -> None:
+    """Copy bytes one way until either side closes; then close the sink's write half,
+    as a hijacked docker stream (exec, attach) expects."""
+    with contextlib.suppress(OSError):
+        while chunk := source.recv(1 << 16):
+            sink.sendall(chunk)
+    with contextlib.suppress(OSError):
+        sink.shutdown(socket.SHUT_WR)
 
 
-def _read(sock: socket.socket) -> bytes:
-    try:
-        return sock.recv(1 << 16)
-    except OSError:
-        return b""
+def serve(listen: str, target: str) -> None:
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(listen)
+    server.listen(64)
+    print("ready", flush=True)
+    while True:
+        client, _ = server.accept()
+        upstream = socket.socket(socket.AF_UNIX)
+        upstream.connect(target)
+        for source, sink in ((client, upstream), (upstream, client)):
+            threading.Thread(target=pump, args=(source, sink), daemon=True).start()
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "/var/run/docker.sock")

@@ -37,10 +37,11 @@ class ScriptedPolicy:
         text, reason = self.replies.pop(0)
         ids = self.tokenizer.encode(text, add_special_tokens=False) if self.tokenizer else []
         self.seen.append(len(conversations[0]))
+        prompt = render_ids(conversations[0], self.tokenizer) if self.tokenizer else []
         return [
             Completion(
                 text=text,
-                prompt_tokens=0,
+                prompt_tokens=len(prompt),
                 completion_tokens=len(ids) + (1 if reason == "stop" else 0),
                 finish_reason=reason,  # type: ignore[arg-type]
                 stop=EOT if reason == "stop" else None,
@@ -93,6 +94,12 @@ def test_token_accounting_is_exact_with_a_tokenizer(
     assert trajectory.tokens_used == len(
         render_ids(conversation, cwm_tokenizer, add_generation_prompt=False)
     )
+    # What a paid API bills: each reply's prompt and completion, per turn and in total.
+    replies = [m for m in trajectory.messages if m.role == "assistant"]
+    assert all(m.prompt_tokens and m.completion_tokens for m in replies)
+    assert trajectory.prompt_tokens == sum(m.prompt_tokens or 0 for m in replies)
+    assert trajectory.completion_tokens == sum(m.completion_tokens or 0 for m in replies)
+    assert trajectory.prompt_tokens > trajectory.tokens_used > trajectory.completion_tokens
     # The first budget notice: context - tokens so far - the estimate of this message.
     first = next(m for m in trajectory.messages if m.tool_result is not None)
     before = len(render_ids(conversation[:3], cwm_tokenizer, add_generation_prompt=False))

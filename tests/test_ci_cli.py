@@ -113,6 +113,19 @@ def test_skips_and_refusals(
     assert len(api.requests) == calls and {r.method for r in api.requests} <= {"GET"}
 
 
+def test_a_config_file_sets_the_trigger_and_a_flag_wins(
+    repo: Path, api: FakeGitHub, tmp_path: Path
+) -> None:
+    config = tmp_path / "ci.toml"
+    config.write_text('label = "fix-me"\nmax_turns = 12\nprotect = ["*.lock"]\n')
+    done = ci(repo, api, labeled(), "--config", str(config))
+    assert done.returncode == 3, done.stderr + done.stdout
+    assert done.stdout == "skipped: label 'cwm-agent' is not the trigger label 'fix-me'\n"
+    won = ci(repo, api, labeled(), "--config", str(config), "--label", "other")
+    assert won.stdout == "skipped: label 'cwm-agent' is not the trigger label 'other'\n"
+    assert api.requests == []
+
+
 @pytest.mark.parametrize(
     ("case", "message"),
     [

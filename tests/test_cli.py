@@ -99,3 +99,33 @@ def test_ctrl_c_while_the_cli_loads_is_one_line() -> None:
     out, err = process.communicate(timeout=30)
     said = [line for line in err.splitlines() if not line.startswith("import time:")]
     assert (process.returncode, out, said) == (130, "", ["interrupted: nothing had started"])
+
+
+@pytest.mark.parametrize("command", [("fix",), ("ci",), ("swebench", "run"), ("swebench", "eval")])
+def test_a_bad_config_file_is_one_line_naming_the_key_and_the_file(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """No container starts: the file is checked while the flags are parsed."""
+    config = tmp_path / "settings.toml"
+    for text, message in (
+        ("maxturns = 64\n", "unknown key 'maxturns': the keys are the long flags of"),
+        ('workers = "2"\n' if "swebench" in command else "image = 3\n", "Input should be a valid"),
+        ("[section\n", "is not valid TOML"),
+    ):
+        config.write_text(text)
+        done = cli(*command, "--config", str(config))
+        assert done.returncode == 1 and done.stdout == "", done.stderr
+        assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
+        assert str(config) in done.stderr and done.stderr.startswith("error: ")
+        if "unknown" not in message and "TOML" not in message:
+            assert done.stderr.startswith(f"error: {config}: {text.split(' =')[0]} = ")
+
+
+def test_a_config_value_is_checked_by_the_config_model_its_flag_fills(tmp_path: Path) -> None:
+    config = tmp_path / "settings.toml"
+    config.write_text("max_turns = 0\n")  # RolloutConfig: max_turns >= 1
+    done = cli("fix", "--config", str(config), "--issue", "x")
+    assert done.returncode == 1
+    assert done.stderr == (
+        f"error: {config}: max_turns = 0: Input should be greater than or equal to 1\n"
+    )

@@ -80,6 +80,15 @@ def test_example_fix_end_to_end_with_branch(
     result = json.loads((output / "result.json").read_text())
     assert result["status"] == "finished" and result["success"] is True
     assert result["patch_applies"] is True and result["turns"] == 9
+    rollout = json.loads((output / "trajectory.json").read_text())
+    assert result["usage"] == {
+        "prompt_tokens": rollout["prompt_tokens"],
+        "completion_tokens": rollout["completion_tokens"],
+        "model_s": round(rollout["generation_s"], 3),
+        "sandbox_s": round(rollout["tools_s"], 3),
+    }
+    assert result["usage"]["prompt_tokens"] > result["usage"]["completion_tokens"] > 0
+    assert result["usage_by_part"] is None  # one rollout
     patch = (output / "patch.diff").read_bytes()
     assert result["patch_stats"] == {
         "files": 1,
@@ -159,16 +168,14 @@ def test_max_turns_and_bash_timeout(calc_repo: Path, base_image: str, tmp_path: 
             call("bash", "echo never runs"),
         ],
     )
+    config = tmp_path / "fix.toml"  # the budgets from a file, but a flag wins over it
+    config.write_text("max_turns = 9\nsession_timeout = 1\nquiet = true\n")
     done = cli(
         *fix_args(calc_repo, base_image, tmp_path / "run", model),
-        "--max-turns",
-        "3",
-        "--session-timeout",
-        "1",
-        "--quiet",
+        *("--config", str(config), "--max-turns", "3"),
     )
     assert done.returncode == 1
-    assert "no fix: max_turns (reached 3 turns)" in done.stdout
+    assert done.stdout.startswith("no fix: max_turns (reached 3 turns)")  # --quiet: the outcome
     trajectory = json.loads((tmp_path / "run" / "trajectory.json").read_text())
     outputs = [m["tool_result"]["output"] for m in trajectory["messages"] if m["tool_result"]]
     assert outputs == [

@@ -133,6 +133,26 @@ def test_a_one_token_prompt_decodes_from_an_empty_cache(tiny_cwm_dir: Path) -> N
     assert got.token_ids == expected.token_ids and len(got.token_ids) == 6
 
 
+@pytest.mark.parametrize("decoder", [None, {"compile": False}])  # eager batch, arena
+def test_each_token_is_told_as_it_is_sampled(
+    tiny_cwm_dir: Path, decoder: dict[str, int | bool] | None
+) -> None:
+    """`on_token` (a server's stream) hears every row's tokens in order, one prompt too."""
+    loaded = policy(tiny_cwm_dir, decoder)
+    prompts = [render_ids(task(user), loaded.tokenizer) for user in ("Fix it.", "Why?", "Go")]
+
+    def heard(batch: list[list[int]]) -> tuple[list[list[int]], list[list[int]]]:
+        told: list[list[int]] = [[] for _ in batch]
+        limits = LIMITS[: len(batch)]
+        generated = loaded.generate_ids(batch, limits, on_token=lambda i, t: told[i].append(t))
+        return told, [list(g.token_ids) for g in generated]
+
+    for batch in (prompts, prompts[:1]):
+        told, generated = heard(batch)
+        assert told == generated  # random weights never sample a stop token
+        assert [len(t) for t in told] == LIMITS[: len(batch)]
+
+
 @pytest.mark.parametrize("compile", [True, False])
 def test_compile_option_picks_the_decoder(tiny_cwm_dir: Path, compile: bool) -> None:
     loaded = TransformersPolicy(str(tiny_cwm_dir), offline=True, compile=compile)

@@ -200,12 +200,12 @@ def test_the_server_refuses_bad_requests_openai_style(server: CompletionServer) 
     assert bad_json.status_code == 400
     assert bad_json.json()["error"]["message"].startswith("the body is not JSON")
     for body, param in [
-        ({"prompt": "hi", "stream": True}, "stream"),
+        ({"prompt": "hi", "logprobs": 2}, "logprobs"),
         ({"prompt": "hi", "stop": ["\n"]}, "stop"),
         ({"prompt": "hi", "stop": [{}]}, "stop"),
         ({"prompt": "hi", "max_tokens": 10**6}, "max_tokens"),
         ({"prompt": "hi", "temperature": "hot"}, "temperature"),
-        ({"prompt": "hi", "n": 2}, "n"),
+        ({"prompt": "hi", "n": 0}, "n"),
         ({"prompt": ""}, "prompt"),
     ]:
         answer = requests.post(url, json=body, timeout=10)

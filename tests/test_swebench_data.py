@@ -194,6 +194,27 @@ def test_custom_rows_use_their_command_and_parser() -> None:
         eval_plan(unknown, HEAD)
 
 
+def test_log_parsers_go_by_the_harness_name_or_the_short_one() -> None:
+    """The previous release's rows name parsers as `django`; the harness's as
+    `parse_log_django`: both grade alike."""
+    row = {
+        "instance_id": "team__app-8",
+        "problem_statement": "x() is wrong",
+        "image": "team/app:8",
+        "test_cmd": "python -m unittest -v tests.test_x",
+        "FAIL_TO_PASS": ["test_new (tests.test_x.T.test_new)"],
+        "PASS_TO_PASS": [],
+    }
+    log = ": '>>>>> Start Test Output'\ntest_new (tests.test_x.T.test_new) ... ok\n"
+    log += ": '>>>>> End Test Output'\n"
+    for name in ("parse_log_django", "django"):
+        instance = Instance.model_validate({**row, "log_parser": name})
+        assert grade(instance, log, eval_plan(instance, HEAD)).resolved, name
+    wrong = Instance.model_validate({**row, "log_parser": "nope"})
+    with pytest.raises(SwebenchError, match=r"unknown log_parser 'nope'.*django"):
+        eval_plan(wrong, HEAD)
+
+
 def test_a_test_patch_that_only_adds_files_is_applied(tmp_path: Path) -> None:
     """The custom-row script run for real, by bash on a git repository."""
     repo = tmp_path / "app"

@@ -18,8 +18,8 @@ import pytest
 
 from tests import helpers
 from tests.conftest import run_cli, start_cli
-from tests.docker_proxy import DockerProxy
 from tests.helpers import batch_containers, predictions, run_args
+from tests.slow_docker import SlowDocker
 
 calc, calc_image = helpers.calc, helpers.calc_image
 dataset, replays = helpers.dataset, helpers.replays
@@ -142,7 +142,7 @@ def test_an_interrupt_while_docker_creates_slowly_is_not_held_up_by_it(
     """Three creates held by the daemon (a proxy before it holds them) when the signal
     lands: the run ends without waiting for them, and the containers the daemon makes
     afterwards are removed as they appear."""
-    proxy = DockerProxy(tmp_path, hold_creates=True)
+    proxy = SlowDocker(tmp_path, hold_creates=True)
     output = tmp_path / f"slow-{uuid.uuid4().hex[:8]}"  # its name labels the batch
     args = run_args(dataset, replays, output, "--instances", ",".join(IDS))
     process = start_cli(*args, "--workers", "3", env={"DOCKER_HOST": proxy.url})

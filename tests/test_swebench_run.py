@@ -15,11 +15,13 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 import uuid
 from pathlib import Path
 
 import docker
 import pytest
+import yaml
 
 from cwm_agent.sandbox import LABEL
 from tests import helpers
@@ -84,6 +86,15 @@ def test_run_eval_report(
     assert record["versions"]["swebench"] == "4.1.0"
     assert record["sessions"][0]["finished"] == 3 and record["sessions"][0]["errors"] == 1
 
+    entry = tmp_path / "entry"
+    bundle = ("swebench", "bundle", str(output), "--out", str(entry), "--name", "CWM + cwm-agent")
+    ungraded = run_cli(*bundle)
+    assert ungraded.returncode == 1 and not entry.exists()
+    assert ungraded.stderr == f"error: {output} is not graded: run `cwm-agent swebench eval " + (
+        f"--predictions {output / 'predictions.jsonl'}` first, or give --eval the report.json "
+        "of its eval\n"
+    )
+
     graded = run_cli(
         "swebench", "eval", "--predictions", str(output / "predictions.jsonl"),
         "--dataset", str(dataset), "--workers", "2", "--quiet",
@@ -117,6 +128,132 @@ def test_run_eval_report(
     data = json.loads(run_cli("swebench", "report", str(output), "--json").stdout)
     assert [data[k] for k in ("resolved", "graded", "resolved_of_all", "instances")] == [1, 3, 1, 4]
     assert "image_missing" in shown.stdout and "calc/calc" in shown.stdout
+
+    # Token and time accounting: each result's from its trajectory, the report's sums.
+    for instance_id in lines:
+        usage = results[instance_id]["usage"]
+        folder = output / "trajectories" / instance_id
+        rollout = json.loads((folder / "trajectory.json").read_text())
+        assert usage["prompt_tokens"] == rollout["prompt_tokens"] > 0
+        assert usage["completion_tokens"] == rollout["completion_tokens"] > 0
+        assert usage["model_s"] == round(rollout["generation_s"], 3)
+        assert usage["sandbox_s"] == round(rollout["tools_s"], 3)
+    assert results["calc__calc-2"]["usage"]["sandbox_s"] >= 2  # it ran `sleep 2`
+    assert results["calc__calc-4"]["usage"]["prompt_tokens"] == 0  # no rollout
+    for key in ("prompt_tokens", "completion_tokens", "model_s", "sandbox_s"):
+        values = [r["usage"][key] for r in results.values()]
+        assert data["usage"][key] == pytest.approx(sum(values))
+        ran = sorted(results[i]["usage"][key] for i in lines)
+        assert (data[key]["min"], data[key]["max"]) == (ran[0], ran[-1])
+    assert data["usage_by_part"] is None
+    assert "prompt tokens" in shown.stdout and "sandbox time (s)" in shown.stdout
+
+    # The leaderboard entry: the experiments repository's layout, from the run and its eval.
+    bundled = run_cli(*bundle, "--eval", str(output / "report.json"))
+    assert bundled.returncode == 0, bundled.stderr + bundled.stdout
+    assert (entry / "all_preds.jsonl").read_text() == (output / "predictions.jsonl").read_text()
+    assert sorted(p.name for p in (entry / "logs").iterdir()) == ["calc__calc-1", "calc__calc-2"]
+    for instance_id in ("calc__calc-1", "calc__calc-2"):  # calc-3's patch is empty: no logs
+        logs = entry / "logs" / instance_id
+        assert (logs / "patch.diff").read_text() == lines[instance_id]["model_patch"]
+        assert (logs / "test_output.txt").read_text() == (
+            output / "eval" / instance_id / "test_output.txt"
+        ).read_text()
+        verdict = json.loads((logs / "report.json").read_text())[instance_id]
+        graded_as = report["instances"][instance_id]
+        assert verdict == {
+            "patch_is_None": False,
+            "patch_exists": True,
+            "patch_successfully_applied": True,
+            "resolved": graded_as["status"] == "resolved",
+            "tests_status": graded_as["tests_status"],
+        }
+    assert sorted(p.name for p in (entry / "trajs").iterdir()) == [
+        f"{i}.json" for i in sorted(lines)
+    ]  # calc-4 never started a rollout
+    assert (entry / "trajs" / "calc__calc-1.json").read_bytes() == (
+        output / "trajectories" / "calc__calc-1" / "trajectory.json"
+    ).read_bytes()
+    metadata = yaml.safe_load((entry / "metadata.yaml").read_text())
+    assert metadata["info"]["name"] == "CWM + cwm-agent"
+    assert set(metadata["info"]) == {"name", "site", "report", "logo", "authors"}
+    assert metadata["tags"]["system"] == {"attempts": "1"}
+    assert metadata["tags"]["os_model"] is True and metadata["tags"]["checked"] is False
+    readme = (entry / "README.md").read_text()
+    assert readme.startswith("# CWM + cwm-agent\n")
+    assert "1/3 graded predictions (33.3%), 1/4 of all instances run (25.0%)" in readme
+    assert f"model: `replay:{replays}`" in readme and "no test-time scaling" in readme
+    settings = tomllib.loads((output / "config.toml").read_text())
+    assert f"```toml\n{(output / 'config.toml').read_text()}```" in readme
+    assert settings["max_turns"] == 5 and settings["workers"] == 2
+    again = run_cli(*bundle, "--eval", str(output))
+    assert again.returncode == 1 and again.stderr == f"error: --out {entry} is not empty: " + (
+        "choose a new folder\n"
+    )
+    # A run made before run.json recorded its settings: the README gives its options.
+    record = json.loads((output / "run.json").read_text())
+    del record["options"]["settings"]
+    (output / "run.json").write_text(json.dumps(record))
+    older = run_cli(*bundle[:-4], "--out", str(tmp_path / "older"), "--name", "older")
+    assert older.returncode == 0, older.stderr
+    readme = (tmp_path / "older" / "README.md").read_text()
+    assert '```json\n{\n  "dataset": ' in readme and '"max_turns": 5' in readme
+
+
+def test_a_config_file_fills_the_flags_and_config_toml_repeats_the_run(
+    dataset: Path, replays: Path, tmp_path: Path, client: docker.DockerClient
+) -> None:
+    config = tmp_path / "run.toml"
+    config.write_text(
+        f'dataset = "{dataset}"\nmodel = "replay:{replays}"\ninstances = "calc__calc-3"\n'
+        "max_turns = 2\nquiet = true\n"
+    )
+    first = tmp_path / "first"
+    args = ("swebench", "run", "--config", str(config), "--output", str(first))
+    done = run_cli(*args, "--max-turns", "4")
+    assert done.returncode == 0, done.stderr + done.stdout
+    result = json.loads((first / "trajectories/calc__calc-3/result.json").read_text())
+    assert result["turns"] == 4  # the flag wins over the file's 2 (the replay has 6 turns)
+    record = json.loads((first / "run.json").read_text())
+    settings = record["options"]["settings"]
+    assert record["sessions"][0]["options"]["settings"] == settings
+    assert settings["max_turns"] == 4 and settings["instances"] == "calc__calc-3"
+    assert (settings["dataset"], settings["output"]) == (str(dataset), str(first))
+    assert settings["samples"] == 1 and settings["quiet"] is True  # defaults are recorded too
+    written = tomllib.loads((first / "config.toml").read_text())
+    assert written == {key: value for key, value in settings.items() if value is not None}
+
+    # config.toml alone repeats the run (into a new --output).
+    second = tmp_path / "second"
+    again = run_cli(
+        "swebench", "run", "--config", str(first / "config.toml"), "--output", str(second)
+    )
+    assert again.returncode == 0, again.stderr + again.stdout
+    assert predictions(second) == predictions(first)
+    assert json.loads((second / "trajectories/calc__calc-3/result.json").read_text())["turns"] == 4
+    assert json.loads((second / "run.json").read_text())["options"]["settings"] == {
+        **settings,
+        "output": str(second),
+    }
+    assert batch_containers(client, first) == batch_containers(client, second) == []
+
+    # eval takes a config file too; the first run with the second's eval is no entry.
+    grading = tmp_path / "eval.toml"
+    grading.write_text(
+        f'predictions = "{second / "predictions.jsonl"}"\ndataset = "{dataset}"\nquiet = true\n'
+    )
+    graded = run_cli("swebench", "eval", "--config", str(grading))
+    assert graded.returncode == 0 and "resolved 0/1" in graded.stdout, graded.stderr
+    refused = run_cli(
+        "swebench", "bundle", str(first), "--eval", str(second), "--out", str(tmp_path / "entry"),
+        "--name", "x",
+    )  # fmt: skip
+    assert refused.returncode == 1 and not (tmp_path / "entry").exists()
+    assert refused.stderr == (
+        f"error: {second / 'report.json'} graded {second / 'predictions.jsonl'}, not the "
+        f"predictions of {first}: grade {first / 'predictions.jsonl'} with `cwm-agent swebench "
+        "eval`\n"
+    )
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
@@ -198,6 +335,50 @@ def test_samples_pick_a_patch_per_instance_with_test_time_scaling(
     assert [c["generated"] for c in report["candidates"]] == [{"0": False}, {"0": True}]
     result = json.loads((instance / "result.json").read_text())
     assert result["status"] == "submitted" and result["start"] == report["start"]
+    # The cost of every rollout and test run, split three ways.
+    parts = result["usage_by_part"]
+    for part, folder in (("candidates", "candidates"), ("testgen", "testgen")):
+        rollouts = [json.loads(p.read_text()) for p in instance.glob(f"{folder}/*/trajectory.json")]
+        assert len(rollouts) == (2 if part == "candidates" else 1)
+        assert parts[part]["prompt_tokens"] == sum(r["prompt_tokens"] for r in rollouts) > 0
+        assert parts[part]["completion_tokens"] == sum(r["completion_tokens"] for r in rollouts)
+    assert parts["tests"] == {
+        "prompt_tokens": 0, "completion_tokens": 0, "model_s": 0.0,
+        "sandbox_s": round(report["testing"]["container_s"], 3),
+    }  # fmt: skip
+    # Every test container was open at least as long as the runs it held.
+    tested = report["regression"]["baseline_s"] + sum(
+        c["regression_s"] for c in report["candidates"] if c["tested_as"] == c["index"]
+    )
+    assert parts["tests"]["sandbox_s"] >= tested > 0
+    for key in ("prompt_tokens", "completion_tokens", "model_s", "sandbox_s"):
+        assert result["usage"][key] == pytest.approx(sum(p[key] for p in parts.values()))
+    data = json.loads(run_cli("swebench", "report", str(output), "--json").stdout)
+    assert data["usage_by_part"] == parts and data["usage"] == result["usage"]
+    shown = run_cli("swebench", "report", str(output)).stdout
+    assert "candidate rollouts" in shown and "test-generation rollouts" in shown
+
+    # Its leaderboard entry: the selected candidate's trajectory, tts.json beside it.
+    graded = run_cli(
+        "swebench", "eval", "--predictions", str(output / "predictions.jsonl"),
+        "--dataset", str(dataset), "--quiet",
+    )  # fmt: skip
+    assert graded.returncode == 0 and "resolved 1/1" in graded.stdout, graded.stderr
+    entry = tmp_path / "entry"
+    bundled = run_cli("swebench", "bundle", str(output), "--out", str(entry), "--name", "K=2")
+    assert bundled.returncode == 0, bundled.stderr
+    trajs = entry / "trajs"
+    assert sorted(p.name for p in trajs.iterdir()) == ["calc__calc-2.json", "calc__calc-2.tts.json"]
+    selected = json.loads((trajs / "calc__calc-2.json").read_text())
+    assert selected == json.loads((instance / "candidates/candidate-1/trajectory.json").read_text())
+    assert json.loads((trajs / "calc__calc-2.tts.json").read_text()) == report
+    assert yaml.safe_load((entry / "metadata.yaml").read_text())["tags"]["system"] == {
+        "attempts": "2+"
+    }
+    assert (
+        "K = 2 candidate rollouts, M = 1 test-generation rollouts"
+        in (entry / "README.md").read_text()
+    )
     assert result["start"] == git(repo, "rev-parse", "main").strip()
     assert batch_containers(client, output) == []
 
@@ -304,3 +485,28 @@ def test_resume_refuses_another_dataset_or_a_changed_row(
         "the dataset it was started with, or start a new --output\n"
     )
     assert (output / "predictions.jsonl").read_text() == before
+
+
+def test_eval_exits_1_when_an_instance_could_not_be_graded(
+    dataset: Path, calc: dict[str, object], tmp_path: Path
+) -> None:
+    """Issue 23.4: as `run` does, so scripts can tell (calc-4's image is missing)."""
+    predicted = tmp_path / "predictions.jsonl"
+    gold: dict[str, str] = calc["gold"]  # type: ignore[assignment]
+    predicted.write_text(
+        "".join(
+            json.dumps({"instance_id": i, "model_name_or_path": "m", "model_patch": gold[k]}) + "\n"
+            for i, k in (("calc__calc-1", "calc__calc-1"), ("calc__calc-4", "calc__calc-1"))
+        )
+    )
+    graded = run_cli(
+        "swebench", "eval", "--predictions", str(predicted), "--dataset", str(dataset), "--quiet"
+    )
+    assert graded.returncode == 1, graded.stderr + graded.stdout
+    assert "resolved 1/2 (50.0%)" in graded.stdout
+    assert graded.stderr == "error: 1 instance(s) could not be graded\n"
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert (
+        report["counts"]["error"] == 1
+        and "not found" in report["instances"]["calc__calc-4"]["reason"]
+    )

@@ -365,6 +365,20 @@ def test_selects_the_right_candidate_and_explains_every_decision(
     assert c[2]["regression"]["test_mathutil.MathTest.test_clamp_below"] is False
     assert c[0]["key"] == c[1]["key"] != c[2]["key"]
     assert [c[i]["votes"] for i in range(3)] == [2, 2, 1]
+    # Tested once per distinct patch: 1 shares 0's outcomes; 3 and 4 are never tested.
+    assert [c[i]["tested_as"] for i in range(5)] == [0, 0, 2, None, None]
+    assert c[1]["generated"] == c[0]["generated"] and c[1]["regression"] == c[0]["regression"]
+    # The original run (each way tried), the tests' check, the grouping, then the two
+    # distinct patches: 3 tests (0-2) on the original, 2 x (1 regression + 2 kept tests)
+    # runs; one interpreter per regression run and per batch of tests.
+    tried = [a for a in report["regression"]["attempts"] if a["status"] != "refused"]
+    assert report["testing"].pop("container_s") > 0
+    assert report["testing"] == {
+        "containers": 5,
+        "test_executions": len(tried) + 3 + 2 * (1 + 2),
+        "interpreter_starts": len(tried) + 1 + 2 * (1 + 1),
+        "fallbacks": [],
+    }
     assert c[3]["why_not"] == "no patch submitted" and c[3]["status"] == "max_turns"
     assert c[4]["why_not"] == "the patch does not apply" and c[4]["applies"] is False
     assert c[0]["tokens"] < c[1]["tokens"]

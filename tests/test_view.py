@@ -190,6 +190,11 @@ def test_a_scaling_page_explains_the_choice(clamp_run: Path, tmp_path: Path) -> 
     assert selected[0].all("span", "star")
     for row, candidate in zip(rows, report["candidates"], strict=True):
         assert (candidate["why_not"] or "") in row.text
+        first = candidate["tested_as"]
+        shown_as = "" if first is None else "itself" if first == candidate["index"] else f"{first}"
+        assert row.one("td", "tested-as").text.endswith(shown_as)
+    testing = report["testing"]
+    assert f"{testing['containers']} containers" in dom.one("div", id="overview").text
 
     matrix = dom.one("table", "matrix")
     kept = [t for t in report["generated_tests"] if t["kept"]]
@@ -293,6 +298,13 @@ def test_a_batch_page_and_its_instances(
     assert "resolved: 1 of the 3 graded predictions" in headline
     assert "1 of all 4 instances run (an error counts as unresolved)" in headline
     summary = summarize(output)
+    facts = {
+        d.one("dt").text: d.one("dd").text for d in dom.one("dl", "facts").all("div")
+    }  # the batch's cost, totals over every instance
+    assert facts["prompt tokens"] == f"{summary.usage.prompt_tokens:,}"
+    assert facts["completion tokens"] == f"{summary.usage.completion_tokens:,}"
+    assert facts["model time"] == f"{summary.usage.model_s:.1f} s"
+    assert facts["sandbox time"] == f"{summary.usage.sandbox_s:.1f} s"
     by_repo = dom.all("figure", "chart")[0]
     assert by_repo.one("figcaption").text == "resolved by repo"
     for repo, group in summary.by_repo.items():

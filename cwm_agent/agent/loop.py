@@ -212,6 +212,8 @@ class Rollout:
         completion = self.policy.complete([self.messages], room)[0]
         trajectory.generation_s += time.monotonic() - generated
         trajectory.turns += 1
+        trajectory.prompt_tokens += completion.prompt_tokens
+        trajectory.completion_tokens += completion.completion_tokens
         self.used += completion.completion_tokens
         self.messages.append(
             Message.assistant(completion.text, completion.stop, completion.token_ids)

@@ -51,11 +51,40 @@ class Trajectory(BaseModel):
     status: Status = "running"
     reason: str | None = None
     turns: int = 0
-    tokens_used: int = 0
+    tokens_used: int = Field(0, description="the context's size at the end")
+    prompt_tokens: int = Field(0, description="summed over the replies: what an API bills as input")
+    completion_tokens: int = Field(0, description="summed over the replies: tokens generated")
     submission: str | None = Field(None, description="the last submission, readable text")
     submission_bytes: bytes | None = Field(None, exclude=True, description="exactly as submitted")
     started_at: str
     duration_s: float = 0.0
-    generation_s: float = 0.0
-    tools_s: float = 0.0
+    generation_s: float = Field(0.0, description="model time: seconds waiting for replies")
+    tools_s: float = Field(0.0, description="sandbox time: seconds of tool calls")
     messages: list[MessageRecord] = Field(default_factory=list)
+
+
+class Usage(BaseModel):
+    """What some work cost: tokens the model read and wrote, seconds in the model and
+    in sandboxes; the sum over rollouts (and test runs) is what a budget is planned from."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    model_s: float = 0.0
+    sandbox_s: float = 0.0
+
+    @classmethod
+    def of(cls, trajectory: Trajectory) -> Usage:
+        return cls(
+            prompt_tokens=trajectory.prompt_tokens,
+            completion_tokens=trajectory.completion_tokens,
+            model_s=round(trajectory.generation_s, 3),
+            sandbox_s=round(trajectory.tools_s, 3),
+        )
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            model_s=round(self.model_s + other.model_s, 3),
+            sandbox_s=round(self.sandbox_s + other.sandbox_s, 3),
+        )

@@ -12,6 +12,19 @@ from cwm_agent.model.replay import ReplayPolicy
 from cwm_agent.model.request_batching import BatchingPolicy
 from cwm_agent.model.spec import DEFAULT_MODEL, LoadConfig, ModelSpec, SamplingConfig
 
+# Set before anything of this package imports torch or transformers (every path to
+# them runs this file first): transformers imports torchao when installed; on a CPU
+# build of torch, torchao logs that its CUDA kernels do not load, and torch that
+# torchao uses a deprecated registration: nothing the user can act on.
+for _noisy in ("torchao", "torch.utils._pytree"):
+    logging.getLogger(_noisy).setLevel(logging.ERROR)
+
+
+def loading_line(spec: ModelSpec) -> str | None:
+    """What a command prints, once, while a local model's weights load (which can take
+    minutes); None for replays and servers, which load nothing."""
+    return f"loading {spec.target} …" if spec.kind == "local" else None
+
 
 def load_policy(spec: ModelSpec) -> Policy:
     """The policy `spec` names; errors are one line for the user."""
@@ -27,14 +40,20 @@ def load_policy(spec: ModelSpec) -> Policy:
     if not spec.target.strip():
         raise PolicyError("--model is empty: give replay:PATH, openai:URL or a model id/directory")
     # Imported here: torch and transformers take seconds to import, and replay or
-    # server users never need them. transformers imports torchao when installed; on a
-    # CPU build of torch, torchao logs that its CUDA kernels do not load, and torch that
-    # torchao uses a deprecated registration: nothing the user can act on.
-    for noisy in ("torchao", "torch.utils._pytree"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    # server users never need them.
     from cwm_agent.model.hf import TransformersPolicy
 
-    return TransformersPolicy(spec.target, **spec.load.model_dump(), sampling=spec.sampling)
+    load = spec.load  # field by field: a renamed field or parameter is a type error here
+    return TransformersPolicy(
+        spec.target,
+        dtype=load.dtype,
+        device_map=load.device_map,
+        quantization=load.quantization,
+        attn_implementation=load.attn_implementation,
+        offline=load.offline,
+        compile=load.compile,
+        sampling=spec.sampling,
+    )
 
 
 class PolicyPool:

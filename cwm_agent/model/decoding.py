@@ -32,6 +32,7 @@ class Row:
     pending: int
     max_new_tokens: int
     generated: list[int]
+    on_token: Callable[[int], None] | None = None  # told each new token (a stream's reply)
 
 
 def decode(
@@ -83,6 +84,8 @@ def decode(
 def advance(row: Row, token: int, stop_ids: Sequence[int]) -> bool:
     """Record `row`'s new token; True when the row is done (a stop id or its limit)."""
     row.generated.append(token)
+    if row.on_token is not None:
+        row.on_token(token)
     return token in stop_ids or len(row.generated) >= row.max_new_tokens
 
 

@@ -26,13 +26,14 @@ differ by rounding (one bf16 ulp measured on an H100), which can flip near-ties.
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import logging
 import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ from transformers import (
     GenerationConfig,
     PreTrainedConfig,
 )
+from transformers.utils import logging as transformers_logging
 
 from cwm_agent.errors import first_line
 from cwm_agent.model import compiled
@@ -244,14 +246,17 @@ class TransformersPolicy:
         max_new_tokens: TokenLimit,
         sampling: SamplingConfig | None = None,
         stop_ids: Sequence[int] | None = None,
+        on_token: Callable[[int, int], None] | None = None,
     ) -> list[Generated]:
         """Continue each prompt until a stop token (CWM's chat stop tokens unless
         `stop_ids` names others, e.g. `<|frame_sep|>` for traces) or `max_new_tokens`.
 
         Eagerly, one prompt runs through `generate()`; several are decoded as one batch,
         each from its own cache and leaving the batch when it stops (`decoding.py`).
-        Compiled, every call decodes through an arena (`compiled.py`). Calls
-        from several threads are serialised: they share one model and one set of caches.
+        Compiled, every call decodes through an arena (`compiled.py`). `on_token(i, id)`
+        is told each token of prompt i as it is sampled (a server streaming its reply; it
+        runs the batch path, one prompt too). Calls from several threads are serialised:
+        they share one model and one set of caches.
         """
         limits = per_conversation(max_new_tokens, len(prompts))
         if min(limits, default=1) < 1:
@@ -261,8 +266,10 @@ class TransformersPolicy:
         with self._lock:
             if sampling.seed is not None:
                 torch.manual_seed(sampling.seed)
-            if len(prompts) > 1 or self.decoder is not None:
-                return self._generate_batch([tuple(p) for p in prompts], limits, sampling, stops)
+            if len(prompts) > 1 or self.decoder is not None or on_token is not None:
+                return self._generate_batch(
+                    [tuple(p) for p in prompts], limits, sampling, stops, on_token
+                )
             return [
                 self._generate_one(tuple(p), self._generation_config(limit, sampling, stops), stops)
                 for p, limit in zip(prompts, limits, strict=True)
@@ -274,13 +281,16 @@ class TransformersPolicy:
         limits: list[int],
         sampling: SamplingConfig,
         stops: tuple[int, ...],
+        on_token: Callable[[int, int], None] | None = None,
     ) -> list[Generated]:
         if not all(prompts):
             raise ValueError("cannot continue an empty prompt")
         started = time.monotonic()
         rows, reused = [], []
-        for prompt, limit in zip(prompts, limits, strict=True):
+        for index, (prompt, limit) in enumerate(zip(prompts, limits, strict=True)):
             row, held = self._row(prompt, limit)
+            if on_token is not None:
+                row.on_token = functools.partial(on_token, index)
             rows.append(row)
             reused.append(held)
         if self.decoder is not None:
@@ -485,6 +495,9 @@ def load_tokenizer(model: str, offline: bool) -> Any:
 
 
 def _load_model(model: str, config: PreTrainedConfig, offline: bool, **kwargs: Any) -> Any:
+    # transformers draws a progress bar over the weights it loads: in a CI log or under
+    # --quiet that is noise, and the commands say in one line that the weights load.
+    transformers_logging.disable_progress_bar()
     try:
         return AutoModelForCausalLM.from_pretrained(
             model, config=config, local_files_only=offline, **kwargs

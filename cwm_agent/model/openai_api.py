@@ -36,6 +36,7 @@ _CONNECT_TIMEOUT_S = 10.0
 RETRIES = 5  # attempts after the first: about 30 s of backoff in all
 RETRIES_ENV = "CWM_AGENT_API_RETRIES"  # more, to ride out a server restart (minutes for vLLM)
 _MAX_ERROR_CHARS = 300
+API_KEY_ENV = "CWM_AGENT_API_KEY"  # the key `cwm-agent serve` asks for (as vLLM's VLLM_API_KEY)
 
 
 class _Retryable(Exception):
@@ -96,7 +97,7 @@ class OpenAIPolicy:
         self._stop_ids: dict[int, str] | None = None
         self._session = requests.Session()
         self._session.mount(self.url, HTTPAdapter(pool_maxsize=self.concurrency))
-        key = api_key or os.environ.get("OPENAI_API_KEY") or os.environ.get("CWM_AGENT_API_KEY")
+        key = api_key or os.environ.get("OPENAI_API_KEY") or os.environ.get(API_KEY_ENV)
         if key:
             self._session.headers["Authorization"] = f"Bearer {key}"
 

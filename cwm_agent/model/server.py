@@ -1,159 +1,160 @@
-"""A minimal OpenAI-compatible completions server over the transformers backend.
+"""A minimal OpenAI-compatible server over the transformers backend.
 
-It lets the `openai:URL` backend, and anything else that speaks `/v1/completions`,
-use local weights where vLLM is not installed, and it is the reference the tests
-check the raw-prompt path against. Prompts are tokenised as vLLM does (special-token
-strings become special tokens); one model is shared, so generation is serialised.
+It lets the `openai:URL` backend, and OpenAI clients (the openai SDK, LiteLLM-based
+agents, editors), use local weights where vLLM is not installed, and it is the
+reference the tests check the raw-prompt path against. `/v1/completions` tokenises a
+text prompt as vLLM does (special-token strings become special tokens);
+`/v1/chat/completions` renders messages with CWM's own chat format
+(`cwm_agent.protocol`). Both stream (SSE) on request, and `n` choices are one batch.
 
-    cwm-agent serve --model DIR [--port 8000]
+One model is shared, so generation is serialised; everything before it (reading,
+checking and tokenising a request) runs outside that lock, each request on its own
+copy of the tokenizer, so one huge prompt cannot hold up a small one. What cannot fit
+the context is refused before it is tokenised (`Limits.prompt_bytes`).
+
+    cwm-agent serve --model DIR [--port 8000] [--api-key KEY]
 """
 
 from __future__ import annotations
 
+import copy
+import errno
+import hmac
+import ipaddress
 import json
 import threading
-import time
-import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from cwm_agent.errors import UserError
 from cwm_agent.model.hf import Generated, TransformersPolicy
-from cwm_agent.model.spec import SamplingConfig
-from cwm_agent.protocol.chat import STOP_TOKENS, stop_token_ids
+from cwm_agent.model.openai_api import API_KEY_ENV
+from cwm_agent.model.server_replies import Choice, Event, Reply, Stream
+from cwm_agent.model.server_requests import (
+    Endpoint,
+    Limits,
+    Request,
+    RequestError,
+    bad,
+    check,
+)
+from cwm_agent.protocol.chat import Message, render_ids, stop_token_ids
 
-_MAX_BODY_BYTES = 64 * 1024 * 1024
-_UNSUPPORTED = ("stream", "echo", "logprobs", "suffix")
+READ_TIMEOUT_S = 30.0  # a client that stops sending (or reading) for this long is dropped
+_BODY_SLACK_BYTES = 1 << 20  # the rest of a body besides its prompt
+_ROUTES: dict[str, Endpoint] = {"/v1/completions": "completions", "/v1/chat/completions": "chat"}
 
 
-class RequestError(Exception):
-    """A request the server refuses; becomes an OpenAI-style error body."""
+class ServeError(UserError):
+    """The server cannot start (a busy port, an address this machine does not have)."""
 
-    def __init__(self, status: HTTPStatus, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.param = param
+
+class _ClientLeft(Exception):
+    """The client closed its connection, or stopped reading, mid-stream."""
 
 
 @dataclass(frozen=True)
-class _Completion:
-    """A checked `/v1/completions` request: what generation and the reply need."""
+class _Job:
+    """A request tokenised and checked against the context: ready to generate."""
 
-    prompt: str | list[int]
-    extra_stops: list[int]
+    request: Request
+    ids: list[int]
     max_tokens: int
-    sampling: SamplingConfig
-    return_token_ids: bool
+    stops: list[int]  # CWM's stop tokens and those the request added
+
+
+class _Tokenizers:
+    """Copies of the model's tokenizer, lent one per request. A fast tokenizer keeps
+    per-call options such as `split_special_tokens` as state, so two threads must not
+    share one; a copy per request lets requests tokenise at once, outside the model's lock.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._original = copy.deepcopy(tokenizer)  # never lent: copies are made from it
+        self._idle = [copy.deepcopy(tokenizer)]
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def borrow(self) -> Iterator[Any]:
+        with self._lock:
+            tokenizer = self._idle.pop() if self._idle else copy.deepcopy(self._original)
+        try:
+            yield tokenizer
+        finally:
+            with self._lock:
+                self._idle.append(tokenizer)
 
 
 class CompletionServer(ThreadingHTTPServer):
-    """Holds the one policy every request thread shares."""
+    """Holds the one policy every request thread shares, and what requests are checked by."""
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], policy: TransformersPolicy) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        policy: TransformersPolicy,
+        api_key: str | None = None,
+        read_timeout_s: float = READ_TIMEOUT_S,
+    ) -> None:
         super().__init__(address, _Handler)
         self.policy = policy
         self.model_name = policy.name
-        self.context_size: int = policy.model.config.max_position_embeddings
-        self.generation_lock = threading.Lock()
+        self.api_key = api_key or None
+        self.read_timeout_s = read_timeout_s
+        tokenizer = policy.tokenizer
+        self.limits = Limits(
+            context_size=policy.model.config.max_position_embeddings,
+            vocab_size=len(tokenizer),
+            longest_token_bytes=max(len(token.encode("utf-8")) for token in tokenizer.get_vocab()),
+        )
+        self.max_body_bytes = self.limits.prompt_bytes + _BODY_SLACK_BYTES
+        self._stop_ids = list(stop_token_ids(tokenizer))
+        self._tokenizers = _Tokenizers(tokenizer)
 
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
         return f"http://{host}:{port}"
 
-    def complete(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Answers one `/v1/completions` body: check it, generate, reply as vLLM does."""
-        completion = self._check(request)
-        generated, stop_id = self._generate(completion)
-        return self._response(completion, generated, stop_id)
-
-    def _check(self, request: dict[str, Any]) -> _Completion:
-        """Every refusal happens here, before the model is touched, in a fixed order
-        (the first problem of a request is the one its error names)."""
-        model = request.get("model")
-        if model is not None and model != self.model_name:
-            raise RequestError(HTTPStatus.NOT_FOUND, f"the model {model!r} does not exist", "model")
-        prompt = _prompt(request)
-        extra_stops = request.get("stop_token_ids") or []
-        if not isinstance(extra_stops, list) or not all(type(i) is int for i in extra_stops):
-            raise RequestError(
-                HTTPStatus.BAD_REQUEST, "stop_token_ids must be token ids", "stop_token_ids"
+    def prepare(self, endpoint: Endpoint, body: dict[str, Any]) -> _Job:
+        """Check, tokenise and fit a request to the context; the model is not touched."""
+        request = check(endpoint, body, self.model_name, self.limits)
+        ids = self._tokenize(request.prompt)
+        context = self.limits.context_size
+        max_tokens = request.max_tokens or max(1, context - len(ids))
+        if len(ids) + max_tokens > context:
+            raise bad(
+                f"this model's maximum context length is {context} tokens, "
+                f"but {len(ids)} prompt tokens + max_tokens {max_tokens} were requested",
+                "max_tokens",
             )
-        max_tokens = _number(request, "max_tokens", 16, int, minimum=1)
-        temperature = _number(request, "temperature", 1.0, float, minimum=0)
-        top_p = _number(request, "top_p", 1.0, float)
-        if not 0 < top_p <= 1:
-            raise RequestError(HTTPStatus.BAD_REQUEST, "top_p must be in (0, 1]", "top_p")
-        seed = _number(request, "seed", None, int)
-        _refuse_unsupported(request)
-        return _Completion(
-            prompt=prompt,
-            extra_stops=extra_stops,
-            max_tokens=max_tokens,
-            sampling=SamplingConfig(temperature=temperature, top_p=top_p, seed=seed),  # 0: greedy
-            return_token_ids=bool(request.get("return_token_ids")),
+        return _Job(request, ids, max_tokens, [*self._stop_ids, *request.extra_stops])
+
+    def generate(
+        self, job: _Job, on_token: Callable[[int, int], None] | None = None
+    ) -> list[Choice]:
+        """The request's `n` choices, generated as one batch under the model's lock."""
+        request = job.request
+        generated = self.policy.generate_ids(
+            [job.ids] * request.n,
+            job.max_tokens,
+            request.sampling,
+            stop_ids=job.stops,
+            on_token=on_token,
         )
+        return [self._choice(request, g) for g in generated]
 
-    def _generate(self, completion: _Completion) -> tuple[Generated, int | None]:
-        """Tokenise, check the context and generate under one lock: the model is shared and
-        the tokenizer is not thread-safe. Returns the continuation and its stop token's id."""
-        with self.generation_lock:
-            tokenizer = self.policy.tokenizer
-            prompt = completion.prompt
-            ids = (
-                prompt
-                if isinstance(prompt, list)
-                else tokenizer.encode(prompt, add_special_tokens=False, split_special_tokens=False)
-            )
-            max_tokens = completion.max_tokens
-            if len(ids) + max_tokens > self.context_size:
-                raise RequestError(
-                    HTTPStatus.BAD_REQUEST,
-                    f"this model's maximum context length is {self.context_size} tokens, "
-                    f"but {len(ids)} prompt tokens + max_tokens {max_tokens} were requested",
-                    "max_tokens",
-                )
-            stops = [*stop_token_ids(tokenizer), *completion.extra_stops]
-            generated = self.policy.generate_ids(
-                [ids], max_tokens, completion.sampling, stop_ids=stops
-            )[0]
-            stop_id = (
-                None if generated.stop is None else tokenizer.convert_tokens_to_ids(generated.stop)
-            )
-        return generated, stop_id
-
-    def _response(
-        self, completion: _Completion, generated: Generated, stop_id: int | None
-    ) -> dict[str, Any]:
-        """The OpenAI `text_completion` body; the stop token counts as a completion token."""
-        completion_tokens = len(generated.token_ids) + (generated.stop is not None)
-        # As vLLM: a stop on a requested id is named by the id, on a stop string by the string.
-        stop_reason = stop_id if stop_id in completion.extra_stops else generated.stop
-        token_ids = [*generated.token_ids, *([] if stop_id is None else [stop_id])]
-        return {
-            "id": f"cmpl-{uuid.uuid4().hex}",
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": self.model_name,
-            "choices": [
-                {
-                    "index": 0,
-                    "text": generated.text,
-                    "logprobs": None,
-                    "finish_reason": generated.finish_reason,
-                    "stop_reason": stop_reason,
-                    **({"token_ids": token_ids} if completion.return_token_ids else {}),
-                }
-            ],
-            "usage": {
-                "prompt_tokens": generated.prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": generated.prompt_tokens + completion_tokens,
-            },
-        }
+    def decode(self, ids: list[int]) -> str:
+        """Text of generated ids, as `Generated.text` has it: a stream's pieces, decoded in
+        the generating thread under the model's lock, as the policy decodes its own."""
+        return self.policy.tokenizer.decode(
+            ids, skip_special_tokens=False, clean_up_tokenization_spaces=False
+        )
 
     def models(self) -> dict[str, Any]:
         return {
@@ -163,101 +164,158 @@ class CompletionServer(ThreadingHTTPServer):
             ],
         }
 
+    def _tokenize(self, prompt: str | list[int] | list[Message]) -> list[int]:
+        if isinstance(prompt, list) and all(type(i) is int for i in prompt):
+            return list(prompt)  # type: ignore[arg-type]
+        with self._tokenizers.borrow() as tokenizer:
+            if isinstance(prompt, str):
+                return tokenizer.encode(
+                    prompt, add_special_tokens=False, split_special_tokens=False
+                )
+            return render_ids(prompt, tokenizer)  # type: ignore[arg-type]
 
-def _prompt(request: dict[str, Any]) -> str | list[int]:
-    """One prompt, as text or token ids; a one-element batch of text is unwrapped."""
-    prompt = request.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and not isinstance(prompt[0], int):
-        prompt = prompt[0]
-    is_ids = isinstance(prompt, list) and all(type(i) is int for i in prompt)
-    if not (isinstance(prompt, str) or is_ids) or not prompt:
-        raise RequestError(
-            HTTPStatus.BAD_REQUEST,
-            "prompt must be one non-empty string or list of token ids",
-            "prompt",
-        )
-    return prompt
-
-
-def _refuse_unsupported(request: dict[str, Any]) -> None:
-    """What this server does not do is refused, not silently ignored: one choice, no
-    streaming or logprobs, and CWM's own stop tokens as the only stops."""
-    if _number(request, "n", 1, int) != 1:
-        raise RequestError(HTTPStatus.BAD_REQUEST, "only n=1 is supported", "n")
-    for field in _UNSUPPORTED:
-        if request.get(field):
-            raise RequestError(HTTPStatus.BAD_REQUEST, f"{field} is not supported", field)
-    stop = request.get("stop") or []
-    stop = [stop] if isinstance(stop, str) else stop
-    if not isinstance(stop, list) or not all(s in STOP_TOKENS for s in stop):
-        raise RequestError(
-            HTTPStatus.BAD_REQUEST,
-            f"stop may only name CWM's stop tokens {list(STOP_TOKENS)}: "
-            "this server always stops on them and on nothing else",
-            "stop",
+    def _choice(self, request: Request, generated: Generated) -> Choice:
+        stop_id = None
+        if generated.stop is not None:
+            with self._tokenizers.borrow() as tokenizer:
+                stop_id = tokenizer.convert_tokens_to_ids(generated.stop)
+        # As vLLM: a stop on a requested id is named by the id, on a stop string by the string.
+        stop_reason = stop_id if stop_id in request.extra_stops else generated.stop
+        token_ids = [*generated.token_ids, *([] if stop_id is None else [stop_id])]
+        return Choice(
+            text=generated.text,
+            finish_reason=generated.finish_reason,
+            stop_reason=stop_reason,
+            completion_tokens=len(token_ids),
+            token_ids=token_ids if request.return_token_ids else None,
         )
 
 
-def _number(
-    request: dict[str, Any],
-    field: str,
-    default: Any,
-    kind: type[int] | type[float],
-    minimum: float | None = None,
-) -> Any:
-    """A numeric field, checked; JSON `null` means the default."""
-    value = request.get(field)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise RequestError(HTTPStatus.BAD_REQUEST, f"{field} must be a number", field)
-    if kind is int and value != int(value):
-        raise RequestError(HTTPStatus.BAD_REQUEST, f"{field} must be an integer", field)
-    if minimum is not None and value < minimum:
-        raise RequestError(HTTPStatus.BAD_REQUEST, f"{field} must be >= {minimum:g}", field)
-    return kind(value)
+def _failed(exc: Exception) -> RequestError:
+    return RequestError(HTTPStatus.INTERNAL_SERVER_ERROR, f"generation failed: {exc}")
+
+
+def _error_body(exc: RequestError) -> Event:
+    """OpenAI's error shape, which its SDK raises as the matching exception."""
+    kind = "server_error" if exc.status >= 500 else "invalid_request_error"
+    error = {"message": str(exc), "type": kind, "param": exc.param, "code": exc.status.value}
+    return {"error": error}
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 class _Handler(BaseHTTPRequestHandler):
     server: CompletionServer
     server_version = "cwm-agent"
 
+    def setup(self) -> None:
+        self.timeout = self.server.read_timeout_s  # applies to every read and write
+        super().setup()
+
     def do_GET(self) -> None:
-        if self.path.rstrip("/") == "/v1/models":
+        try:
+            self._authorize()
+            if self.path.rstrip("/") != "/v1/models":
+                raise RequestError(HTTPStatus.NOT_FOUND, f"no route {self.path}")
             self._reply(HTTPStatus.OK, self.server.models())
-        else:
-            self._error(RequestError(HTTPStatus.NOT_FOUND, f"no route {self.path}"))
+        except RequestError as exc:
+            self._error(exc)
 
     def do_POST(self) -> None:
         try:
-            if self.path.rstrip("/") != "/v1/completions":
+            endpoint = _ROUTES.get(self.path.rstrip("/"))
+            if endpoint is None:
                 raise RequestError(HTTPStatus.NOT_FOUND, f"no route {self.path}")
-            self._reply(HTTPStatus.OK, self.server.complete(self._body()))
+            self._authorize()
+            job = self.server.prepare(endpoint, self._body())
+            if job.request.stream:
+                self._stream(job)
+            else:
+                reply = Reply(endpoint, self.server.model_name)
+                self._reply(HTTPStatus.OK, reply.body(self.server.generate(job), len(job.ids)))
         except RequestError as exc:
             self._error(exc)
         except Exception as exc:  # the client gets the reason; the server keeps serving
             self.log_error("generation failed: %r", exc)
-            self._error(RequestError(HTTPStatus.INTERNAL_SERVER_ERROR, f"generation failed: {exc}"))
+            self._error(_failed(exc))
+
+    def _authorize(self) -> None:
+        """With an API key, every request must carry it as `Authorization: Bearer KEY`."""
+        key = self.server.api_key
+        given = self.headers.get("Authorization", "")
+        if key and not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+            raise RequestError(
+                HTTPStatus.UNAUTHORIZED, "a valid API key is required: Authorization: Bearer KEY"
+            )
 
     def _body(self) -> dict[str, Any]:
         try:
             length = int(self.headers.get("Content-Length", ""))
         except ValueError:
             raise RequestError(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required") from None
-        if not 0 <= length <= _MAX_BODY_BYTES:
-            raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "the request is too large")
+        cap = self.server.max_body_bytes
+        if not 0 <= length <= cap:
+            raise RequestError(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                f"the request is {length} bytes: this server takes at most {cap} "
+                f"(what the model's context of {self.server.limits.context_size} tokens can hold)",
+            )
         try:
-            body = json.loads(self.rfile.read(length))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise RequestError(HTTPStatus.BAD_REQUEST, f"the body is not JSON: {exc}") from None
+            data = self.rfile.read(length)
+        except TimeoutError:
+            raise RequestError(
+                HTTPStatus.REQUEST_TIMEOUT,
+                f"the body did not arrive: no data for {self.server.read_timeout_s:g} s",
+            ) from None
+        if len(data) < length:
+            raise bad(f"the body ended after {len(data)} of the {length} bytes announced")
+        try:
+            body = json.loads(data, parse_constant=_no_constant)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise bad(f"the body is not JSON: {exc}") from None
+        except RecursionError:
+            raise bad("the body is not JSON this server reads: it is nested too deeply") from None
         if not isinstance(body, dict):
-            raise RequestError(HTTPStatus.BAD_REQUEST, "the body must be a JSON object")
+            raise bad("the body must be a JSON object")
         return body
 
+    def _stream(self, job: _Job) -> None:
+        """Server-sent events: a chunk per new piece of text, then `data: [DONE]`. A failure
+        after the events began is sent as an error event (the SDK raises it)."""
+        server = self.server
+        reply = Reply(job.request.endpoint, server.model_name)
+        stream = Stream(job.request, reply, server.decode, set(job.stops), self._event)
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.end_headers()
+        try:
+            stream.start()
+            try:
+                stream.finish(server.generate(job, on_token=stream.token), len(job.ids))
+            except _ClientLeft:
+                raise
+            except Exception as exc:
+                self.log_error("generation failed: %r", exc)
+                self._event(_error_body(_failed(exc)))
+            self._send_bytes(b"data: [DONE]\n\n")
+        except _ClientLeft:
+            self.log_error("the client left before its stream ended")
+
+    def _event(self, event: Event) -> None:
+        self._send_bytes(b"data: " + json.dumps(event).encode("utf-8") + b"\n\n")
+
+    def _send_bytes(self, data: bytes) -> None:
+        try:
+            self.wfile.write(data)
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError, TimeoutError) as exc:
+            raise _ClientLeft from exc
+
     def _error(self, exc: RequestError) -> None:
-        kind = "server_error" if exc.status >= 500 else "invalid_request_error"
-        error = {"message": str(exc), "type": kind, "param": exc.param, "code": exc.status.value}
-        self._reply(exc.status, {"error": error})
+        self._reply(exc.status, _error_body(exc))
 
     def _reply(self, status: HTTPStatus, body: dict[str, Any]) -> None:
         data = json.dumps(body).encode("utf-8")
@@ -267,16 +325,53 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
             self.log_error("the client left before its reply was ready")
 
 
+def listen(
+    policy: TransformersPolicy, host: str, port: int, api_key: str | None = None
+) -> CompletionServer:
+    """A server bound to `host:port`; an address it cannot have is one line naming it."""
+    try:
+        return CompletionServer((host, port), policy, api_key)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ServeError(
+                f"port {port} on {host} is in use: stop what holds it, "
+                "or choose another with --port"
+            ) from None
+        raise ServeError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}: "
+            "choose another --host or --port"
+        ) from None
+
+
+def exposure_warning(host: str, api_key: str | None) -> str | None:
+    """What to warn of when the server is reachable from other machines; None on loopback."""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback:
+        return None
+    if api_key:
+        return (
+            f"warning: --host {host} is reachable from other machines, and the API key "
+            "crosses the network in clear text: serve over a trusted network or a TLS proxy"
+        )
+    return (
+        f"warning: --host {host} is reachable from other machines and anyone there can use "
+        f"the model: set --api-key (or {API_KEY_ENV}) to require a key"
+    )
+
+
 def serve(
-    policy: TransformersPolicy, host: str = "127.0.0.1", port: int = 0
+    policy: TransformersPolicy, host: str = "127.0.0.1", port: int = 0, api_key: str | None = None
 ) -> tuple[CompletionServer, threading.Thread]:
     """Starts serving in a daemon thread; stop with `server.shutdown(); server.server_close()`.
     The model is listed under `policy.name`, as vLLM lists the `--model` it was given."""
-    server = CompletionServer((host, port), policy)
+    server = listen(policy, host, port, api_key)
     thread = threading.Thread(target=server.serve_forever, name="cwm-completions", daemon=True)
     thread.start()
     return server, thread

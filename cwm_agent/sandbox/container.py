@@ -162,6 +162,16 @@ class Sandbox:
             self.close()
             raise
 
+    def _remove(self, container_id: str) -> None:
+        try:
+            self.api.remove_container(container_id, force=True)
+        except NotFound:
+            pass
+        except APIError as exc:  # auto-remove got there first: wait for it below
+            if "in progress" not in str(exc):
+                raise
+        self._wait_removed(container_id)
+
     def _wait_removed(self, container_id: str, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -264,14 +274,10 @@ class Sandbox:
         if pending is not None:  # closed while its container was being created
             teardown.remove_when_made(pending, self._remove)
         if self.id is not None:
-            try:
-                self.api.remove_container(self.id, force=True)
-            except NotFound:
-                pass
-            except APIError as exc:  # auto-remove got there first: wait for it below
-                if "in progress" not in str(exc):
-                    raise
-            self._wait_removed(self.id)
+            # A lost daemon cannot remove it now: the keep-alive closed below makes
+            # the container end and remove itself once the daemon sees that.
+            with contextlib.suppress(RequestException, ConnectionError):
+                self._remove(self.id)
             self.id = None
         if self._keepalive is not None:
             self._keepalive.close()

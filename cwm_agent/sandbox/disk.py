@@ -12,7 +12,8 @@ from __future__ import annotations
 import threading
 
 from docker import APIClient
-from docker.errors import DockerException
+
+from cwm_agent.sandbox.daemon import LOST_ERRORS
 
 POLL_S = 1.0  # writing between two polls is the most a container overshoots
 
@@ -51,5 +52,5 @@ class DiskWatchdog:
                     )
                     self.api.kill(self.container_id)
                     return
-            except DockerException:
-                return  # removed under us: nothing left to watch
+            except LOST_ERRORS:  # removed under us, or the daemon is gone: nothing to watch
+                return

@@ -9,13 +9,15 @@ run folder, so predictions.jsonl stays exactly-once and `--resume` works as
 without Ray. A task whose node or worker dies is retried elsewhere by Ray (up
 to MAX_RETRIES times); one lost more often comes back as an error, retried by
 `--resume`. Ray is imported only here, and only once `--ray` is given.
+
+This is the executor seam of `--ray`, as `parallel` is of threads: `runner` and
+`evaluate` hand it their work, and it imports neither of them.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import functools
 import logging
 import os
 import signal
@@ -30,16 +32,14 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel, Field
 
+from cwm_agent.atomic_write import write_atomically
 from cwm_agent.errors import first_line
-from cwm_agent.sandbox import docker_client, remove_leftovers, teardown
+from cwm_agent.sandbox import teardown
 from cwm_agent.swebench.errors import SwebenchError
-from cwm_agent.swebench.images import BATCH_LABEL
 from cwm_agent.tts import TTSOptions
 
 if TYPE_CHECKING:
-    from cwm_agent.swebench.dataset import Instance
-    from cwm_agent.swebench.evaluate import InstanceReport
-    from cwm_agent.swebench.runner import InstanceResult, RunOptions
+    from cwm_agent.model import ModelSpec
 
 SLOTS = "docker_slots"
 MAX_RETRIES = 3  # attempts after the first, for a task whose node or worker died
@@ -243,7 +243,7 @@ def run_on_cluster(
                 for name, data in shipped.files.items():
                     path = output / name
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    path.write_bytes(data)
+                    write_atomically(path, data)
                 on_result(item, shipped)
     except BaseException:
         for ref in pending:
@@ -279,107 +279,19 @@ def _on_node(work: Callable[[T, Path], R], item: T) -> Shipped[R]:
     return Shipped(value, node, files)
 
 
-def run_instances(
-    instances: list[Instance],
-    options: RunOptions,
-    run_id: str,
-    write_outcome: Callable[[Instance, InstanceResult, bytes], InstanceResult],
-    on_done: Callable[[InstanceResult], None],
-) -> None:
-    """`swebench run`'s instances on the cluster; `write_outcome` records each one here."""
-    from cwm_agent.swebench.images import image_for
-    from cwm_agent.swebench.runner import InstanceResult
-
-    def landed(instance: Instance, shipped: Shipped[tuple[InstanceResult, bytes]]) -> None:
-        result, patch = shipped.value
-        result.node = shipped.node or None
-        on_done(write_outcome(instance, result, patch))
-
-    def lost(instance: Instance, reason: str) -> tuple[InstanceResult, bytes]:
-        result = InstanceResult(
-            instance_id=instance.instance_id,
-            repo=instance.repo,
-            difficulty=instance.difficulty,
-            image=image_for(instance, options.image_template),
-            status="error",
-            error="sandbox",
-            reason=f"on the cluster: {reason}",
-        )
-        return result, b""
-
+@contextmanager
+def model_replicas(model: ModelSpec, options: ClusterOptions) -> Iterator[list[Any]]:
+    """A local `--model` as `options.replicas` Ray actors (none for other models),
+    shown on the progress line while they live and killed at the end."""
     import ray
 
-    assert options.ray is not None
-    if options.model.kind == "local":
+    if model.kind == "local":
         from cwm_agent.model.replicas import start_replicas
 
-        settings = options.ray
-        _replicas[:] = start_replicas(options.model, settings.replicas, settings.replica_gpus)
-    work = functools.partial(_run_on_node, options, run_id, list(_replicas))
-    slots = slots_for(options.scaling)
+        _replicas[:] = start_replicas(model, options.replicas, options.replica_gpus)
     try:
-        run_on_cluster(instances, work, options.output, slots, landed, lost)
+        yield list(_replicas)
     finally:
         for handle in _replicas:
             ray.kill(handle)
         _replicas.clear()
-
-
-def _run_on_node(
-    options: RunOptions, run_id: str, replicas: list[Any], instance: Instance, scratch: Path
-) -> tuple[InstanceResult, bytes]:
-    from cwm_agent.model.replicas import ReplicaPool
-    from cwm_agent.swebench.runner import _run_instance, policy_source
-
-    here = options.model_copy(update={"output": scratch})
-    client = docker_client()
-    # Containers of this run whose owner died here (a worker lost with its raylet).
-    remove_leftovers(client, label=f"{BATCH_LABEL}={run_id}")
-    if replicas:
-        pool = ReplicaPool(replicas)
-        policy_for: Callable[[Instance], Any] = lambda _: pool  # noqa: E731
-    else:
-        policy_for = policy_source(here)
-    return _run_instance(instance, here, policy_for, client, run_id, threading.Event())
-
-
-def grade_instances(
-    instances: list[Instance],
-    patches: dict[str, str],
-    output: Path,
-    run_id: str,
-    timeout: int,
-    image_template: str | None,
-    on_done: Callable[[InstanceReport], None],
-) -> None:
-    """`swebench eval`'s instances on the cluster, their logs in `output/eval/<id>/`."""
-    from cwm_agent.swebench.evaluate import InstanceReport
-
-    def lost(instance: Instance, reason: str) -> InstanceReport:
-        return InstanceReport(
-            instance_id=instance.instance_id,
-            repo=instance.repo,
-            difficulty=instance.difficulty,
-            status="error",
-            reason=f"on the cluster: {reason}",
-        )
-
-    work = functools.partial(_grade_on_node, patches, run_id, timeout, image_template)
-    run_on_cluster(instances, work, output, 1, lambda _, shipped: on_done(shipped.value), lost)
-
-
-def _grade_on_node(
-    patches: dict[str, str],
-    run_id: str,
-    timeout: int,
-    image_template: str | None,
-    instance: Instance,
-    scratch: Path,
-) -> InstanceReport:
-    from cwm_agent.swebench.evaluate import evaluate_instance
-
-    folder = scratch / "eval" / instance.instance_id
-    client = docker_client()
-    remove_leftovers(client, label=f"{BATCH_LABEL}={run_id}")
-    patch = patches[instance.instance_id]
-    return evaluate_instance(instance, patch, folder, client, run_id, timeout, image_template)

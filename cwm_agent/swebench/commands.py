@@ -1,4 +1,4 @@
-"""The `cwm-agent swebench` commands: run, eval, report."""
+"""The `cwm-agent swebench` commands: run, eval, report, bundle."""
 
 from __future__ import annotations
 
@@ -18,19 +18,19 @@ from rich.progress import (
 
 from cwm_agent import flags
 from cwm_agent.agent import RolloutConfig
-from cwm_agent.model import LoadConfig, ModelSpec, SamplingConfig
+from cwm_agent.model import LoadConfig, ModelSpec, SamplingConfig, loading_line
 from cwm_agent.swebench import cluster
+from cwm_agent.swebench.bundle import bundle as write_bundle
 from cwm_agent.swebench.dataset import load_instances, read_ids
 from cwm_agent.swebench.errors import SwebenchError
 from cwm_agent.swebench.evaluate import InstanceReport, evaluate
 from cwm_agent.swebench.predictions import read_predictions
 from cwm_agent.swebench.report import render, summarize
 from cwm_agent.swebench.runner import InstanceResult, RunOptions, run_batch
-from cwm_agent.terminal import shown
+from cwm_agent.terminal import how_to_open, make_console, shown
 from cwm_agent.tts import TTSOptions
-from cwm_agent.view import how_to_open
 
-console = Console()
+console = make_console()
 RayAddress = Annotated[
     str | None,
     typer.Option(
@@ -93,7 +93,7 @@ app = typer.Typer(help="SWE-bench runs: run the agent, grade its predictions, re
 
 
 @app.command()
-@flags.expand
+@flags.configurable
 def run(
     dataset: Dataset,
     model: Annotated[str, typer.Option(help="replay:DIR, openai:URL, or a model id/dir")],
@@ -117,6 +117,7 @@ def run(
         float | None, typer.Option(help="with --ray: GPUs per replica (default 1)")
     ] = None,
     quiet: Quiet = False,
+    settings: dict[str, object] = flags.resolved(),
 ) -> None:
     """Run the agent on each instance in its own container; write predictions.jsonl."""
     if instances is not None and instances_file is not None:
@@ -138,7 +139,10 @@ def run(
         resume=resume,
         rollout=rollout,
         ray=on_cluster,
+        settings=settings,
     )
+    if not quiet and on_cluster is None and (loading := loading_line(options.model)):
+        console.print(loading, highlight=False)  # on a cluster, the replicas load
     results = _run_batch_shown(options, quiet, ray)
     errors = sum(result.status == "error" for result in results)
     console.print(
@@ -176,6 +180,7 @@ def _run_batch_shown(options: RunOptions, quiet: bool, ray: str | None) -> list[
 
 
 @app.command(name="eval")
+@flags.configurable
 def eval_(
     predictions: Annotated[Path, typer.Option(help="predictions .jsonl or .json")],
     dataset: Dataset,
@@ -223,6 +228,30 @@ def eval_(
     console.print(
         f"resolved {report.resolved}/{report.total} ({report.resolved_rate:.1%}); "
         f"report: {(output or predictions.parent) / 'report.json'}"
+    )
+    errors = report.counts["error"]
+    if errors:  # as `run`: scripts can tell that some predictions went ungraded
+        typer.echo(f"error: {errors} instance(s) could not be graded", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def bundle(
+    run: Annotated[Path, typer.Argument(help="a graded run folder")],
+    out: Annotated[Path, typer.Option(help="new folder for the leaderboard entry")],
+    name: Annotated[str, typer.Option(help="the entry's name on the leaderboard")],
+    eval_: Annotated[
+        Path | None,
+        typer.Option("--eval", help="the run's eval: its report.json or folder (default: RUN)"),
+    ] = None,
+) -> None:
+    """Write a graded run as a SWE-bench leaderboard entry (the experiments repository's
+    layout): all_preds.jsonl, metadata.yaml, README.md, logs/, trajs/."""
+    done = write_bundle(run, eval_, out, name)
+    console.print(
+        f"wrote {done.out}: {done.predictions} prediction(s), logs of {done.logs} graded "
+        f"instance(s), {done.trajectories} trajectories; fill in metadata.yaml's empty fields",
+        highlight=False,
     )
 
 

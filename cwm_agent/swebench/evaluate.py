@@ -11,6 +11,7 @@ images), its per-instance reports gathered into the same `report.json`.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
@@ -23,15 +24,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import docker
-from docker.errors import DockerException
 from pydantic import BaseModel, Field
 
-from cwm_agent.atomic_write import write_json
+from cwm_agent.atomic_write import write_atomically, write_json
 from cwm_agent.errors import first_line
-from cwm_agent.sandbox import WORKDIR, Sandbox, SandboxError, docker_client
+from cwm_agent.sandbox import (
+    WORKDIR,
+    Sandbox,
+    SandboxError,
+    daemon,
+    docker_client,
+    remove_leftovers,
+)
+from cwm_agent.swebench.cluster import run_on_cluster
 from cwm_agent.swebench.dataset import Instance
 from cwm_agent.swebench.errors import SwebenchError
-from cwm_agent.swebench.images import image_for, workspace_for
+from cwm_agent.swebench.images import BATCH_LABEL, image_for, workspace_for
 from cwm_agent.swebench.parallel import run_parallel
 from cwm_agent.swebench.predictions import Prediction
 
@@ -98,13 +106,15 @@ def evaluate(
     graded = _to_grade(instances, predictions)
     run_id = f"cwm-agent-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
     output.mkdir(parents=True, exist_ok=True)
-    reports = {i.instance_id: _empty(i) for i in graded if _patch(predictions, i) is None}
+    patches = {i.instance_id: _patch(predictions, i) for i in graded}  # each looked up once
+    to_apply = {name: patch for name, patch in patches.items() if patch is not None}
+    reports = {i.instance_id: _empty(i) for i in graded if i.instance_id not in to_apply}
     _announce(reports.values(), on_done)
-    patched = [i for i in graded if _patch(predictions, i) is not None]
+    patched = [i for i in graded if i.instance_id in to_apply]
     harness_report = None
     if patched and backend == "local":
         reports |= _local(
-            patched, predictions, output, run_id, workers, timeout, image_template, on_done, ray
+            patched, to_apply, output, run_id, workers, timeout, image_template, on_done, ray
         )
     elif patched:
         found, harness_report = _official(
@@ -114,6 +124,8 @@ def evaluate(
         _announce(found.values(), on_done)
     report = _summary(backend, run_id, dataset, predictions_path, reports, harness_report)
     write_json(output / "report.json", report)
+    if report.counts["error"] and backend == "local":  # the daemon lost, or just some failed?
+        daemon.check("grade again with `cwm-agent swebench eval`")
     return report
 
 
@@ -192,7 +204,7 @@ def _empty(instance: Instance) -> InstanceReport:
 
 def _local(
     instances: list[Instance],
-    predictions: dict[str, Prediction],
+    patches: dict[str, str],
     output: Path,
     run_id: str,
     workers: int,
@@ -201,6 +213,7 @@ def _local(
     on_done: Callable[[InstanceReport], None] | None,
     ray: str | None,
 ) -> dict[str, InstanceReport]:
+    """Grade each instance's non-empty patch in this process's threads, or as Ray tasks."""
     reports: dict[str, InstanceReport] = {}
 
     def done(report: InstanceReport) -> None:
@@ -209,23 +222,48 @@ def _local(
             on_done(report)
 
     if ray is not None:
-        from cwm_agent.swebench.cluster import grade_instances
 
-        patches = {i.instance_id: predictions[i.instance_id].model_patch or "" for i in instances}
-        grade_instances(instances, patches, output, run_id, timeout, image_template, done)
+        def lost(instance: Instance, reason: str) -> InstanceReport:
+            return InstanceReport(
+                instance_id=instance.instance_id,
+                repo=instance.repo,
+                difficulty=instance.difficulty,
+                status="error",
+                reason=f"on the cluster: {reason}",
+            )
+
+        work = functools.partial(_grade_on_node, patches, run_id, timeout, image_template)
+        run_on_cluster(instances, work, output, 1, lambda _, shipped: done(shipped.value), lost)
         return reports
     client = docker_client()
 
-    def work(instance: Instance, stopping: threading.Event) -> InstanceReport | None:
+    def grade_here(instance: Instance, stopping: threading.Event) -> InstanceReport | None:
         if stopping.is_set():
             return None
         folder = output / "eval" / instance.instance_id
-        patch = predictions[instance.instance_id].model_patch or ""
+        patch = patches[instance.instance_id]
         report = evaluate_instance(instance, patch, folder, client, run_id, timeout, image_template)
         return None if stopping.is_set() else report
 
-    run_parallel(instances, work, workers, done)
+    run_parallel(instances, grade_here, workers, done)
     return reports
+
+
+def _grade_on_node(
+    patches: dict[str, str],
+    run_id: str,
+    timeout: int,
+    image_template: str | None,
+    instance: Instance,
+    scratch: Path,
+) -> InstanceReport:
+    """A Ray task's body: one instance graded on this node, its logs under `scratch`."""
+    folder = scratch / "eval" / instance.instance_id
+    client = docker_client()
+    remove_leftovers(client, label=f"{BATCH_LABEL}={run_id}")
+    return evaluate_instance(
+        instance, patches[instance.instance_id], folder, client, run_id, timeout, image_template
+    )
 
 
 def evaluate_instance(
@@ -249,18 +287,18 @@ def evaluate_instance(
         status="error",
     )
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "patch.diff").write_text(patch)
+    write_atomically(folder / "patch.diff", patch)
     workspace = workspace_for(image_for(instance, image_template), run_id, hygiene=False)
     try:
         with workspace.open(client) as opened:
             plan = eval_plan(instance, opened.head, WORKDIR)
-            (folder / "eval.sh").write_text(plan.script)
+            write_atomically(folder / "eval.sh", plan.script)
             log = _run_tests(opened.box, patch, plan, timeout)
-    except (SwebenchError, SandboxError, DockerException) as exc:
-        report.reason = first_line(exc, 300)
+    except (SwebenchError, SandboxError, *daemon.LOST_ERRORS) as exc:
+        report.reason = daemon.reason_for(exc) or first_line(exc, 300)
         report.duration_s = round(time.monotonic() - started, 3)
         return report
-    (folder / "test_output.txt").write_text(log)
+    write_atomically(folder / "test_output.txt", log)
     if log.startswith(">>>>> Patch Apply Failed"):
         report.patch_applied, report.reason = False, "the patch does not apply"
     elif log.endswith("seconds exceeded."):
@@ -313,7 +351,7 @@ def _official(
             "its own test command or script): use --backend local"
         )
     dataset_file = (output / "dataset.jsonl").resolve()
-    dataset_file.write_text("".join(json.dumps(i.row()) + "\n" for i in instances))
+    write_atomically(dataset_file, "".join(json.dumps(i.row()) + "\n" for i in instances))
     predictions_file = predictions_path.resolve()
     here = Path.cwd()
     os.chdir(output)

@@ -177,14 +177,19 @@ def _test_block(script: str) -> str | None:
 
 
 def _parser(instance: Instance) -> Parser:
-    if instance.log_parser is not None:
-        if instance.log_parser not in PARSERS:
-            raise SwebenchError(
-                f"{instance.instance_id}: unknown log_parser {instance.log_parser!r} "
-                f"(known: {', '.join(sorted(PARSERS)[:6])}, ...)"
-            )
-        return PARSERS[instance.log_parser]
-    return MAP_REPO_TO_PARSER.get(instance.repo, PARSERS[DEFAULT_PARSER])
+    """The row's `log_parser` by the harness's name (`parse_log_django`) or, as rows of
+    cwm-agent's previous release spell it, the short one (`django`); else the repo's."""
+    name = instance.log_parser
+    if name is None:
+        return MAP_REPO_TO_PARSER.get(instance.repo, PARSERS[DEFAULT_PARSER])
+    found = PARSERS.get(name) or PARSERS.get(f"parse_log_{name}")
+    if found is None:
+        short = [known.removeprefix("parse_log_") for known in sorted(PARSERS)]
+        raise SwebenchError(
+            f"{instance.instance_id}: unknown log_parser {name!r}: use one of the harness's "
+            f"parsers, by its name or without parse_log_ ({', '.join(short)})"
+        )
+    return found
 
 
 def _bare_spec(

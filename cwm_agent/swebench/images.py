@@ -68,7 +68,7 @@ def workspace_for(
     instance_id: str | None = None,
 ) -> Workspace:
     """The instance's start state: the image's /testbed at its HEAD (hygiene for agents)."""
-    labels = {f"{LABEL}.job": "swebench", BATCH_LABEL: run_id}
+    labels = {f"{LABEL}.job": "swebench", BATCH_LABEL: run_id, f"{LABEL}.run": run_id}
     if instance_id is not None:
         labels[INSTANCE_LABEL] = instance_id
     return Workspace(

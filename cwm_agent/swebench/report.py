@@ -10,14 +10,27 @@ import statistics
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from cwm_agent.agent import Usage
 from cwm_agent.errors import first_line
 from cwm_agent.swebench.errors import SwebenchError
 from cwm_agent.swebench.evaluate import EvalReport
 from cwm_agent.swebench.runner import InstanceResult
+
+USAGE_LABELS = {  # Usage's fields, as the table names them
+    "prompt_tokens": "prompt tokens",
+    "completion_tokens": "completion tokens",
+    "model_s": "model time (s)",
+    "sandbox_s": "sandbox time (s)",
+}
+PART_LABELS = {
+    "candidates": "candidate rollouts",
+    "testgen": "test-generation rollouts",
+    "tests": "test running",
+}
 
 
 class Spread(BaseModel):
@@ -47,6 +60,15 @@ class Summary(BaseModel):
     turns: Spread | None
     tokens: Spread | None
     wall_s: Spread | None
+    # Cost: the sums over every instance, and per instance that ran, the spreads.
+    usage: Usage
+    prompt_tokens: Spread | None
+    completion_tokens: Spread | None
+    model_s: Spread | None
+    sandbox_s: Spread | None
+    usage_by_part: dict[str, Usage] | None = Field(
+        description="test-time scaling: candidates, testgen and tests, summed over instances"
+    )
     errors_by_kind: dict[str, int]
 
 
@@ -86,6 +108,9 @@ def summary_of(results: list[InstanceResult], graded: EvalReport | None) -> Summ
         turns=_spread([r.turns for r in ran]),
         tokens=_spread([r.tokens_used for r in ran]),
         wall_s=_spread([r.duration_s for r in ran]),
+        usage=sum((r.usage for r in results), Usage()),
+        **{key: _spread([getattr(r.usage, key) for r in ran]) for key in USAGE_LABELS},
+        usage_by_part=_by_part([r.usage_by_part for r in results if r.usage_by_part]),
         errors_by_kind=dict(Counter(r.error or "?" for r in results if r.status == "error")),
     )
 
@@ -122,6 +147,18 @@ def render(summary: Summary, console: Console) -> None:
             values = (spread.min, spread.median, spread.p90, spread.max)
             spreads.add_row(name, *(f"{v:g}" for v in values))
     console.print(spreads)
+    cost = Table("cost", "total", "min", "median", "p90", "max", title="tokens and time")
+    for key, label in USAGE_LABELS.items():
+        spread = getattr(summary, key)
+        values = [] if spread is None else [spread.min, spread.median, spread.p90, spread.max]
+        cost.add_row(label, *(f"{v:,.6g}" for v in (getattr(summary.usage, key), *values)))
+    console.print(cost)
+    if summary.usage_by_part:
+        parts = Table("test-time scaling", *USAGE_LABELS.values(), title="cost by part (total)")
+        for part, usage in summary.usage_by_part.items():
+            cells = (f"{getattr(usage, key):,.6g}" for key in USAGE_LABELS)
+            parts.add_row(PART_LABELS.get(part, part), *cells)
+        console.print(parts)
     if summary.errors_by_kind:
         errors = Table("kind", "count", title="errors")
         for kind, count in sorted(summary.errors_by_kind.items()):
@@ -156,6 +193,13 @@ def read_graded(folder: Path) -> EvalReport | None:
 def _resolved(report: EvalReport, instance_id: str) -> bool:
     found = report.instances.get(instance_id)
     return found is not None and found.status == "resolved"
+
+
+def _by_part(splits: list[dict[str, Usage]]) -> dict[str, Usage] | None:
+    """The scaled instances' splits summed part by part; None when none was scaled."""
+    if not splits:
+        return None
+    return {part: sum((split[part] for split in splits), Usage()) for part in splits[0]}
 
 
 def _spread(values: list[float]) -> Spread | None:

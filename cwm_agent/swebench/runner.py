@@ -4,6 +4,7 @@ Layout of a run folder:
     predictions.jsonl               official format, one line per finished instance
     trajectories/<instance_id>/     trajectory.json, patch.diff, result.json
     run.json                        options, package versions, one entry per session
+    config.toml                     the first session's settings, for `--config`
 
 An instance is done once its line is in predictions.jsonl; anything else in
 its folder is from a session that stopped half-way and is redone on --resume.
@@ -13,6 +14,7 @@ no prediction, so a resumed run retries them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -24,7 +26,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import docker
 from pydantic import (
@@ -36,12 +38,14 @@ from pydantic import (
     model_validator,
 )
 
-from cwm_agent.agent import RolloutConfig
+from cwm_agent import toml_config
+from cwm_agent.agent import RolloutConfig, Usage
 from cwm_agent.atomic_write import write_json
-from cwm_agent.errors import first_line
+from cwm_agent.errors import DiskFullError, first_line
 from cwm_agent.model import ModelSpec, PolicyError, PolicyPool
-from cwm_agent.sandbox import ImageNotFoundError, docker_client, remove_leftovers, teardown
+from cwm_agent.sandbox import ImageNotFoundError, daemon, docker_client, remove_leftovers, teardown
 from cwm_agent.solve import Solution, solve
+from cwm_agent.swebench import cluster
 from cwm_agent.swebench.cluster import ClusterOptions
 from cwm_agent.swebench.dataset import ALIASES, Instance, load_instances, select
 from cwm_agent.swebench.errors import SwebenchError
@@ -69,6 +73,10 @@ class RunOptions(BaseModel):
     resume: bool = False
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     ray: ClusterOptions | None = Field(None, description="`--ray`; None: threads here")
+    settings: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the command's flags as resolved, keyed as config.toml keys them",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -106,8 +114,12 @@ class InstanceResult(BaseModel):
     turns: int = 0
     tokens_used: int = 0
     duration_s: float = 0.0
-    generation_s: float = 0.0
-    tools_s: float = 0.0
+    usage: Usage = Field(
+        default_factory=Usage, description="tokens and model/sandbox seconds, every rollout's"
+    )
+    usage_by_part: dict[str, Usage] | None = Field(
+        None, description="test-time scaling: candidates, testgen, tests"
+    )
     patch_bytes: int = 0
     node: str | None = Field(None, description="the Ray node it ran on (`--ray`)")
     worker: str | None = Field(None, description="host/thread that ran it")
@@ -192,6 +204,7 @@ class _Batch:
         # behind once the daemon finishes: such orphans are cleared at both ends.
         self.orphans = f"{BATCH_LABEL}={self.run_id}"
         self.results: list[InstanceResult] = []
+        self.lost: str | None = None  # why the daemon stopped answering, once it has
 
     def run(self, on_start: Callable[[int, int], None] | None) -> list[InstanceResult]:
         """The session, recorded in run.json from its first write to its end."""
@@ -215,10 +228,17 @@ class _Batch:
             self.session.interrupted = True
             raise
         finally:
-            remove_leftovers(self.client, label=self.orphans)
+            if self.lost is None:
+                remove_leftovers(self.client, label=self.orphans)
             self.session.finished_at = _now()
             self.session.duration_s = round(time.monotonic() - started, 3)
             _write_record(self.output, self.record)
+        if self.lost is not None:
+            raise daemon.DockerLostError(
+                self.lost,
+                f"add --resume to finish the run (`cwm-agent cleanup --run {self.run_id}` "
+                "removes any of its containers left)",
+            )
         return self.results
 
     def run_instances(self) -> None:
@@ -226,19 +246,48 @@ class _Batch:
         if self.options.ray is None:
             run_parallel(self.todo, self.work, self.options.workers, self.done)
         else:
-            from cwm_agent.swebench.cluster import run_instances
+            self.run_on_cluster(self.options.ray)
 
-            run_instances(self.todo, self.options, self.run_id, self.write_outcome, self.done)
+    def run_on_cluster(self, settings: ClusterOptions) -> None:
+        """Each instance as a Ray task; its outcome is recorded here as it lands."""
+
+        def landed(
+            instance: Instance, shipped: cluster.Shipped[tuple[InstanceResult, bytes]]
+        ) -> None:
+            result, patch = shipped.value
+            result.node = shipped.node or None
+            self.done(self.write_outcome(instance, result, patch))
+
+        def lost(instance: Instance, reason: str) -> tuple[InstanceResult, bytes]:
+            result = InstanceResult(
+                instance_id=instance.instance_id,
+                repo=instance.repo,
+                difficulty=instance.difficulty,
+                image=image_for(instance, self.options.image_template),
+                status="error",
+                error="sandbox",
+                reason=f"on the cluster: {reason}",
+            )
+            return result, b""
+
+        with cluster.model_replicas(self.options.model, settings) as replicas:
+            work = functools.partial(_run_on_node, self.options, self.run_id, replicas)
+            slots = cluster.slots_for(self.options.scaling)
+            cluster.run_on_cluster(self.todo, work, self.options.output, slots, landed, lost)
 
     def work(self, instance: Instance, stopping: threading.Event) -> InstanceResult | None:
-        """One instance in a worker thread; None once the batch is stopping."""
-        if stopping.is_set():
+        """One instance in a worker thread; None once the batch is stopping, or once the
+        daemon is lost (an instance not begun is left for --resume, not failed)."""
+        if stopping.is_set() or self.lost is not None:
             return None
         result, patch = _run_instance(
             instance, self.options, self.policy_for, self.client, self.run_id, stopping
         )
         if stopping.is_set():  # its container was torn down under it: not a real outcome
             return None
+        if result.status == "error" and (why := daemon.lost()) is not None:
+            self.lost = why
+            result.error, result.reason = "sandbox", daemon.lost_reason(why)
         return self.write_outcome(instance, result, patch)
 
     def write_outcome(
@@ -309,6 +358,8 @@ def _run_instance(
             cancelled=stopping,
             detect=_regression_ways(instance) if options.scaling.enabled else None,
         )
+    except DiskFullError:  # no instance can be recorded: the batch ends, in one line
+        raise
     except PolicyError as exc:
         return _failed(result, "model", str(exc), started), b""
     except ImageNotFoundError as exc:
@@ -323,8 +374,7 @@ def _run_instance(
     result.turns = trajectory.turns
     result.tokens_used = trajectory.tokens_used
     result.duration_s = round(time.monotonic() - started, 3)
-    result.generation_s = round(trajectory.generation_s, 3)
-    result.tools_s = round(trajectory.tools_s, 3)
+    result.usage, result.usage_by_part = solution.usage, solution.usage_by_part
     result.patch_bytes = len(solution.patch)
     failure = _failure(solution)
     if failure is not None:
@@ -332,6 +382,24 @@ def _run_instance(
     else:
         result.status = "submitted" if solution.patch else "empty"
     return result, solution.patch
+
+
+def _run_on_node(
+    options: RunOptions, run_id: str, replicas: list[Any], instance: Instance, scratch: Path
+) -> tuple[InstanceResult, bytes]:
+    """A Ray task's body: the instance on this node, its files written under `scratch`."""
+    from cwm_agent.model.replicas import ReplicaPool
+
+    here = options.model_copy(update={"output": scratch})
+    client = docker_client()
+    # Containers of this run whose owner died here (a worker lost with its raylet).
+    remove_leftovers(client, label=f"{BATCH_LABEL}={run_id}")
+    if replicas:
+        pool = ReplicaPool(replicas)
+        policy_for: Callable[[Instance], Any] = lambda _: pool  # noqa: E731
+    else:
+        policy_for = policy_source(here)
+    return _run_instance(instance, here, policy_for, client, run_id, threading.Event())
 
 
 def _regression_ways(instance: Instance) -> Detector:
@@ -377,8 +445,8 @@ def _open_record(options: RunOptions) -> RunRecord:
             record = RunRecord.model_validate_json(path.read_text(encoding="utf-8"))
         except (OSError, ValidationError) as exc:
             raise SwebenchError(f"--resume: {path} is unreadable: {first_line(exc)}") from None
-        if (_dataset_key(record.options.dataset), record.options.split) != (
-            _dataset_key(options.dataset),
+        if (dataset_key(record.options.dataset), record.options.split) != (
+            dataset_key(options.dataset),
             options.split,
         ):
             raise SwebenchError(
@@ -393,10 +461,12 @@ def _open_record(options: RunOptions) -> RunRecord:
             )
         return record  # keeps the first session's options; each session records its own
     output.mkdir(parents=True, exist_ok=True)
+    if options.settings:  # `--config RUN/config.toml` repeats the run
+        (output / "config.toml").write_text(toml_config.dumps(options.settings), encoding="utf-8")
     return RunRecord(cwm_agent_version=_version("cwm-agent"), versions=_versions(), options=options)
 
 
-def _dataset_key(name: str) -> str:
+def dataset_key(name: str) -> str:
     """The same dataset however it was named: a file by its real path, a hub alias by name."""
     path = Path(name)
     return str(path.resolve()) if path.is_file() else ALIASES.get(name.lower(), name)

@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cwm_agent import flags
-from cwm_agent.model import DEFAULT_MODEL, LoadConfig, ModelSpec, SamplingConfig
+from cwm_agent.model import DEFAULT_MODEL, LoadConfig, ModelSpec, SamplingConfig, loading_line
+from cwm_agent.terminal import make_console
 from cwm_agent.trace.actual import ActualTrace, TraceJob, TracerLimits, run_tracer
 from cwm_agent.trace.cruxeval import EvalSettings, run_cruxeval
 from cwm_agent.trace.debugger import Debugger, repl
@@ -24,7 +24,7 @@ from cwm_agent.trace.predict import PredictLimits, TraceTask, predict_traces
 from cwm_agent.trace.scoring import score_trace, summarize
 from cwm_agent.trace.view import compare_table, scores_table, trace_table
 
-console = Console()
+console = make_console()
 TRACER, PREDICT = TracerLimits(), PredictLimits()  # the defaults flags show
 
 File = Annotated[Path, typer.Argument(help="Python file holding the function")]
@@ -58,6 +58,8 @@ class Predictor:
     def model(self, spec: str, sample: bool) -> TraceModel:
         """The trace model `spec` names: greedy unless `sample`."""
         parsed = ModelSpec.parse(spec, self.load, self.sampling)
+        if loading := loading_line(parsed):  # on stderr: --json output stays JSON alone
+            typer.echo(loading, err=True)
         return load_trace_model(parsed, sample=sample, tokenizer=self.tokenizer)
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from cwm_agent.atomic_write import write_json
+from cwm_agent.atomic_write import append_line, write_json
 from cwm_agent.trace.actual import ActualTrace, TraceJob, TracerLimits, run_tracer
 from cwm_agent.trace.format import TraceError
 from cwm_agent.trace.models import TraceModel
@@ -75,8 +75,7 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
+    append_line(path, json.dumps(record))
 
 
 def check_run(folder: Path, run: dict[str, Any]) -> None:

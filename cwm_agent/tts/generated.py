@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from cwm_agent import pyparse
+from cwm_agent.tts.selection import normalize
 from cwm_agent.workspace import CommandRun
 
 REPRODUCED, RESOLVED, OTHER = "Issue reproduced", "Issue resolved", "Other issues"
@@ -30,6 +31,16 @@ def static_problem(source: str) -> str | None:
     if missing:
         return "lacks the " + " and ".join(f"{m!r}" for m in missing) + " marker"
     return None
+
+
+def distinct(sources: Mapping[int, bytes]) -> dict[int, list[int]]:
+    """The tests that are one program, each under its lowest number: the same
+    source once comments and docstrings are out is run once, voted as many."""
+    alike: dict[str, list[int]] = {}
+    for test in sorted(sources):
+        text = normalize(TEST_FILE, sources[test].decode("utf-8", "replace"))
+        alike.setdefault(text, []).append(test)
+    return {tests[0]: tests for tests in alike.values()}
 
 
 def reproduction_problem(run: CommandRun) -> str | None:

@@ -31,6 +31,9 @@ class CandidateReport(BaseModel):
     key: str | None = Field(None, description="fingerprint of the normalised patch")
     votes: int = 0
     group_of_patch: list[int] = Field(default_factory=list, description="candidates voting alike")
+    tested_as: int | None = Field(
+        None, description="the candidate of its patch group that was tested; it shares the outcomes"
+    )
     trajectory: str = ""
 
 
@@ -43,6 +46,9 @@ class GeneratedTestReport(BaseModel):
     original_output: str | None = None
     group: int | None = Field(None, description="rank of its behaviour group, 0 = largest")
     in_top_groups: bool = False
+    duplicate_of: int | None = Field(
+        None, description="the test of the same normalised source that ran for it"
+    )
     trajectory: str = ""
 
 
@@ -52,8 +58,20 @@ class GroupReport(BaseModel):
     resolved_by: list[int]
 
 
+class TestingCost(BaseModel):
+    """What testing took, for a budget: containers, test runs, interpreter starts."""
+
+    containers: int = 0
+    container_s: float = Field(0.0, description="seconds its containers were open, summed")
+    test_executions: int = Field(0, description="regression commands and generated tests run")
+    interpreter_starts: int = 0
+    fallbacks: list[str] = Field(
+        default_factory=list, description="why a batch of tests was rerun one test at a time"
+    )
+
+
 class TTSReport(BaseModel):
-    version: int = 2
+    version: int = 3
     options: TTSOptions
     candidates: list[CandidateReport]
     generated_tests: list[GeneratedTestReport]
@@ -64,6 +82,7 @@ class TTSReport(BaseModel):
     decision: str
     duration_s: float
     phases_s: dict[str, float] = Field(description="seconds from the start to each phase's end")
+    testing: TestingCost = Field(default_factory=TestingCost)
 
 
 def table(report: TTSReport) -> Group:

@@ -23,12 +23,14 @@ def normalized_key(contents: Mapping[str, bytes | None]) -> str:
     digest = hashlib.sha256()
     for path in sorted(contents):
         data = contents[path]
-        text = "<deleted>" if data is None else _normalize(path, data.decode("utf-8", "replace"))
+        text = "<deleted>" if data is None else normalize(path, data.decode("utf-8", "replace"))
         digest.update(f"{path}\0{text}\0".encode())
     return digest.hexdigest()[:16]
 
 
-def _normalize(path: str, text: str) -> str:
+def normalize(path: str, text: str) -> str:
+    """Python parsed and unparsed without comments and docstrings (as Agentless
+    normalises); any other text with its whitespace collapsed."""
     if path.endswith(".py"):
         try:
             tree = pyparse.parse(text)
