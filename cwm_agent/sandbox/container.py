@@ -290,9 +290,6 @@ class Sandbox:
         except IndexError:
             return None
 
-    def _remove(self, container_id: str) -> None:
-        self.api.remove_container(container_id, force=True)
-
     @property
     def closed(self) -> bool:
         """Closed (perhaps from another thread, on an interrupt): nothing more may run."""
