@@ -50,8 +50,10 @@ class Server:
         args = ("serve", "--model", str(self.model), "--offline", "--port", str(self.port))
         self.process = start_cli(*args)
         assert self.process.stdout is not None
-        line = self.process.stdout.readline()  # printed once it listens
-        assert line.startswith("serving "), line + self.process.communicate(timeout=30)[1]
+        for line in self.process.stdout:  # "loading ...", then "serving ..." once it listens
+            if line.startswith("serving "):
+                return
+        raise AssertionError(self.process.communicate(timeout=30)[1])
 
     def kill(self) -> None:
         assert self.process is not None
