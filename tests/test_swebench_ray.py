@@ -409,6 +409,14 @@ def test_ray_grades_with_the_local_backend_only(tmp_path: Path) -> None:
     assert not (tmp_path / "report.json").exists()
 
 
+@pytest.fixture
+def ray_tmpdir() -> Iterator[Path]:
+    """RAY_TMPDIR for a local cluster of the test's own; short, for Ray's socket paths."""
+    root = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
 def session_processes(root: Path) -> list[str]:
     """Ray's processes of the local cluster whose temp root is `root` (they inherit
     RAY_TMPDIR; their command lines are retitled `ray::...`)."""
@@ -430,7 +438,12 @@ def session_processes(root: Path) -> list[str]:
     [("ray.init", 1), ("ray.init", 2), ("agents", 1), ("mid-run", 1), ("mid-run", 2)],
 )
 def test_an_interrupt_of_ray_local_is_one_line_and_leaves_no_ray_process(
-    dataset: Path, tmp_path: Path, client: docker.DockerClient, moment: str, signals: int
+    dataset: Path,
+    tmp_path: Path,
+    ray_tmpdir: Path,
+    client: docker.DockerClient,
+    moment: str,
+    signals: int,
 ) -> None:
     """Ctrl-C as the local cluster starts, once its raylet's agents run, or with
     instances under way; once, or twice 0.3 s apart like an impatient user."""
@@ -438,7 +451,7 @@ def test_an_interrupt_of_ray_local_is_one_line_and_leaves_no_ray_process(
     folder.mkdir()
     for n in (1, 2, 3):
         (folder / f"calc__calc-{n}.json").write_text(json.dumps([helpers.call("bash", "sleep 60")]))
-    root = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's socket paths
+    root = ray_tmpdir
     output = tmp_path / f"local-{moment}-{signals}"
     args = run_args(dataset, folder, output, "--ray", "local", "--instances", ",".join(IDS))
     process = start_cli(*args, env={"RAY_TMPDIR": str(root)})
@@ -468,4 +481,3 @@ def test_an_interrupt_of_ray_local_is_one_line_and_leaves_no_ray_process(
         time.sleep(0.2)
     assert session_processes(root) == []
     assert no_containers_soon(client, output)
-    shutil.rmtree(root, ignore_errors=True)
