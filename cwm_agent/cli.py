@@ -13,6 +13,8 @@ import importlib.metadata
 import json
 import os
 import platform
+import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -79,6 +81,7 @@ def user_errors(command: F) -> F:
 
     @functools.wraps(command)
     def wrapper(*args: object, **kwargs: object) -> object:
+        _ctrl_c_once()
         try:
             return command(*args, **kwargs)
         except UserError as exc:
@@ -100,6 +103,24 @@ def user_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+_SETTLE_S = 2.0  # for a create Docker finished as the interrupt landed; not for a slow one
+
+
+def _ctrl_c_once() -> None:
+    """The first Ctrl-C unwinds (removing containers, stopping a local Ray cluster);
+    a second one, a moment later, must not cut that short into a traceback and
+    leftovers, so from the first on Ctrl-C is ignored. (Left as it is where Ctrl-C
+    is ignored already, e.g. in a background job.)"""
+    main = threading.current_thread() is threading.main_thread()
+    if main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupt)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def _unforeseen(exc: Exception) -> str:
     """The line for an error no command turned into one: a lost daemon or a full disk
     said as such, anything else as its type and first line."""
@@ -114,12 +135,18 @@ def _unforeseen(exc: Exception) -> str:
 def _leftovers() -> str:
     """What became of this process's containers, checked with the daemon."""
     teardown.close_all()
+    creating = teardown.settle(timeout=_SETTLE_S)
     try:
         left = owned_containers(docker_client())
     except (SandboxError, DockerException):
         return "could not ask Docker whether containers are left: run `cwm-agent cleanup`"
     if left:
         return f"{len(left)} container(s) not removed ({' '.join(left)}): run `cwm-agent cleanup`"
+    if creating:
+        return (
+            f"containers removed; {creating} more that Docker is still creating "
+            "are removed as they appear"
+        )
     return "containers removed"
 
 

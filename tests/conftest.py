@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -134,6 +135,13 @@ def small_disk(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
 STARTED: set[int] = set()  # pids of the cwm-agent processes this test session started
 
 
+def default_signals() -> None:
+    """`preexec_fn` of every child a test signals: the suite may run with SIGINT ignored
+    (a background job, some CI runners), and a child would inherit that."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def start_cli(
     *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> subprocess.Popen[str]:
@@ -146,6 +154,7 @@ def start_cli(
         env={**os.environ, "COLUMNS": "200", **(env or {})},
         cwd=cwd,
         start_new_session=True,
+        preexec_fn=default_signals,
     )
     STARTED.add(process.pid)
     return process

@@ -1,12 +1,14 @@
 """A local stand-in for the GitHub REST API: a real HTTP server that keeps a little
 state (issues, pull requests, comments) and records every request it gets, so
-tests can assert the exact calls the bot made."""
+tests can assert the exact calls the bot made. `failures` makes it fail the next
+calls the way GitHub does in its bad moments."""
 
 from __future__ import annotations
 
 import json
 import re
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,6 +24,20 @@ class Recorded:
     query: dict[str, str]
     body: Any
     authorization: str | None
+    at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Failure:
+    """How the next call (the next `on`, as "METHOD PATH", when given) fails: `status`
+    with `headers`; after doing the work when `acted` (the answer is lost, not the
+    request); after `delay_s` without an answer."""
+
+    status: int = 502
+    headers: dict[str, str] = field(default_factory=dict)
+    acted: bool = False
+    delay_s: float = 0.0
+    on: str = ""
 
 
 @dataclass
@@ -33,6 +49,7 @@ class FakeGitHub:
     timeline: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     comments: list[dict[str, Any]] = field(default_factory=list)
     requests: list[Recorded] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
     url: str = ""
 
     def add_issue(self, number: int, title: str, body: str, **extra: Any) -> None:
@@ -72,6 +89,10 @@ class FakeGitHub:
             found = [p for p in self.pulls if f"{self.slug.split('/')[0]}:{p['head']}" == head]
             return 200, [p for p in found if p["state"] == query.get("state", "open")]
         if method == "POST" and rest == "/pulls":
+            if any(p["head"] == body["head"] and p["state"] == "open" for p in self.pulls):
+                owner = self.slug.split("/")[0]
+                message = f"A pull request already exists for {owner}:{body['head']}."
+                return 422, {"message": "Validation Failed", "errors": [{"message": message}]}
             number = 100 + len(self.pulls)
             pull = {
                 **body,
@@ -103,12 +124,22 @@ def serve(api: FakeGitHub) -> Iterator[FakeGitHub]:
             query = dict(parse_qsl(parts.query))
             auth = self.headers.get("Authorization")
             api.requests.append(Recorded(self.command, parts.path, query, body, auth))
+            call = f"{self.command} {parts.path}"
+            failure = next((f for f in api.failures if f.on in ("", call)), None)
+            if failure is not None:
+                api.failures.remove(failure)
+            headers: dict[str, str] = {}
             if auth != f"Bearer {api.token}":
                 status, answer = 401, {"message": "Bad credentials"}
-            else:
+            elif failure is None or failure.acted:
                 status, answer = api.handle(self.command, parts.path, query, body)
+            if failure is not None:
+                time.sleep(failure.delay_s)
+                status, answer, headers = failure.status, {"message": "failed"}, failure.headers
             data = json.dumps(answer).encode()
             self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()

@@ -16,7 +16,7 @@ import pytest
 
 from cwm_agent.sandbox import LABEL
 from tests.conftest import run_cli
-from tests.github_api import FakeGitHub, serve
+from tests.github_api import Failure, FakeGitHub, serve
 from tests.helpers import CALC_EXAMPLE as EXAMPLE
 from tests.helpers import EXAMPLES, call, committed_copy, git
 
@@ -202,6 +202,27 @@ def test_label_opens_a_draft_pull_request_and_a_rerun_updates_it(setup: Setup) -
     assert len(setup.api.pulls) == 1
     moved = refs(setup.remote)
     assert moved.pop(f"refs/heads/{BRANCH}") != commit and moved == before
+
+
+def test_github_failing_part_way_is_one_line_and_a_rerun_finishes(setup: Setup) -> None:
+    """The first calls fail and are retried; then opening the pull request keeps failing
+    after the push: one line, and a re-run pushes again and opens exactly one."""
+    transient = {"Retry-After": "0"}
+    setup.api.failures = [Failure(502, transient), Failure(503, transient)]
+    setup.api.failures += [Failure(502, transient, on="POST /repos/acme/calc/pulls")] * 5
+    done = setup.ci(FIX)
+    assert done.returncode == 1, done.stderr + done.stdout
+    assert done.stderr.splitlines() == [
+        "error: GitHub API POST /pulls: 502 failed (5 attempt(s)): try again in a while; "
+        "a re-run finds the branch and pull request this one made"
+    ]
+    assert setup.api.calls()[:3] == [("GET", "/repos/acme/calc/issues/7")] * 3
+    assert f"refs/heads/{BRANCH}" in refs(setup.remote) and setup.api.pulls == []
+
+    again = setup.ci(FIX)
+    assert again.returncode == 0, again.stderr + again.stdout
+    assert "opened draft pull request #100" in again.stdout
+    assert len(setup.api.pulls) == 1
 
 
 BOGUS = "diff --git a/gone.py b/gone.py\n--- a/gone.py\n+++ b/gone.py\n@@ -1 +1 @@\n-a\n+b\n"

@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from docker.errors import APIError
 
 from cwm_agent.errors import first_line
 from cwm_agent.sandbox import LABEL
+from tests.conftest import default_signals
 from tests.conftest import run_cli as cli
 
 pytestmark = pytest.mark.docker
@@ -80,15 +80,25 @@ def test_docker_errors_keep_their_cause_when_shortened() -> None:
 
 
 def test_ctrl_c_while_the_cli_loads_is_one_line() -> None:
-    """Importing torch and transformers takes seconds; a Ctrl-C then is no traceback."""
+    """Importing the CLI takes a while; a Ctrl-C then is no traceback. Python's import
+    log says when the CLI's own modules have begun to load: the signal lands then."""
     command = Path(sys.executable).parent / "cwm-agent"  # the installed entry point
     process = subprocess.Popen(
-        [str(command), "doctor"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [str(command), "doctor"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"},
+        preexec_fn=default_signals,
     )
-    time.sleep(0.5)  # Python is up; the CLI's imports take seconds more
+    assert process.stderr is not None
+    for line in process.stderr:  # "import time: self | cumulative | module"
+        if line.startswith("import time:") and line.split("|")[-1].strip() == "cwm_agent.errors":
+            break
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=30)
-    assert (process.returncode, out, err) == (130, "", "interrupted: nothing had started\n")
+    said = [line for line in err.splitlines() if not line.startswith("import time:")]
+    assert (process.returncode, out, said) == (130, "", ["interrupted: nothing had started"])
 
 
 @pytest.mark.parametrize("command", [("fix",), ("ci",), ("swebench", "run"), ("swebench", "eval")])

@@ -27,7 +27,7 @@ from cwm_agent.sandbox import (
     SandboxConfig,
 )
 from cwm_agent.tools import Toolbox
-from tests.conftest import containers_of
+from tests.conftest import containers_of, default_signals
 from tests.helpers import call
 
 pytestmark = pytest.mark.docker
@@ -254,6 +254,7 @@ def test_killed_process_leaves_no_container(
         stdout=subprocess.PIPE,
         text=True,
         cwd=Path(__file__).parent.parent,
+        preexec_fn=default_signals,
     )
     assert holder.stdout is not None and holder.stdin is not None
     container_id = holder.stdout.readline().strip()
@@ -298,6 +299,7 @@ def test_signal_while_the_container_is_created_leaves_none(
             text=True,
             cwd=Path(__file__).parent.parent,
             start_new_session=True,
+            preexec_fn=default_signals,
         )
         assert holder.stdout is not None and holder.stdout.readline() == "creating\n"
         time.sleep(delay)

@@ -25,7 +25,7 @@ import yaml
 
 from cwm_agent.sandbox import LABEL
 from tests import helpers
-from tests.conftest import run_cli, start_cli
+from tests.conftest import default_signals, run_cli, start_cli
 from tests.helpers import (
     FIXES,
     ISSUES,
@@ -267,6 +267,7 @@ def test_resume_after_a_kill_loses_and_repeats_nothing(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_signals,
     )
     deadline = time.monotonic() + 120
     while not (output / "predictions.jsonl").exists():

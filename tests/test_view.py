@@ -25,7 +25,7 @@ from cwm_agent.agent import Trajectory
 from cwm_agent.swebench.report import summarize
 from cwm_agent.swebench.runner import InstanceResult
 from tests.browser import Element, dump_dom, screenshot
-from tests.conftest import run_cli
+from tests.conftest import default_signals, run_cli
 from tests.helpers import (  # noqa: F401  (fixtures)
     CALC_EXAMPLE,
     CLAMP_EXAMPLE,
@@ -348,6 +348,7 @@ def served_batch(output: Path, outcome: dict[str, str]) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_signals,
     )
     try:
         line = server.stdout.readline()  # type: ignore[union-attr]

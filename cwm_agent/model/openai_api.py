@@ -33,6 +33,8 @@ _SPECIAL_TOKEN = re.compile(r"<\|(?=[A-Za-z0-9_]+\|>)")
 _ZERO_WIDTH_SPACE = "\u200b"
 _RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 _CONNECT_TIMEOUT_S = 10.0
+RETRIES = 5  # attempts after the first: about 30 s of backoff in all
+RETRIES_ENV = "CWM_AGENT_API_RETRIES"  # more, to ride out a server restart (minutes for vLLM)
 _MAX_ERROR_CHARS = 300
 API_KEY_ENV = "CWM_AGENT_API_KEY"  # the key `cwm-agent serve` asks for (as vLLM's VLLM_API_KEY)
 
@@ -72,7 +74,7 @@ class OpenAIPolicy:
         *,
         model: str | None = None,
         timeout_s: float = 600,
-        retries: int = 5,
+        retries: int | None = None,
         concurrency: int = 8,
         sampling: SamplingConfig = SamplingConfig(),
         api_key: str | None = None,
@@ -82,7 +84,7 @@ class OpenAIPolicy:
         self.url = base_url(url)
         self.model = model
         self.timeout_s = timeout_s
-        self.retries = retries
+        self.retries = _retries_from_env() if retries is None else retries
         self.concurrency = max(1, concurrency)
         self.temperature = 0.0 if sampling.is_greedy else sampling.temperature
         self.top_p = sampling.top_p
@@ -314,6 +316,17 @@ class OpenAIPolicy:
             return response.json()
         except ValueError:
             raise PolicyError(f"{url}: the reply is not JSON: {_one_line(response.text)}") from None
+
+
+def _retries_from_env() -> int:
+    """`CWM_AGENT_API_RETRIES`, else RETRIES; each retry waits twice the last (up to
+    max_backoff_s), so 10 wait 1.5 to 3 minutes in all for a server to come back."""
+    text = os.environ.get(RETRIES_ENV, "").strip()
+    if not text:
+        return RETRIES
+    if not text.isdigit():
+        raise PolicyError(f"{RETRIES_ENV}={text!r}: expected a whole number of retries, e.g. 10")
+    return int(text)
 
 
 def _error_message(response: requests.Response) -> str:

@@ -55,7 +55,6 @@ from cwm_agent.sandbox.errors import (
 )
 from cwm_agent.sandbox.session import ShellSession
 
-_CREATE_WAIT_S = 60.0  # how long close() waits for a create request in flight
 LABEL = "cwm-agent"  # on every container we create; `cwm-agent cleanup` looks for it
 _KEEPALIVE = "while IFS= read -r _; do :; done"  # exits when our stdin socket closes
 
@@ -106,7 +105,9 @@ class Sandbox:
         self.session: ShellSession | None = None
         self.run_id = config.labels.get(f"{LABEL}.run", uuid.uuid4().hex[:12])
         self._keepalive: socket.socket | None = None
-        self._pending: Future[dict[str, str]] | None = None  # the create request in flight
+        # The create request in flight; whoever pops it (atomic) owns what it makes.
+        self._pending: list[Future[dict[str, str]]] = []
+        self._woken = threading.Event()  # the create answered, or close() came first
         self._closed = False
         self._watchdog: DiskWatchdog | None = None
 
@@ -216,9 +217,12 @@ class Sandbox:
             privileged=False,
             security_opt=["no-new-privileges"],
         )
-        # The request runs in a thread of its own, so an interrupt never lands inside
-        # it: close() waits for its answer and removes what it made.
-        self._pending = pending = Future()
+        # The request runs in a thread of its own, so an interrupt never lands inside it
+        # and never waits for it (a loaded daemon takes half a minute and more): a sandbox
+        # closed meanwhile leaves the request to teardown, which removes what it makes.
+        pending: Future[dict[str, str]] = Future()
+        self._pending.append(pending)
+        pending.add_done_callback(lambda _: self._woken.set())
         threading.Thread(
             target=_settle,
             args=(
@@ -240,9 +244,14 @@ class Sandbox:
             name="cwm-agent-create",
             daemon=True,
         ).start()
-        self.id = pending.result()["Id"]
-        self._pending = None
-        if self._closed:  # closed from another thread while the request was in flight
+        self._woken.wait()
+        mine = self._take_pending()
+        if mine is None or self._closed:  # close() came first (another thread, an interrupt)
+            if mine is not None:
+                teardown.remove_when_made(mine, self._remove)
+            raise SandboxClosed("the sandbox was closed while its container was being created")
+        self.id = mine.result()["Id"]
+        if self._closed:  # closed just now: start() closes again, removing it by its id
             raise SandboxClosed("the sandbox was closed while its container was being created")
         sock = self.api.attach_socket(self.id, params={"stdin": 1, "stream": 1})
         self._keepalive = getattr(sock, "_sock", sock)
@@ -255,15 +264,15 @@ class Sandbox:
     def close(self) -> None:
         """Remove the container; safe to call twice and from signal handlers."""
         self._closed = True
+        self._woken.set()
         if self._watchdog is not None:
             self._watchdog.stop()
         if self.session is not None:
             self.session.close()
             self.session = None
-        pending, self._pending = self._pending, None
-        if pending is not None and self.id is None:  # interrupted while it was being created
-            with contextlib.suppress(Exception):  # failed or too slow: `cleanup` finds it
-                self.id = pending.result(timeout=_CREATE_WAIT_S)["Id"]
+        pending = self._take_pending()
+        if pending is not None:  # closed while its container was being created
+            teardown.remove_when_made(pending, self._remove)
         if self.id is not None:
             # A lost daemon cannot remove it now: the keep-alive closed below makes
             # the container end and remove itself once the daemon sees that.
@@ -274,6 +283,12 @@ class Sandbox:
             self._keepalive.close()
             self._keepalive = None
         teardown.unregister(self)
+
+    def _take_pending(self) -> Future[dict[str, str]] | None:
+        try:
+            return self._pending.pop()
+        except IndexError:
+            return None
 
     @property
     def closed(self) -> bool:

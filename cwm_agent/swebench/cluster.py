@@ -16,9 +16,14 @@ This is the executor seam of `--ray`, as `parallel` is of threads: `runner` and
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import os
+import signal
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,6 +48,7 @@ NAMESPACE = "cwm-agent"  # this project's jobs, apart from others on a shared cl
 T = TypeVar("T")
 R = TypeVar("R")
 _replicas: list[Any] = []  # this run's model replicas, for the progress line
+_STOP_WAIT_S = 10.0  # for the local cluster's processes to go once killed
 
 
 class ClusterOptions(BaseModel):
@@ -74,10 +80,12 @@ def connect(address: str, local_slots: int) -> None:
     quiet: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
     if address == "local":  # token authentication as Ray sets it up for local clusters
         settings = {"resources": {SLOTS: local_slots}, "include_dashboard": False, **quiet}
+        atexit.register(_stop_local_cluster)  # also one whose start was interrupted
     else:
         settings = quiet
+    deferred = _sigint_deferred() if address == "local" else contextlib.nullcontext()
     try:
-        with _stderr_silenced():  # a refused driver's C++ client logs every retry there
+        with deferred, _stderr_silenced():  # a refused driver's C++ client logs retries there
             ray.init(address=address, namespace=NAMESPACE, **settings)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         if _refused_token(exc):
@@ -89,6 +97,72 @@ def connect(address: str, local_slots: int) -> None:
             f"--ray {address}: no Ray cluster to join ({first_line(exc)}): start one with "
             "`ray start --head`, give its HOST:PORT, or use --ray local"
         ) from None
+
+
+@contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Ctrl-C held back while a local cluster starts: one that lands early in `ray.init`
+    is otherwise lost, and the run goes on. Held (blocked), it takes effect as the
+    start ends, and the cluster is stopped at exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def _stop_local_cluster() -> None:
+    """At exit: end every process of the cluster `--ray local` started, at once. Ray's
+    own shutdown leaves the raylet's agents (ray::DashboardAgent, ray::RuntimeEnvAgent)
+    to notice their raylet is gone a minute later, and a second Ctrl-C cuts it short;
+    so Ctrl-C is ignored from here on, and whatever descends from this process and
+    survives the shutdown is killed (found while the tree is whole, and again after)."""
+    import ray
+
+    with contextlib.suppress(ValueError):  # outside the main thread: nothing to ignore
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    started = _ray_descendants()
+    with contextlib.suppress(Exception):
+        ray.shutdown()
+    left = {(pid, began) for pid, began in started | _ray_descendants() if _began(pid) == began}
+    for pid, _ in left:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + _STOP_WAIT_S
+    while any(_began(pid) == began for pid, began in left) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _ray_descendants() -> set[tuple[int, str]]:
+    """Processes under this one whose command line names Ray (its retitled ones too),
+    with when each began (a pid is reused once its process is gone)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(stat.parent.name))
+    found: set[tuple[int, str]] = set()
+    todo = [os.getpid()]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            with contextlib.suppress(OSError):
+                if b"ray" in (Path("/proc") / str(child) / "cmdline").read_bytes():
+                    found.add((child, _began(child)))
+            todo.append(child)
+    return found
+
+
+def _began(pid: int) -> str:
+    """When the process `pid` began, "" once it is gone or a zombie (a killed child of
+    ours stays one until we exit)."""
+    try:
+        fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return ""
+    return "" if fields[0] == "Z" else fields[19]
 
 
 @contextmanager

@@ -15,6 +15,7 @@ from cwm_agent.workspace import Workspace
 
 OFFICIAL_TEMPLATE = "swebench/sweb.eval.x86_64.{official_id}:latest"
 BATCH_LABEL = f"{LABEL}.swebench"  # the run or eval a container belongs to
+INSTANCE_LABEL = f"{LABEL}.instance"  # the instance a container works on
 
 # Activates the official images' env where there is one; a no-op elsewhere.
 ACTIVATE_TESTBED = (
@@ -64,13 +65,17 @@ def workspace_for(
     *,
     hygiene: bool,
     session_timeout: float = DEFAULT_SESSION_TIMEOUT_S,
+    instance_id: str | None = None,
 ) -> Workspace:
     """The instance's start state: the image's /testbed at its HEAD (hygiene for agents)."""
+    labels = {f"{LABEL}.job": "swebench", BATCH_LABEL: run_id, f"{LABEL}.run": run_id}
+    if instance_id is not None:
+        labels[INSTANCE_LABEL] = instance_id
     return Workspace(
         image=image,
         workdir=WORKDIR,
         prepare=HYGIENE if hygiene else None,
         startup=(ACTIVATE_TESTBED,),
         session_timeout=session_timeout,
-        labels={f"{LABEL}.job": "swebench", BATCH_LABEL: run_id, f"{LABEL}.run": run_id},
+        labels=labels,
     )

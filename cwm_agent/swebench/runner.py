@@ -339,7 +339,11 @@ def _run_instance(
     )
     started = time.monotonic()
     workspace = workspace_for(
-        image, run_id, hygiene=True, session_timeout=options.rollout.session_timeout
+        image,
+        run_id,
+        hygiene=True,
+        session_timeout=options.rollout.session_timeout,
+        instance_id=instance.instance_id,
     )
     folder = options.output / "trajectories" / instance.instance_id
     try:
