@@ -73,6 +73,7 @@ def test_run_eval_report(
     }
     missing = results["calc__calc-4"]
     assert missing["status"] == "error" and missing["error"] == "image_missing"
+    assert "swebench run: --image-template" in missing["reason"]  # the flag this command has
     assert results["calc__calc-3"]["rollout_status"] == "max_turns"
     assert len({r["start"] for r in results.values() if r["start"]}) == 1  # the image's HEAD
 

@@ -89,8 +89,8 @@ def require_image(client: docker.DockerClient, image: str) -> None:
         client.images.get(image)
     except ImageNotFound:
         raise ImageNotFoundError(
-            f"Docker image {image!r} not found: build or pull it "
-            f"(e.g. `docker pull {image}`), or choose another with --image"
+            f"Docker image {image!r} not found: build or pull it (e.g. `docker pull {image}`), "
+            "or name another (fix and ci: --image; swebench run: --image-template)"
         ) from None
 
 
