@@ -260,7 +260,8 @@ def test_a_lost_daemon_during_trace_is_one_line(
 
     def tracer_running() -> bool:
         for found in labelled(client, *mine):
-            with contextlib.suppress(docker.errors.NotFound):
+            # Listed but not running yet (409), or gone since (404): look again.
+            with contextlib.suppress(docker.errors.APIError):
                 if "--batch" in str(client.api.top(found)["Processes"]):
                     return True
         return False
