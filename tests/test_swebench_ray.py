@@ -418,19 +418,37 @@ def ray_tmpdir() -> Iterator[Path]:
 
 
 def session_processes(root: Path) -> list[str]:
-    """Ray's processes of the local cluster whose temp root is `root` (they inherit
-    RAY_TMPDIR; their command lines are retitled `ray::...`)."""
+    """Ray's processes of the local cluster whose temp root is `root`: those that
+    inherit RAY_TMPDIR, and their descendants (the raylet's agents are started
+    with an environment of their own); command lines are retitled `ray::...`."""
     mark = f"RAY_TMPDIR={root}".encode()
-    found = []
+    parent, title, marked = {}, {}, set()
     for proc in Path("/proc").iterdir():
         try:
+            stat = (proc / "stat").read_text()
             environ = (proc / "environ").read_bytes()
-            title = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
         except OSError:
             continue
-        if mark in environ.split(b"\0") and "ray" in title and "cwm_agent" not in title:
-            found.append(f"{proc.name} {title[:80]}")
-    return found
+        parent[proc.name] = stat.rsplit(")", 1)[1].split()[1]
+        title[proc.name] = cmdline.decode(errors="replace")
+        if mark in environ.split(b"\0"):
+            marked.add(proc.name)
+
+    def in_session(pid: str) -> bool:
+        seen: set[str] = set()
+        while pid in parent and pid not in seen:
+            if pid in marked:
+                return True
+            seen.add(pid)
+            pid = parent[pid]
+        return False
+
+    return [
+        f"{pid} {text[:80]}"
+        for pid, text in title.items()
+        if "ray" in text and "cwm_agent" not in text and in_session(pid)
+    ]
 
 
 @pytest.mark.parametrize(

@@ -34,7 +34,7 @@ from pydantic import BaseModel, Field
 
 from cwm_agent.atomic_write import write_atomically
 from cwm_agent.errors import first_line
-from cwm_agent.sandbox import teardown
+from cwm_agent.sandbox import SandboxInterrupted, teardown
 from cwm_agent.swebench.errors import SwebenchError
 from cwm_agent.tts import TTSOptions
 
@@ -268,14 +268,20 @@ def _on_node(work: Callable[[T, Path], R], item: T) -> Shipped[R]:
     import ray
 
     node = ray.get_runtime_context().get_node_id()
-    with tempfile.TemporaryDirectory(prefix="cwm-agent-") as scratch:
-        root = Path(scratch)
-        value = work(item, root)
-        files = {
-            str(path.relative_to(root)): path.read_bytes()
-            for path in sorted(root.rglob("*"))
-            if path.is_file()
-        }
+    try:
+        with tempfile.TemporaryDirectory(prefix="cwm-agent-") as scratch:
+            root = Path(scratch)
+            value = work(item, root)
+            files = {
+                str(path.relative_to(root)): path.read_bytes()
+                for path in sorted(root.rglob("*"))
+                if path.is_file()
+            }
+    except SandboxInterrupted:
+        # SIGTERM or SIGHUP on a worker: its node is going away, not the run. Its
+        # containers are gone; dying as a lost worker lets Ray run the task again
+        # elsewhere, where returning the interrupt would record an error.
+        os._exit(1)
     return Shipped(value, node, files)
 
 
