@@ -46,6 +46,26 @@ SUBMIT = [call("submit", "/tmp/fix.patch"), "Submitted.\n</think>\n\nDone."]
 SLEEP = call("bash", "sleep 120")  # in flight when the daemon goes
 
 
+def write_jsonl(path: Path, rows: list[dict[str, object]]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def write_replays(folder: Path, scripts: dict[str, list[str]]) -> Path:
+    """One replay file per instance (`folder` made if need be, files replaced)."""
+    folder.mkdir(exist_ok=True)
+    for instance_id, script in scripts.items():
+        (folder / f"{instance_id}.json").write_text(json.dumps(script))
+    return folder
+
+
+def gold_predictions(path: Path, gold: dict[str, str]) -> Path:
+    rows = [
+        {"instance_id": i, "model_name_or_path": "m", "model_patch": p} for i, p in gold.items()
+    ]
+    return write_jsonl(path, rows)  # type: ignore[arg-type]
+
+
 def wait_for(condition: Callable[[], object], what: str, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -146,15 +166,10 @@ def test_a_lost_daemon_ends_the_batch_in_one_line_and_resume_finishes_it(
     client: docker.DockerClient,
     proxy: DockerProxy,
 ) -> None:
-    rows: list[dict[str, object]] = calc["rows"]  # type: ignore[assignment]
-    ids = [str(row["instance_id"]) for row in rows]
-    dataset = tmp_path / "dataset.jsonl"
-    dataset.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    replays = tmp_path / "replays"
-    replays.mkdir()
     gold: dict[str, str] = calc["gold"]  # type: ignore[assignment]
-    for instance_id in ids:  # each instance sleeps, so all are in flight
-        (replays / f"{instance_id}.json").write_text(json.dumps([SLEEP]))
+    ids = list(gold)
+    dataset = write_jsonl(tmp_path / "dataset.jsonl", calc["rows"])  # type: ignore[arg-type]
+    replays = write_replays(tmp_path / "replays", {i: [SLEEP] for i in ids})  # all in flight
     output = tmp_path / "run"
     args = run_args(dataset, replays, output, "--workers", str(len(ids)))
     batch = start_cli(*args, env=proxy.env)
@@ -175,10 +190,7 @@ def test_a_lost_daemon_ends_the_batch_in_one_line_and_resume_finishes_it(
     wait_for(lambda: labelled(client, of_run) == [], "the run's containers to go")
 
     proxy.start()  # the daemon answers again
-    for instance_id in ids:
-        (replays / f"{instance_id}.json").write_text(
-            json.dumps([write_patch(gold[instance_id]), *SUBMIT])
-        )
+    write_replays(replays, {i: [write_patch(gold[i]), *SUBMIT] for i in ids})
     resumed = run_cli(*args, "--resume", env=proxy.env)
     assert resumed.returncode == 0, resumed.stderr + resumed.stdout
     lines = predictions(output)
@@ -216,16 +228,9 @@ def test_a_lost_daemon_during_eval_records_errors_and_one_line(
 ) -> None:
     rows: list[dict[str, object]] = calc["rows"]  # type: ignore[assignment]
     slow = [{**row, "test_cmd": f"sleep 120; {row['test_cmd']}"} for row in rows]
-    dataset = tmp_path / "dataset.jsonl"
-    dataset.write_text("".join(json.dumps(row) + "\n" for row in slow))
-    predicted = tmp_path / "predictions.jsonl"
+    dataset = write_jsonl(tmp_path / "dataset.jsonl", slow)
     gold: dict[str, str] = calc["gold"]  # type: ignore[assignment]
-    predicted.write_text(
-        "".join(
-            json.dumps({"instance_id": i, "model_name_or_path": "m", "model_patch": p}) + "\n"
-            for i, p in gold.items()
-        )
-    )
+    predicted = gold_predictions(tmp_path / "predictions.jsonl", gold)
     grading = start_cli(
         "swebench", "eval", "--predictions", str(predicted), "--dataset", str(dataset),
         "--workers", str(len(gold)), "--quiet", env=proxy.env,
@@ -306,16 +311,10 @@ def test_a_full_disk_ends_the_batch_in_one_line_and_resume_finishes_it(
     client: docker.DockerClient,
     small_disk: Callable[[str], Path],
 ) -> None:
-    rows: list[dict[str, object]] = calc["rows"]  # type: ignore[assignment]
-    ids = [str(row["instance_id"]) for row in rows]
-    dataset = tmp_path / "dataset.jsonl"
-    dataset.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    replays = tmp_path / "replays"
-    replays.mkdir()
     gold: dict[str, str] = calc["gold"]  # type: ignore[assignment]
-    for instance_id in ids:
-        script = [BIG_OUTPUT, write_patch(gold[instance_id]), *SUBMIT]
-        (replays / f"{instance_id}.json").write_text(json.dumps(script))
+    dataset = write_jsonl(tmp_path / "dataset.jsonl", calc["rows"])  # type: ignore[arg-type]
+    scripts = {i: [BIG_OUTPUT, write_patch(patch), *SUBMIT] for i, patch in gold.items()}
+    replays = write_replays(tmp_path / "replays", scripts)
     disk = small_disk("160k")
     output = disk / "run"
     args = run_args(dataset, replays, output)
@@ -328,7 +327,7 @@ def test_a_full_disk_ends_the_batch_in_one_line_and_resume_finishes_it(
     subprocess.run(["mount", "-o", "remount,size=16m", str(disk)], check=True)  # space again
     resumed = run_cli(*args, "--resume")
     assert resumed.returncode == 0, resumed.stderr + resumed.stdout
-    assert sorted(p["instance_id"] for p in predictions(output)) == sorted(ids)
+    assert sorted(p["instance_id"] for p in predictions(output)) == sorted(gold)
     assert all(p["model_patch"] == gold[p["instance_id"]] for p in predictions(output))
     assert_nothing_partial(output)
 
@@ -349,17 +348,9 @@ def test_a_full_disk_during_fix_is_one_line(
 def test_a_full_disk_under_eval_output_is_one_line(
     calc: dict[str, object], calc_image: str, tmp_path: Path, small_disk: Callable[[str], Path]
 ) -> None:
-    rows: list[dict[str, object]] = calc["rows"]  # type: ignore[assignment]
-    dataset = tmp_path / "dataset.jsonl"
-    dataset.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    predicted = tmp_path / "predictions.jsonl"
+    dataset = write_jsonl(tmp_path / "dataset.jsonl", calc["rows"])  # type: ignore[arg-type]
     gold: dict[str, str] = calc["gold"]  # type: ignore[assignment]
-    predicted.write_text(
-        "".join(
-            json.dumps({"instance_id": i, "model_name_or_path": "m", "model_patch": p}) + "\n"
-            for i, p in gold.items()
-        )
-    )
+    predicted = gold_predictions(tmp_path / "predictions.jsonl", gold)
     output = small_disk("24k")
     graded = run_cli(
         "swebench", "eval", "--predictions", str(predicted), "--dataset", str(dataset),
