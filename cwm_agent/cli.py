@@ -33,7 +33,7 @@ from cwm_agent.ci import CISettings, Stop, run_ci
 from cwm_agent.ci.event import TriggerRules
 from cwm_agent.ci.github import run_url
 from cwm_agent.ci.guards import Limits
-from cwm_agent.errors import DiskFullError, UserError, first_line
+from cwm_agent.errors import DiskFullError, UserError, first_line, read_text
 from cwm_agent.fix import FixError, FixOptions, FixResult, run_fix
 from cwm_agent.model import (
     DEFAULT_MODEL,
@@ -229,12 +229,7 @@ def _issue_text(issue: str | None, issue_file: Path | None) -> str:
     if (issue is None) == (issue_file is None):
         raise FixError("give the issue with exactly one of --issue TEXT or --issue-file FILE")
     if issue_file is not None:
-        try:
-            issue = issue_file.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise FixError(f"--issue-file {issue_file}: {exc.strerror or exc}") from None
-        except UnicodeDecodeError:
-            raise FixError(f"--issue-file {issue_file} is not UTF-8 text") from None
+        issue = read_text(issue_file, "--issue-file", FixError)
     return issue or ""
 
 

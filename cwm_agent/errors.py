@@ -25,6 +25,16 @@ class DiskFullError(UserError):
         )
 
 
+def read_text(path: Path, flag: str, error: type[UserError]) -> str:
+    """The UTF-8 text of a file a flag names, or `error` saying in one line why not."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise error(f"{flag} {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise error(f"{flag} {path} is not UTF-8 text") from None
+
+
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """The first line of the exception's message, or its type when it has none.
 

@@ -12,7 +12,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 
-from cwm_agent.errors import UserError
+from cwm_agent.errors import UserError, read_text
 
 
 class ConfigError(UserError):
@@ -21,12 +21,7 @@ class ConfigError(UserError):
 
 def read(path: Path) -> dict[str, object]:
     """The file's table of settings."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"--config {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"--config {path} is not UTF-8 text") from None
+    text = read_text(path, "--config", ConfigError)
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

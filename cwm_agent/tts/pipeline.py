@@ -169,11 +169,11 @@ class TTSRun:
     def _tree(self, name: str, testing: bool = True) -> Iterator[StartSandbox]:
         """A fresh start-state container, once a slot is free (counted as the
         test phase's unless it holds a rollout)."""
-        if testing:
-            self._count(containers=1)
         with self.slots:
             if self.cancelled.is_set():
                 raise SandboxInterrupted("test-time scaling was interrupted")
+            if testing:
+                self._count(containers=1)
             opened = time.monotonic()
             try:
                 with self.workspace.open(self.client, {f"{LABEL}.role": name}) as start:
